@@ -1,0 +1,1 @@
+//! Display pipeline (see issue #5).

@@ -1,0 +1,13 @@
+//! Host-side Transfusion tools: checkpoint presets and initialisation, loading and saving,
+//! conversion to ONNX bundles (FP32/FP16/INT8), inspection and verification against PyTorch.
+pub mod checkpoint;
+pub mod convert;
+pub mod error;
+pub mod init;
+pub mod inspect;
+pub mod onnx;
+pub mod presets;
+pub mod publish;
+pub mod tensors;
+pub mod verify;
+pub mod vocab;

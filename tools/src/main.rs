@@ -1,0 +1,161 @@
+//! `transfusion`: host-side CLI — init, convert, inspect, verify.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use transfusion_sdk::manifest::Precision;
+use transfusion_tools::convert::{convert, ConvertOptions};
+use transfusion_tools::error::{Error, Result};
+use transfusion_tools::onnx::Int8Parts;
+use transfusion_tools::{init, inspect, verify};
+
+#[derive(Parser)]
+#[command(name = "transfusion", version, about = "Transfusion edge runtime: host-side tools")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write a random-initialised checkpoint of a preset (tiny, shapes64, paper-160m).
+    Init {
+        #[arg(long)]
+        preset: String,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Convert a checkpoint into an ONNX bundle.
+    Convert {
+        checkpoint: PathBuf,
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Comma-separated precisions: fp32, fp16, int8.
+        #[arg(long, default_value = "fp32,fp16,int8", value_delimiter = ',')]
+        precision: Vec<Precision>,
+        /// Parts quantized in the INT8 files: any of patch,unet,vae,backbone.
+        #[arg(long, default_value = "patch,unet,backbone")]
+        int8: Int8Parts,
+    },
+    /// Summarise a checkpoint or a bundle: parameters, bytes, graphs, ops, FLOPs.
+    Inspect {
+        path: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run every graph in tract on reference inputs and compare with the PyTorch outputs.
+    Verify {
+        bundle: PathBuf,
+        /// `reference.safetensors` written by `python -m transfusion_ref.reference`.
+        #[arg(long)]
+        reference: PathBuf,
+        /// Only these precisions (default: all in the bundle).
+        #[arg(long, value_delimiter = ',')]
+        precision: Option<Vec<Precision>>,
+        /// Also write tract's outputs here (safetensors, `{precision}/{case}/{tensor}`).
+        #[arg(long)]
+        dump_outputs: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn run(cli: Cli) -> Result<bool> {
+    match cli.command {
+        Command::Init {
+            preset,
+            seed,
+            output,
+        } => {
+            init::run(&preset, seed, &output)?;
+            eprintln!("wrote {preset} checkpoint (seed {seed}) to {}", output.display());
+        }
+        Command::Convert {
+            checkpoint,
+            output,
+            precision,
+            int8,
+        } => {
+            let options = ConvertOptions {
+                precisions: precision,
+                int8,
+                progress: true,
+            };
+            let manifest = convert(&checkpoint, &output, &options)?;
+            let precisions: Vec<&str> = manifest.precisions.iter().map(|p| p.name()).collect();
+            eprintln!(
+                "wrote bundle {} ({}; int8 parts: {})",
+                output.display(),
+                precisions.join(", "),
+                int8.describe()
+            );
+        }
+        Command::Inspect { path, json } => {
+            let report = inspect::inspect(&path)?;
+            if json {
+                let text = serde_json::to_string_pretty(&report)
+                    .map_err(|e| Error::Invalid(e.to_string()))?;
+                println!("{text}");
+            } else {
+                print!("{}", report.to_text());
+            }
+        }
+        Command::Verify {
+            bundle,
+            reference,
+            precision,
+            dump_outputs,
+            json,
+        } => {
+            let mut dump = dump_outputs.as_ref().map(|_| HashMap::new());
+            let results =
+                verify::verify(&bundle, &reference, precision.as_deref(), dump.as_mut())?;
+            if let (Some(path), Some(dump)) = (&dump_outputs, &dump) {
+                verify::write_dump(path, dump)?;
+            }
+            let all_pass = results.iter().all(|r| r.pass);
+            if json {
+                let text = serde_json::to_string_pretty(&results)
+                    .map_err(|e| Error::Invalid(e.to_string()))?;
+                println!("{text}");
+            } else {
+                println!(
+                    "{:<6} {:<18} {:<18} {:>11} {:>11} {:>9}  result",
+                    "prec", "case", "tensor", "max abs", "rel", "tol"
+                );
+                for r in &results {
+                    println!(
+                        "{:<6} {:<18} {:<18} {:>11.3e} {:>11.3e} {:>9.0e}  {}",
+                        r.precision.name(),
+                        r.case,
+                        r.tensor,
+                        r.max_abs,
+                        r.rel,
+                        r.tolerance,
+                        if r.pass { "ok" } else { "FAIL" }
+                    );
+                }
+                let failed = results.iter().filter(|r| !r.pass).count();
+                println!("{} outputs compared, {failed} beyond tolerance", results.len());
+            }
+            return Ok(all_pass);
+        }
+    }
+    Ok(true)
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    match run(Cli::parse()) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

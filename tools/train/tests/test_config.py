@@ -1,0 +1,97 @@
+"""config.json parsing: strict keys, validation rules of docs/checkpoint.md, derived geometry."""
+
+import json
+import tempfile
+import unittest
+from pathlib import Path
+
+from transfusion_ref.config import Config, ConfigError, preset
+
+
+def tiny() -> dict:
+    return preset("tiny").to_dict()
+
+
+class Geometry(unittest.TestCase):
+    def test_tiny(self):
+        c = preset("tiny")
+        self.assertEqual((c.vae_levels, c.latent_size, c.unet_levels, c.patch_grid, c.num_patches),
+                         (2, 8, 1, 4, 16))
+        self.assertEqual(c.skips, [(16, 8)])
+
+    def test_shapes64(self):
+        c = preset("shapes64")
+        self.assertEqual((c.vae_levels, c.latent_size, c.unet_levels, c.patch_grid, c.num_patches),
+                         (2, 16, 2, 4, 16))
+        self.assertEqual(c.skips, [(64, 16), (128, 8)])
+
+    def test_docs_example_round_trip(self):
+        c = preset("shapes64")
+        self.assertEqual(Config.from_dict(json.loads(json.dumps(c.to_dict()))), c)
+        with tempfile.TemporaryDirectory() as d:
+            c.save(Path(d) / "config.json")
+            self.assertEqual(Config.load(Path(d) / "config.json"), c)
+
+
+class Validation(unittest.TestCase):
+    def rejects(self, edit, *fragments):
+        d = tiny()
+        edit(d)
+        with self.assertRaises(ConfigError) as cm:
+            Config.from_dict(d)
+        for f in fragments:
+            self.assertIn(f, str(cm.exception))
+
+    def test_unknown_keys_named(self):
+        self.rejects(lambda d: d.update(extra=1), "extra", "unknown key")
+        self.rejects(lambda d: d["backbone"].update(n_layer=2), "backbone.n_layer", "unknown key")
+
+    def test_missing_key(self):
+        self.rejects(lambda d: d["diffusion"].pop("steps"), "diffusion.steps", "missing")
+
+    def test_types(self):
+        self.rejects(lambda d: d["backbone"].update(dim=64.0), "backbone.dim", "int")
+        self.rejects(lambda d: d["text"].update(vocab_size=True), "text.vocab_size")
+        self.rejects(lambda d: d["diffusion"].update(guidance_distilled=0), "guidance_distilled")
+        self.rejects(lambda d: d["vae"].update(channels=8), "vae.channels", "list")
+        self.rejects(lambda d: d.update(text=[]), "text", "object")
+
+    def test_backbone_rules(self):
+        self.rejects(lambda d: d["backbone"].update(dim=32), "backbone.dim", "64", "32")
+        self.rejects(lambda d: d["backbone"].update(n_heads=8, head_dim=7, dim=56),
+                     "backbone.head_dim", "even")
+        self.rejects(lambda d: d["backbone"].update(ffn_dim=0), "backbone.ffn_dim", "> 0")
+        self.rejects(lambda d: d.update(format_version=2), "format_version")
+
+    def test_special_tokens(self):
+        self.rejects(lambda d: d["special_tokens"].update(unk=64), "special_tokens.unk", "64")
+        self.rejects(lambda d: d["special_tokens"].update(eoi=3), "special_tokens.", "distinct")
+
+    def test_vae_and_patch_geometry(self):
+        self.rejects(lambda d: d["vae"].update(channels=[]), "vae.channels")
+        self.rejects(lambda d: d["image"].update(size=34), "image.size", "4")
+        self.rejects(lambda d: d["patch"].update(size=3), "patch.size", "8")
+        self.rejects(lambda d: d["patch"].update(size=8, channels=[16]), "patch.channels", "K = 3")
+        self.rejects(lambda d: d["patch"].update(kind="conv"), "patch.kind")
+        self.rejects(lambda d: d["patch"].update(channels=[12]), "patch.channels[0]", "8")
+        self.rejects(lambda d: d["vae"].update(channels=[8, 20, 16]), "vae.channels[1]", "8")
+
+    def test_diffusion_rules(self):
+        self.rejects(lambda d: d["diffusion"].update(schedule="flow"), "diffusion.prediction",
+                     "flow")
+        self.rejects(lambda d: d["diffusion"].update(prediction="flow"), "diffusion.prediction")
+        self.rejects(lambda d: d["diffusion"].update(schedule="sigmoid"), "diffusion.schedule")
+        self.rejects(lambda d: d["diffusion"].update(sampler="heun"), "diffusion.sampler")
+        self.rejects(lambda d: d["diffusion"].update(steps=0), "diffusion.steps", "1..=1000")
+        self.rejects(lambda d: d["diffusion"].update(steps=1001), "diffusion.steps")
+        self.rejects(lambda d: d["diffusion"].update(guidance=0.5), "diffusion.guidance", ">= 1")
+
+    def test_accepts_variants(self):
+        d = tiny()
+        d["diffusion"].update(schedule="flow", prediction="flow", sampler="euler", steps=1000)
+        d["patch"].update(kind="linear", size=8, channels=[])
+        Config.from_dict(d)
+
+
+if __name__ == "__main__":
+    unittest.main()
