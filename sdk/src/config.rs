@@ -259,16 +259,24 @@ impl Config {
                 b.dim,
             ));
         }
-        if b.head_dim % 2 != 0 {
-            return Err(invalid("backbone.head_dim", "an even number (RoPE)", b.head_dim));
+        if !b.head_dim.is_multiple_of(2) {
+            return Err(invalid(
+                "backbone.head_dim",
+                "an even number (RoPE)",
+                b.head_dim,
+            ));
         }
         if !(b.norm_eps > 0.0 && b.norm_eps.is_finite()) {
-            return Err(invalid("backbone.norm_eps", "a positive number", b.norm_eps));
+            return Err(invalid(
+                "backbone.norm_eps",
+                "a positive number",
+                b.norm_eps,
+            ));
         }
         if !(b.rope_theta > 1.0 && b.rope_theta.is_finite()) {
             return Err(invalid("backbone.rope_theta", "a number > 1", b.rope_theta));
         }
-        if self.patch.timestep_freq_dim % 2 != 0 {
+        if !self.patch.timestep_freq_dim.is_multiple_of(2) {
             return Err(invalid(
                 "patch.timestep_freq_dim",
                 "an even number",
@@ -308,7 +316,7 @@ impl Config {
             return Err(invalid("vae.channels", "at least one entry", "[]"));
         }
         for (i, &c) in self.vae.channels.iter().enumerate() {
-            if c == 0 || c % NORM_GROUPS != 0 {
+            if c == 0 || !c.is_multiple_of(NORM_GROUPS) {
                 return Err(invalid(
                     &format!("vae.channels[{i}]"),
                     format!("a positive multiple of {NORM_GROUPS} (GroupNorm groups)"),
@@ -317,13 +325,17 @@ impl Config {
             }
         }
         if !(self.vae.scale.is_finite() && self.vae.scale != 0.0) {
-            return Err(invalid("vae.scale", "a finite non-zero number", self.vae.scale));
+            return Err(invalid(
+                "vae.scale",
+                "a finite non-zero number",
+                self.vae.scale,
+            ));
         }
         if !self.vae.shift.is_finite() {
             return Err(invalid("vae.shift", "a finite number", self.vae.shift));
         }
         let factor = 1usize << self.vae_levels();
-        if self.image.size % factor != 0 {
+        if !self.image.size.is_multiple_of(factor) {
             return Err(invalid(
                 "image.size",
                 format!("a multiple of the VAE factor {factor} (2^(len(vae.channels)-1))"),
@@ -331,7 +343,7 @@ impl Config {
             ));
         }
         let latent = self.image.size / factor;
-        if latent % self.patch.size != 0 {
+        if !latent.is_multiple_of(self.patch.size) {
             return Err(invalid(
                 "patch.size",
                 format!("a divisor of the latent size {latent}"),
@@ -357,7 +369,7 @@ impl Config {
                     ));
                 }
                 for (i, &c) in self.patch.channels.iter().enumerate() {
-                    if c == 0 || c % NORM_GROUPS != 0 {
+                    if c == 0 || !c.is_multiple_of(NORM_GROUPS) {
                         return Err(invalid(
                             &format!("patch.channels[{i}]"),
                             format!("a positive multiple of {NORM_GROUPS} (GroupNorm groups)"),
@@ -487,9 +499,17 @@ mod tests {
             ("\"size\": 2,", "\"size\": 3,", "patch.size"),
             ("\"vocab_size\": 64", "\"vocab_size\": 5", "special_tokens."),
             ("\"unk\": 5", "\"unk\": 4", "special_tokens.unk"),
-            ("\"channels\": [8, 16, 16]", "\"channels\": [8, 12, 16]", "vae.channels[1]"),
+            (
+                "\"channels\": [8, 16, 16]",
+                "\"channels\": [8, 12, 16]",
+                "vae.channels[1]",
+            ),
             ("\"steps\": 4", "\"steps\": 0", "diffusion.steps"),
-            ("\"prediction\": \"epsilon\"", "\"prediction\": \"flow\"", "diffusion.prediction"),
+            (
+                "\"prediction\": \"epsilon\"",
+                "\"prediction\": \"flow\"",
+                "diffusion.prediction",
+            ),
         ];
         for (from, to, key) in cases {
             let json = tiny_json().replace(from, to);

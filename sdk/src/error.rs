@@ -31,6 +31,14 @@ pub enum Error {
     Numerical { what: String, message: String },
     #[error("manifest {path}: {message}")]
     Manifest { path: PathBuf, message: String },
+    /// A `tokenizer.json` that can't be read, disagrees with the config's special tokens, or
+    /// fails to encode/decode; `path` is the tokenizer file.
+    #[error("tokenizer {path}: {message}")]
+    Tokenizer { path: PathBuf, message: String },
+    /// An image could not be built, decoded or encoded. `path` names the file, or the origin the
+    /// caller gave (an upload name, `RgbImage::from_chw`, ...) for in-memory images.
+    #[error("image {path}: {message}")]
+    Image { path: String, message: String },
 }
 
 /// Result with the SDK's [`Error`].

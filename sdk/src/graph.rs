@@ -4,8 +4,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tract_onnx::prelude::*;
+use tract_onnx::tract_hir::infer::Factoid;
 
 use crate::error::{Error, Result};
+use crate::manifest::{FloatDtype, GraphEntry, IoDtype};
 
 /// A runnable graph. Cheap to share between threads (`Arc` inside; runs take `&self`).
 #[derive(Clone)]
@@ -13,6 +15,8 @@ pub struct Graph {
     name: String,
     path: PathBuf,
     plan: Arc<TypedRunnableModel>,
+    inputs: Vec<(String, Option<DatumType>)>,
+    outputs: Vec<String>,
 }
 
 impl std::fmt::Debug for Graph {
@@ -39,6 +43,30 @@ impl Graph {
         let model = tract_onnx::onnx()
             .model_for_read(&mut bytes.as_slice())
             .map_err(|e| fail("not a readable ONNX model", e))?;
+        let inputs = model
+            .input_outlets()
+            .map_err(|e| fail("no inputs", e))?
+            .iter()
+            .enumerate()
+            .map(|(ix, o)| {
+                let dt = model
+                    .input_fact(ix)
+                    .ok()
+                    .and_then(|f| f.datum_type.concretize());
+                (model.node(o.node).name.clone(), dt)
+            })
+            .collect();
+        let outputs = model
+            .output_outlets()
+            .map_err(|e| fail("no outputs", e))?
+            .iter()
+            .map(|o| {
+                model
+                    .outlet_label(*o)
+                    .map(str::to_string)
+                    .unwrap_or_else(|| model.node(o.node).name.clone())
+            })
+            .collect();
         let typed = model
             .into_optimized()
             .map_err(|e| fail("tract could not type or optimise it", e))?;
@@ -49,7 +77,48 @@ impl Graph {
             name: name.to_string(),
             path: path.to_path_buf(),
             plan,
+            inputs,
+            outputs,
         })
+    }
+
+    /// Checks the file's inputs and outputs (names, order, element types) against the
+    /// manifest's entry, so a swapped or stale file fails at load, not mid-generation.
+    pub fn check_interface(&self, entry: &GraphEntry, float: FloatDtype) -> Result<()> {
+        let mismatch = |message: String| Error::Graph {
+            graph: self.name.clone(),
+            path: self.path.clone(),
+            message: format!("does not match manifest.json: {message}"),
+        };
+        let names: Vec<&str> = self.inputs.iter().map(|(n, _)| n.as_str()).collect();
+        let expected: Vec<&str> = entry.inputs.iter().map(|t| t.name.as_str()).collect();
+        if names != expected {
+            return Err(mismatch(format!("inputs {names:?}, expected {expected:?}")));
+        }
+        let outputs: Vec<&str> = self.outputs.iter().map(String::as_str).collect();
+        let expected: Vec<&str> = entry.outputs.iter().map(|t| t.name.as_str()).collect();
+        if outputs != expected {
+            return Err(mismatch(format!(
+                "outputs {outputs:?}, expected {expected:?}"
+            )));
+        }
+        for ((name, dt), info) in self.inputs.iter().zip(&entry.inputs) {
+            let want = match info.dtype {
+                IoDtype::Int64 => DatumType::I64,
+                IoDtype::Float => match float {
+                    FloatDtype::Float32 => DatumType::F32,
+                    FloatDtype::Float16 => DatumType::F16,
+                },
+            };
+            if let Some(dt) = dt {
+                if *dt != want {
+                    return Err(mismatch(format!(
+                        "input `{name}` is {dt:?}, expected {want:?}"
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The graph's name.
@@ -81,4 +150,50 @@ pub fn tensor_to_f32(value: &Tensor, what: &str) -> Result<(Vec<usize>, Vec<f32>
     let cast = value.cast_to::<f32>().map_err(fail)?;
     let view = cast.to_plain_array_view::<f32>().map_err(fail)?;
     Ok((view.shape().to_vec(), view.iter().copied().collect()))
+}
+
+/// What tract's optimised plan of a graph runs its matrix products on.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct KernelSummary {
+    /// Optimised matrix products accumulating in i32 (integer kernels: MatMulInteger/ConvInteger).
+    pub integer_matmuls: usize,
+    /// Optimised matrix products accumulating in floats.
+    pub float_matmuls: usize,
+    /// Distinct kernel names tract picked (e.g. `avx512vnni_mmm_i32_16x16`).
+    pub kernels: Vec<String>,
+}
+
+impl Graph {
+    /// Summarises the matrix-product kernels of the optimised plan: the way to check that an INT8
+    /// graph really runs integer kernels rather than dequantized float ones.
+    pub fn kernel_summary(&self) -> KernelSummary {
+        let mut summary = KernelSummary::default();
+        for node in self.model().nodes() {
+            if node.op.name() != "OptMatMul" {
+                continue;
+            }
+            let integer = node
+                .outputs
+                .first()
+                .is_some_and(|o| o.fact.datum_type == DatumType::I32);
+            if integer {
+                summary.integer_matmuls += 1;
+            } else {
+                summary.float_matmuls += 1;
+            }
+            for line in node.op.info().unwrap_or_default() {
+                if let Some(start) = line.find(" with [") {
+                    let rest = &line[start + 7..];
+                    if let Some(end) = rest.find(']') {
+                        let kernel = rest[..end].to_string();
+                        if !summary.kernels.contains(&kernel) {
+                            summary.kernels.push(kernel);
+                        }
+                    }
+                }
+            }
+        }
+        summary.kernels.sort();
+        summary
+    }
 }

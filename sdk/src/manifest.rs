@@ -68,7 +68,9 @@ impl std::str::FromStr for Precision {
             "fp32" | "f32" => Ok(Precision::Fp32),
             "fp16" | "f16" => Ok(Precision::Fp16),
             "int8" | "i8" => Ok(Precision::Int8),
-            other => Err(format!("unknown precision `{other}` (expected fp32, fp16 or int8)")),
+            other => Err(format!(
+                "unknown precision `{other}` (expected fp32, fp16 or int8)"
+            )),
         }
     }
 }
@@ -179,18 +181,25 @@ impl Manifest {
         })?;
         manifest.config.validate()?;
         if manifest.geometry != manifest.config.geometry() {
-            return Err(bad("`geometry` does not match the one derived from `config`".into()));
+            return Err(bad(
+                "`geometry` does not match the one derived from `config`".into(),
+            ));
         }
         if manifest.special_tokens != manifest.config.special_tokens {
-            return Err(bad("`special_tokens` differ from `config.special_tokens`".into()));
+            return Err(bad(
+                "`special_tokens` differ from `config.special_tokens`".into()
+            ));
         }
         if manifest.diffusion != manifest.config.diffusion {
             return Err(bad("`diffusion` differs from `config.diffusion`".into()));
         }
         let c = manifest.geometry.latent_channels;
-        if manifest.preview.weight.len() != 3 || manifest.preview.weight.iter().any(|r| r.len() != c)
+        if manifest.preview.weight.len() != 3
+            || manifest.preview.weight.iter().any(|r| r.len() != c)
         {
-            return Err(bad(format!("`preview.weight` must be 3 rows of {c} values")));
+            return Err(bad(format!(
+                "`preview.weight` must be 3 rows of {c} values"
+            )));
         }
         if manifest.precisions.is_empty() {
             return Err(bad("`precisions` is empty".into()));
@@ -202,7 +211,9 @@ impl Manifest {
                 .ok_or_else(|| bad(format!("graph `{name}` is missing")))?;
             for precision in &manifest.precisions {
                 let file = graph.files.get(precision).ok_or_else(|| {
-                    bad(format!("graph `{name}` has no file for precision {precision}"))
+                    bad(format!(
+                        "graph `{name}` has no file for precision {precision}"
+                    ))
                 })?;
                 let rel = Path::new(&file.path);
                 if rel.is_absolute()

@@ -24,7 +24,9 @@ pub const TOKENIZER_FILE: &str = "tokenizer.json";
 /// One weight tensor, widened to f32, row-major.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tensor {
+    /// Dimensions, outermost first (PyTorch layout, e.g. `[out, in]` for a linear weight).
     pub shape: Vec<usize>,
+    /// `shape.iter().product()` values.
     pub data: Vec<f32>,
 }
 
@@ -34,6 +36,7 @@ pub struct Checkpoint {
     /// Directory it was loaded from (empty for a checkpoint built in memory); names files in
     /// errors.
     pub dir: PathBuf,
+    /// The validated `config.json`.
     pub config: Config,
     /// Every tensor of [`tensor_specs`], by name.
     pub tensors: BTreeMap<String, Tensor>,
@@ -80,21 +83,30 @@ impl Checkpoint {
         })?;
         let specs = tensor_specs(&self.config);
         for spec in &specs {
-            let tensor = self.tensors.get(&spec.name).ok_or_else(|| Error::MissingTensor {
-                path: path.to_path_buf(),
-                name: spec.name.clone(),
-            })?;
-            if tensor.shape != spec.shape || tensor.data.len() != spec.numel() {
+            let tensor = self
+                .tensors
+                .get(&spec.name)
+                .ok_or_else(|| Error::MissingTensor {
+                    path: path.to_path_buf(),
+                    name: spec.name.clone(),
+                })?;
+            if tensor.shape != spec.shape {
                 return Err(Error::TensorShape {
                     path: path.to_path_buf(),
                     name: spec.name.clone(),
                     expected: spec.shape.clone(),
-                    found: if tensor.shape == spec.shape {
-                        vec![tensor.data.len()]
-                    } else {
-                        tensor.shape.clone()
-                    },
+                    found: tensor.shape.clone(),
                 });
+            }
+            if tensor.data.len() != spec.numel() {
+                return Err(Error::Invalid(format!(
+                    "{}: tensor `{}` has {} values, expected {} for shape {:?}",
+                    path.display(),
+                    spec.name,
+                    tensor.data.len(),
+                    spec.numel(),
+                    spec.shape
+                )));
             }
             if tensor.data.iter().any(|x| !x.is_finite()) {
                 return Err(Error::NonFinite {
@@ -157,7 +169,10 @@ impl Checkpoint {
         std::fs::write(&config_path, config + "\n").map_err(|e| Error::io(&config_path, e))?;
 
         let weights_path = dir.join(WEIGHTS_FILE);
-        let views = self.tensors.iter().map(|(name, t)| (name.as_str(), F32View(t)));
+        let views = self
+            .tensors
+            .iter()
+            .map(|(name, t)| (name.as_str(), F32View(t)));
         let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
         safetensors::serialize_to_file(views, Some(metadata), &weights_path).map_err(|e| {
             Error::Safetensors {

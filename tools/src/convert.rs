@@ -82,11 +82,13 @@ fn write_bundle(
                     rel
                 }
             };
-            let entry = graphs.entry(name.to_string()).or_insert_with(|| GraphEntry {
-                inputs: graph.built.inputs.clone(),
-                outputs: graph.built.outputs.clone(),
-                files: BTreeMap::new(),
-            });
+            let entry = graphs
+                .entry(name.to_string())
+                .or_insert_with(|| GraphEntry {
+                    inputs: graph.built.inputs.clone(),
+                    outputs: graph.built.outputs.clone(),
+                    files: BTreeMap::new(),
+                });
             entry.files.insert(
                 precision,
                 GraphFile {
@@ -102,7 +104,11 @@ fn write_bundle(
     bar.set_message("fitting the latent preview");
     let decoder = graphs
         .get("vae_decoder")
-        .and_then(|g| g.files.values().find(|f| f.float == precisions[0].float_dtype()))
+        .and_then(|g| {
+            g.files
+                .values()
+                .find(|f| f.float == precisions[0].float_dtype())
+        })
         .map(|f| dir.join(&f.path))
         .ok_or_else(|| Error::Invalid("no vae_decoder was written".into()))?;
     let preview = fit_preview(ckpt, &decoder, precisions[0])?;
@@ -212,7 +218,8 @@ fn fit_preview(ckpt: &Checkpoint, decoder: &Path, precision: Precision) -> Resul
 /// pivoting; `None` when `a` is singular.
 fn solve(a: &mut [f64], b: &mut [f64], n: usize, m: usize) -> Option<Vec<f64>> {
     for col in 0..n {
-        let pivot = (col..n).max_by(|&i, &j| a[i * n + col].abs().total_cmp(&a[j * n + col].abs()))?;
+        let pivot =
+            (col..n).max_by(|&i, &j| a[i * n + col].abs().total_cmp(&a[j * n + col].abs()))?;
         if a[pivot * n + col].abs() < 1e-12 {
             return None;
         }

@@ -11,6 +11,7 @@ use serde::Serialize;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::Cost;
 use transfusion_sdk::config::Config;
+use transfusion_sdk::graph::{Graph, KernelSummary};
 use transfusion_sdk::manifest::{Manifest, Precision, TensorInfo, GRAPH_NAMES};
 
 use crate::checkpoint::Checkpoint;
@@ -33,6 +34,9 @@ pub struct FileReport {
     pub ops: BTreeMap<String, usize>,
     /// MatMulInteger / ConvInteger / QLinear* nodes.
     pub integer_ops: usize,
+    /// Matrix-product kernels of tract's optimised plan (with `--kernels`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tract: Option<KernelSummary>,
 }
 
 /// One graph: interface and files.
@@ -76,10 +80,11 @@ pub struct Report {
     pub flops: Flops,
 }
 
-/// Inspects a checkpoint directory (has `config.json`) or a bundle (has `manifest.json`).
-pub fn inspect(path: &Path) -> Result<Report> {
+/// Inspects a checkpoint directory (has `config.json`) or a bundle (has `manifest.json`);
+/// `kernels` also loads every bundle file into tract and reports its matrix-product kernels.
+pub fn inspect(path: &Path, kernels: bool) -> Result<Report> {
     if path.join("manifest.json").exists() {
-        inspect_bundle(path)
+        inspect_bundle(path, kernels)
     } else if path.join("config.json").exists() {
         inspect_checkpoint(path)
     } else {
@@ -130,7 +135,7 @@ fn inspect_checkpoint(path: &Path) -> Result<Report> {
     })
 }
 
-fn inspect_bundle(path: &Path) -> Result<Report> {
+fn inspect_bundle(path: &Path, kernels: bool) -> Result<Report> {
     let manifest = Manifest::load(path)?;
     let (parameters, total) = parameters(&manifest.config);
     let mut bytes: BTreeMap<String, u64> = BTreeMap::new();
@@ -154,12 +159,18 @@ fn inspect_bundle(path: &Path) -> Result<Report> {
                 .map(|(_, n)| n)
                 .sum();
             *bytes.entry(precision.name().to_string()).or_insert(0) += data.len() as u64;
+            let tract = if kernels {
+                Some(Graph::load(name, &full)?.kernel_summary())
+            } else {
+                None
+            };
             files.push(FileReport {
                 precision: *precision,
                 path: file.path.clone(),
                 bytes: data.len() as u64,
                 ops,
                 integer_ops,
+                tract,
             });
         }
         graphs.push(GraphReport {
@@ -273,7 +284,11 @@ impl Report {
             g.latent_channels, g.patch_size, self.config.patch.kind, g.num_patches, g.dim,
             g.n_layers, g.n_heads, g.head_dim
         );
-        let _ = writeln!(s, "\nparameters ({} in all):", human(self.total_parameters as u64));
+        let _ = writeln!(
+            s,
+            "\nparameters ({} in all):",
+            human(self.total_parameters as u64)
+        );
         for (part, n) in &self.parameters {
             let _ = writeln!(s, "  {part:<10} {:>10}", human(*n as u64));
         }
@@ -300,6 +315,15 @@ impl Report {
                     f.integer_ops,
                     ops.join(" ")
                 );
+                if let Some(k) = &f.tract {
+                    let _ = writeln!(
+                        s,
+                        "        tract plan: {} integer / {} float matmuls on {}",
+                        k.integer_matmuls,
+                        k.float_matmuls,
+                        k.kernels.join(", ")
+                    );
+                }
             }
         }
         let fl = &self.flops;

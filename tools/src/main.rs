@@ -12,7 +12,11 @@ use transfusion_tools::onnx::Int8Parts;
 use transfusion_tools::{init, inspect, verify};
 
 #[derive(Parser)]
-#[command(name = "transfusion", version, about = "Transfusion edge runtime: host-side tools")]
+#[command(
+    name = "transfusion",
+    version,
+    about = "Transfusion edge runtime: host-side tools"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -46,6 +50,9 @@ enum Command {
         path: PathBuf,
         #[arg(long)]
         json: bool,
+        /// Load every graph into tract and list the kernels its optimised plan runs.
+        #[arg(long)]
+        kernels: bool,
     },
     /// Run every graph in tract on reference inputs and compare with the PyTorch outputs.
     Verify {
@@ -72,7 +79,10 @@ fn run(cli: Cli) -> Result<bool> {
             output,
         } => {
             init::run(&preset, seed, &output)?;
-            eprintln!("wrote {preset} checkpoint (seed {seed}) to {}", output.display());
+            eprintln!(
+                "wrote {preset} checkpoint (seed {seed}) to {}",
+                output.display()
+            );
         }
         Command::Convert {
             checkpoint,
@@ -94,8 +104,12 @@ fn run(cli: Cli) -> Result<bool> {
                 int8.describe()
             );
         }
-        Command::Inspect { path, json } => {
-            let report = inspect::inspect(&path)?;
+        Command::Inspect {
+            path,
+            json,
+            kernels,
+        } => {
+            let report = inspect::inspect(&path, kernels)?;
             if json {
                 let text = serde_json::to_string_pretty(&report)
                     .map_err(|e| Error::Invalid(e.to_string()))?;
@@ -112,8 +126,7 @@ fn run(cli: Cli) -> Result<bool> {
             json,
         } => {
             let mut dump = dump_outputs.as_ref().map(|_| HashMap::new());
-            let results =
-                verify::verify(&bundle, &reference, precision.as_deref(), dump.as_mut())?;
+            let results = verify::verify(&bundle, &reference, precision.as_deref(), dump.as_mut())?;
             if let (Some(path), Some(dump)) = (&dump_outputs, &dump) {
                 verify::write_dump(path, dump)?;
             }
@@ -140,7 +153,10 @@ fn run(cli: Cli) -> Result<bool> {
                     );
                 }
                 let failed = results.iter().filter(|r| !r.pass).count();
-                println!("{} outputs compared, {failed} beyond tolerance", results.len());
+                println!(
+                    "{} outputs compared, {failed} beyond tolerance",
+                    results.len()
+                );
             }
             return Ok(all_pass);
         }

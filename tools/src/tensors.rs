@@ -38,8 +38,11 @@ impl fmt::Display for Part {
 /// Name, shape and owner of one weight tensor.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct TensorSpec {
+    /// Name in `model.safetensors`, e.g. `backbone.layers.0.attn.q.weight`.
     pub name: String,
+    /// Expected shape (PyTorch layout).
     pub shape: Vec<usize>,
+    /// Part of the model that owns it.
     pub part: Part,
 }
 
@@ -168,7 +171,12 @@ fn patch_specs(config: &Config, s: &mut Specs) {
             s.res_block("patch.unet.mid_out", last, last, temb);
             let mut entering = last;
             for (i, &ui) in u.iter().enumerate().rev() {
-                s.conv(&format!("patch.unet.up.{i}.upsample"), entering, entering, 3);
+                s.conv(
+                    &format!("patch.unet.up.{i}.upsample"),
+                    entering,
+                    entering,
+                    3,
+                );
                 s.res_block(&format!("patch.unet.up.{i}.res"), entering + ui, ui, temb);
                 entering = ui;
             }
@@ -267,7 +275,10 @@ mod tests {
     }
 
     fn shape(map: &HashMap<String, TensorSpec>, name: &str) -> Vec<usize> {
-        map.get(name).unwrap_or_else(|| panic!("no {name}")).shape.clone()
+        map.get(name)
+            .unwrap_or_else(|| panic!("no {name}"))
+            .shape
+            .clone()
     }
 
     #[test]
@@ -280,11 +291,20 @@ mod tests {
         assert_eq!(shape(&m, "backbone.layers.1.ffn.down.weight"), [64, 128]);
         assert_eq!(shape(&m, "timestep.linear1.weight"), [64, 64]);
         assert_eq!(shape(&m, "patch.unet.conv_in.weight"), [16, 4, 3, 3]);
-        assert_eq!(shape(&m, "patch.unet.down.0.res.temb_proj.weight"), [16, 64]);
+        assert_eq!(
+            shape(&m, "patch.unet.down.0.res.temb_proj.weight"),
+            [16, 64]
+        );
         assert_eq!(shape(&m, "patch.unet.proj_in.weight"), [64, 16, 1, 1]);
-        assert_eq!(shape(&m, "patch.unet.up.0.res.conv1.weight"), [16, 32, 3, 3]);
+        assert_eq!(
+            shape(&m, "patch.unet.up.0.res.conv1.weight"),
+            [16, 32, 3, 3]
+        );
         assert_eq!(shape(&m, "patch.unet.up.0.res.skip.weight"), [16, 32, 1, 1]);
-        assert_eq!(shape(&m, "vae.encoder.down.1.res.skip.weight"), [16, 8, 1, 1]);
+        assert_eq!(
+            shape(&m, "vae.encoder.down.1.res.skip.weight"),
+            [16, 8, 1, 1]
+        );
         assert_eq!(shape(&m, "vae.encoder.conv_out.weight"), [8, 16, 3, 3]);
         assert_eq!(shape(&m, "vae.decoder.up.0.res.skip.bias"), [8]);
         assert_eq!(shape(&m, "vae.decoder.conv_out.weight"), [3, 8, 3, 3]);
@@ -310,15 +330,33 @@ mod tests {
     #[test]
     fn shapes64_unet_up_path() {
         let m = by_name(&preset("shapes64").unwrap());
-        assert_eq!(shape(&m, "patch.unet.down.1.res.skip.weight"), [128, 64, 1, 1]);
-        assert_eq!(shape(&m, "patch.unet.up.1.upsample.weight"), [128, 128, 3, 3]);
-        assert_eq!(shape(&m, "patch.unet.up.1.res.conv1.weight"), [128, 256, 3, 3]);
-        assert_eq!(shape(&m, "patch.unet.up.0.upsample.weight"), [128, 128, 3, 3]);
-        assert_eq!(shape(&m, "patch.unet.up.0.res.conv1.weight"), [64, 192, 3, 3]);
-        assert_eq!(shape(&m, "patch.unet.norm_out.weight"), [64]);
-        assert_eq!(shape(&m, "vae.decoder.up.2.res.conv1.weight"), [128, 128, 3, 3]);
-        assert_eq!(shape(&m, "vae.decoder.up.1.res.skip.weight"), [64, 128, 1, 1]);
-        assert_eq!(shape(&m, "vae.decoder.up.1.upsample.weight"), [64, 64, 3, 3]);
+        assert_eq!(
+            shape(&m, "patch.unet.down.1.res.skip.weight"),
+            [64, 32, 1, 1]
+        );
+        assert_eq!(shape(&m, "patch.unet.up.1.upsample.weight"), [64, 64, 3, 3]);
+        assert_eq!(
+            shape(&m, "patch.unet.up.1.res.conv1.weight"),
+            [64, 128, 3, 3]
+        );
+        assert_eq!(shape(&m, "patch.unet.up.0.upsample.weight"), [64, 64, 3, 3]);
+        assert_eq!(
+            shape(&m, "patch.unet.up.0.res.conv1.weight"),
+            [32, 96, 3, 3]
+        );
+        assert_eq!(shape(&m, "patch.unet.norm_out.weight"), [32]);
+        assert_eq!(
+            shape(&m, "vae.decoder.up.2.res.conv1.weight"),
+            [64, 64, 3, 3]
+        );
+        assert_eq!(
+            shape(&m, "vae.decoder.up.1.res.skip.weight"),
+            [32, 64, 1, 1]
+        );
+        assert_eq!(
+            shape(&m, "vae.decoder.up.1.upsample.weight"),
+            [32, 32, 3, 3]
+        );
     }
 
     #[test]
@@ -339,7 +377,11 @@ mod tests {
         let config = preset("paper-160m").unwrap();
         let specs = tensor_specs(&config);
         for spec in &specs {
-            assert!(spec.name.starts_with(&format!("{}.", spec.part)), "{}", spec.name);
+            assert!(
+                spec.name.starts_with(&format!("{}.", spec.part)),
+                "{}",
+                spec.name
+            );
         }
         let params: usize = specs.iter().map(TensorSpec::numel).sum();
         assert!((130_000_000..230_000_000).contains(&params), "{params}");
@@ -354,7 +396,10 @@ mod tests {
         assert_eq!(rule("patch.unet.down.0.res.norm1.weight"), Init::Ones);
         assert_eq!(rule("patch.unet.norm_out.bias"), Init::Zeros);
         assert_eq!(rule("text.embed.weight"), Init::Normal { std: 0.02 });
-        assert_eq!(rule("backbone.layers.0.attn.o.weight"), Init::Normal { std: 0.01 });
+        assert_eq!(
+            rule("backbone.layers.0.attn.o.weight"),
+            Init::Normal { std: 0.01 }
+        );
         assert_eq!(
             rule("vae.decoder.conv_out.weight"),
             Init::Normal {

@@ -2,7 +2,7 @@
 //! reference inputs written by the PyTorch model and compares the outputs.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::Serialize;
 use tract_onnx::prelude::*;
@@ -14,13 +14,15 @@ use crate::error::{Error, Result};
 /// Largest accepted error relative to the reference's largest magnitude, per precision.
 ///
 /// FP32 differs from PyTorch only by summation order. FP16 keeps a 10-bit mantissa (2^-11 ≈ 5e-4
-/// per rounding) through tens of layers. INT8 quantizes weights per channel and activations per
-/// tensor dynamically (≈ 1/255 of the tensor range per step), compounding through the backbone;
-/// see `docs/bundle.md` for measured figures.
+/// per rounding) and tract accumulates FP16 dot products in FP16 (as the aarch64 FP16 kernels
+/// do): a 3×3 conv over 128 channels sums 1152 terms, ≈ √1152 · 2^-11 ≈ 1.7 % of the range in the
+/// worst case. INT8 quantizes weights per channel and activations per tensor dynamically (≈ 1/255
+/// of the tensor range per step), compounding through the backbone. Measured figures are in
+/// `docs/bundle.md`.
 pub fn tolerance(precision: Precision) -> f32 {
     match precision {
         Precision::Fp32 => 1e-4,
-        Precision::Fp16 => 1e-2,
+        Precision::Fp16 => 3e-2,
         Precision::Int8 => 0.1,
     }
 }
@@ -95,7 +97,10 @@ fn to_tract(t: &RefTensor, name: &str, precision: Precision) -> Result<Tensor> {
                 .map_err(|e| bad(e.to_string()))?
                 .into_tensor();
             match precision {
-                Precision::Fp16 => a.cast_to::<f16>().map_err(|e| bad(e.to_string()))?.into_owned(),
+                Precision::Fp16 => a
+                    .cast_to::<f16>()
+                    .map_err(|e| bad(e.to_string()))?
+                    .into_owned(),
                 _ => a,
             }
         }
@@ -106,12 +111,15 @@ fn to_tract(t: &RefTensor, name: &str, precision: Precision) -> Result<Tensor> {
     Ok(tensor)
 }
 
+/// Tract's outputs by `{precision}/{case}/{tensor}`: shape and float32 values.
+pub type Dump = HashMap<String, (Vec<usize>, Vec<f32>)>;
+
 /// Runs the comparison; `dump` receives tract's outputs as `{precision}/{case}/{tensor}`.
 pub fn verify(
     bundle: &Path,
     reference: &Path,
     precisions: Option<&[Precision]>,
-    mut dump: Option<&mut HashMap<String, (Vec<usize>, Vec<f32>)>>,
+    mut dump: Option<&mut Dump>,
 ) -> Result<Vec<Comparison>> {
     let manifest = Manifest::load(bundle)?;
     let reference_tensors = read_reference(reference)?;
@@ -126,7 +134,10 @@ pub fn verify(
         cases.entry(case.to_string()).or_default().push((tensor, t));
     }
     if cases.is_empty() {
-        return Err(Error::Invalid(format!("{}: no reference cases", reference.display())));
+        return Err(Error::Invalid(format!(
+            "{}: no reference cases",
+            reference.display()
+        )));
     }
     let g = &manifest.geometry;
     let mut results = Vec::new();
@@ -212,14 +223,18 @@ pub fn compare(got: &[f32], want: &[f32]) -> (f32, f32) {
     let mut max_ref = 0f32;
     for (&a, &b) in got.iter().zip(want) {
         let d = (a - b).abs();
-        max_abs = if d.is_nan() { f32::INFINITY } else { max_abs.max(d) };
+        max_abs = if d.is_nan() {
+            f32::INFINITY
+        } else {
+            max_abs.max(d)
+        };
         max_ref = max_ref.max(b.abs());
     }
     (max_abs, max_abs / max_ref.max(1e-6))
 }
 
 /// Writes tract's outputs (`dump` of [`verify`]) as a float32 safetensors file.
-pub fn write_dump(path: &PathBuf, dump: &HashMap<String, (Vec<usize>, Vec<f32>)>) -> Result<()> {
+pub fn write_dump(path: &Path, dump: &Dump) -> Result<()> {
     let mut views = Vec::new();
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = dump
         .iter()
@@ -232,15 +247,16 @@ pub fn write_dump(path: &PathBuf, dump: &HashMap<String, (Vec<usize>, Vec<f32>)>
         })
         .collect();
     for (name, shape, raw) in &bytes {
-        let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), raw)
-            .map_err(|e| Error::Safetensors {
-                path: path.clone(),
-                message: e.to_string(),
-            })?;
+        let view =
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), raw)
+                .map_err(|e| Error::Safetensors {
+                    path: path.to_path_buf(),
+                    message: e.to_string(),
+                })?;
         views.push((name.clone(), view));
     }
     safetensors::serialize_to_file(views, None, path).map_err(|e| Error::Safetensors {
-        path: path.clone(),
+        path: path.to_path_buf(),
         message: e.to_string(),
     })
 }

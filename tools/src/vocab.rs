@@ -202,7 +202,8 @@ fn check_tokenizer_json(json: &Value, config: &Config) -> std::result::Result<()
             config.text.vocab_size
         ));
     }
-    for ((content, expected), (key, _)) in special_ids(config).iter().zip(config.special_tokens.all())
+    for ((content, expected), (key, _)) in
+        special_ids(config).iter().zip(config.special_tokens.all())
     {
         let expected = u64::from(*expected);
         let in_vocab = vocab.get(*content).map(|v| id_of(v, content)).transpose()?;
@@ -286,7 +287,8 @@ mod tests {
         assert_eq!(all.len(), VOCAB_SIZE + 3);
         assert_eq!(all[VOCAB_SIZE + 2], "[PAD]");
         assert_eq!(all[0], "circle");
-        assert_eq!(all[VOCAB_SIZE + 1], "[unused1]");
+        assert_eq!(all[VOCAB_SIZE - 1], "[unused0]");
+        assert_eq!(all[VOCAB_SIZE + 1], "[unused2]");
         check_tokenizer_json(&tokenizer_json(&config).unwrap(), &config).unwrap();
         config.text.vocab_size = VOCAB_SIZE - 1;
         config.special_tokens.pad = 0;
@@ -301,7 +303,10 @@ mod tests {
         other.special_tokens.boi = 4;
         other.special_tokens.eoi = 3;
         let message = check_tokenizer_json(&json, &other).unwrap_err();
-        assert!(message.contains("[BOI]") && message.contains("has id 3, expected 4"), "{message}");
+        assert!(
+            message.contains("[BOI]") && message.contains("has id 3, expected 4"),
+            "{message}"
+        );
         other = config.clone();
         other.text.vocab_size += 1;
         let message = check_tokenizer_json(&json, &other).unwrap_err();

@@ -32,9 +32,12 @@ fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     out
 }
 
+/// `(name, dtype, shape, little-endian bytes)` of one stored tensor.
+type RawTensor = (String, Dtype, Vec<usize>, Vec<u8>);
+
 /// Rewrites `model.safetensors` of `dir` after `edit` changes the raw `(name, dtype, shape,
 /// bytes)` list.
-fn rewrite_weights(dir: &Path, edit: impl FnOnce(&mut Vec<(String, Dtype, Vec<usize>, Vec<u8>)>)) {
+fn rewrite_weights(dir: &Path, edit: impl FnOnce(&mut Vec<RawTensor>)) {
     let path = dir.join(WEIGHTS_FILE);
     let bytes = std::fs::read(&path).unwrap();
     let file = SafeTensors::deserialize(&bytes).unwrap();
@@ -47,7 +50,10 @@ fn rewrite_weights(dir: &Path, edit: impl FnOnce(&mut Vec<(String, Dtype, Vec<us
     let views: Vec<_> = raw
         .iter()
         .map(|(name, dtype, shape, data)| {
-            (name.clone(), TensorView::new(*dtype, shape.clone(), data).unwrap())
+            (
+                name.clone(),
+                TensorView::new(*dtype, shape.clone(), data).unwrap(),
+            )
         })
         .collect();
     let out = safetensors::serialize(views, None).unwrap();
@@ -58,7 +64,11 @@ fn rewrite_weights(dir: &Path, edit: impl FnOnce(&mut Vec<(String, Dtype, Vec<us
 fn load_err(dir: &Path) -> Error {
     let before = snapshot(dir.parent().unwrap());
     let err = Checkpoint::load(dir).unwrap_err();
-    assert_eq!(snapshot(dir.parent().unwrap()), before, "load changed files");
+    assert_eq!(
+        snapshot(dir.parent().unwrap()),
+        before,
+        "load changed files"
+    );
     err
 }
 
@@ -138,7 +148,9 @@ fn float16_weights_are_widened() {
 #[test]
 fn missing_tensor() {
     let (_root, dir) = saved_tiny();
-    rewrite_weights(&dir, |raw| raw.retain(|t| t.0 != "backbone.layers.1.ffn.up.weight"));
+    rewrite_weights(&dir, |raw| {
+        raw.retain(|t| t.0 != "backbone.layers.1.ffn.up.weight")
+    });
     let err = load_err(&dir);
     assert!(
         matches!(&err, Error::MissingTensor { name, .. } if name == "backbone.layers.1.ffn.up.weight"),
@@ -154,14 +166,20 @@ fn unexpected_tensor() {
         raw.push(("extra.weight".into(), Dtype::F32, vec![1], vec![0; 4]))
     });
     let err = load_err(&dir);
-    assert!(matches!(&err, Error::UnexpectedTensor { name, .. } if name == "extra.weight"), "{err}");
+    assert!(
+        matches!(&err, Error::UnexpectedTensor { name, .. } if name == "extra.weight"),
+        "{err}"
+    );
 }
 
 #[test]
 fn wrong_shape() {
     let (_root, dir) = saved_tiny();
     rewrite_weights(&dir, |raw| {
-        let t = raw.iter_mut().find(|t| t.0 == "timestep.linear2.weight").unwrap();
+        let t = raw
+            .iter_mut()
+            .find(|t| t.0 == "timestep.linear2.weight")
+            .unwrap();
         t.2 = vec![32, 128];
     });
     let err = load_err(&dir);
@@ -179,14 +197,20 @@ fn wrong_shape() {
         other => panic!("{other}"),
     }
     let message = err.to_string();
-    assert!(message.contains("[32, 128]") && message.contains("[64, 64]"), "{message}");
+    assert!(
+        message.contains("[32, 128]") && message.contains("[64, 64]"),
+        "{message}"
+    );
 }
 
 #[test]
 fn wrong_dtype() {
     let (_root, dir) = saved_tiny();
     rewrite_weights(&dir, |raw| {
-        let t = raw.iter_mut().find(|t| t.0 == "text.lm_head.weight").unwrap();
+        let t = raw
+            .iter_mut()
+            .find(|t| t.0 == "text.lm_head.weight")
+            .unwrap();
         t.1 = Dtype::I32;
     });
     let err = load_err(&dir);
@@ -208,7 +232,10 @@ fn garbage_and_truncated_safetensors() {
     ] {
         std::fs::write(&path, &bad).unwrap();
         let err = load_err(&dir);
-        assert!(matches!(&err, Error::Safetensors { path: p, .. } if p == &path), "{err}");
+        assert!(
+            matches!(&err, Error::Safetensors { path: p, .. } if p == &path),
+            "{err}"
+        );
     }
 }
 
@@ -216,7 +243,10 @@ fn garbage_and_truncated_safetensors() {
 fn non_finite_weight() {
     let (_root, dir) = saved_tiny();
     rewrite_weights(&dir, |raw| {
-        let t = raw.iter_mut().find(|t| t.0 == "vae.decoder.conv_out.weight").unwrap();
+        let t = raw
+            .iter_mut()
+            .find(|t| t.0 == "vae.decoder.conv_out.weight")
+            .unwrap();
         t.3[8..12].copy_from_slice(&f32::NAN.to_le_bytes());
     });
     let err = load_err(&dir);
@@ -230,7 +260,10 @@ fn non_finite_weight() {
     c.tensors.get_mut("text.embed.weight").unwrap().data[3] = f32::INFINITY;
     let root = tempfile::tempdir().unwrap();
     let err = c.save(root.path().join("out")).unwrap_err();
-    assert!(matches!(&err, Error::NonFinite { name, .. } if name == "text.embed.weight"), "{err}");
+    assert!(
+        matches!(&err, Error::NonFinite { name, .. } if name == "text.embed.weight"),
+        "{err}"
+    );
     assert!(snapshot(root.path()).is_empty());
 }
 
@@ -287,7 +320,10 @@ fn tokenizer_must_agree() {
     let err = load_err(&dir);
     let message = err.to_string();
     assert!(matches!(err, Error::Tokenizer { .. }), "{message}");
-    assert!(message.contains("[BOI]") && message.contains("expected 3"), "{message}");
+    assert!(
+        message.contains("[BOI]") && message.contains("expected 3"),
+        "{message}"
+    );
 
     std::fs::remove_file(&path).unwrap();
     assert!(matches!(load_err(&dir), Error::Io { path: p, .. } if p == path));
@@ -299,7 +335,10 @@ fn existing_output_is_left_untouched() {
     let before = snapshot(root.path());
     let c = init_checkpoint("tiny", 2).unwrap();
     let err = c.save(&dir).unwrap_err();
-    assert!(matches!(&err, Error::OutputExists { path } if path == &dir), "{err}");
+    assert!(
+        matches!(&err, Error::OutputExists { path } if path == &dir),
+        "{err}"
+    );
     assert!(err.to_string().contains("exists and is not empty"));
     let err = run("tiny", 2, &dir).unwrap_err();
     assert!(matches!(err, Error::OutputExists { .. }), "{err}");
@@ -321,7 +360,9 @@ fn existing_output_is_left_untouched() {
 fn unknown_preset() {
     let root = tempfile::tempdir().unwrap();
     let err = run("huge", 0, &root.path().join("x")).unwrap_err();
-    assert!(matches!(&err, Error::UnknownPreset { name, .. } if name == "huge"), "{err}");
+    assert!(
+        matches!(&err, Error::UnknownPreset { name, .. } if name == "huge"),
+        "{err}"
+    );
     assert!(snapshot(root.path()).is_empty());
 }
-

@@ -321,12 +321,18 @@ mod tests {
     fn trailing_spacing() {
         assert_eq!(trailing_timesteps(1000, 1).unwrap(), vec![999]);
         assert_eq!(trailing_timesteps(1000, 2).unwrap(), vec![999, 499]);
-        assert_eq!(trailing_timesteps(1000, 4).unwrap(), vec![999, 749, 499, 249]);
+        assert_eq!(
+            trailing_timesteps(1000, 4).unwrap(),
+            vec![999, 749, 499, 249]
+        );
         assert_eq!(trailing_timesteps(1000, 3).unwrap(), vec![999, 666, 332]);
         // Ties round to even like np.round: 937.5 → 938, 812.5 → 812.
         let t16 = trailing_timesteps(1000, 16).unwrap();
         assert_eq!(&t16[..4], &[999, 937, 874, 811]);
-        assert_eq!(trailing_timesteps(10, 10).unwrap(), (0..10).rev().collect::<Vec<_>>());
+        assert_eq!(
+            trailing_timesteps(10, 10).unwrap(),
+            (0..10).rev().collect::<Vec<_>>()
+        );
         for n in 1..=1000 {
             let ts = trailing_timesteps(1000, n).unwrap();
             assert_eq!(ts.len(), n);

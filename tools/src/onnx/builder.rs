@@ -135,7 +135,13 @@ impl GraphBuilder {
         self.node_n(op, inputs, 1, attrs).remove(0)
     }
 
-    fn push_initializer(&mut self, hint: &str, dt: DataType, shape: &[usize], raw: Vec<u8>) -> String {
+    fn push_initializer(
+        &mut self,
+        hint: &str,
+        dt: DataType,
+        shape: &[usize],
+        raw: Vec<u8>,
+    ) -> String {
         let name = self.fresh(hint);
         self.initializers.push(pb::TensorProto {
             dims: shape.iter().map(|&d| d as i64).collect(),

@@ -48,11 +48,19 @@ fn sym(s: &str) -> Dim {
 
 fn text_embed(net: &mut Net, c: &Config) -> Result<()> {
     let (v, d) = (c.text.vocab_size, c.backbone.dim);
-    let ids = net.b.input("input_ids", IoDtype::Int64, &[1.into(), sym("S")]);
+    let ids = net
+        .b
+        .input("input_ids", IoDtype::Int64, &[1.into(), sym("S")]);
     let table = net.weight("text.embed.weight", &[v, d])?;
-    let e = net.b.op("Gather", &[&table, &ids], vec![("axis", Attr::Int(0))]);
-    net.b
-        .output("embeddings", &e, IoDtype::Float, &[1.into(), sym("S"), d.into()]);
+    let e = net
+        .b
+        .op("Gather", &[&table, &ids], vec![("axis", Attr::Int(0))]);
+    net.b.output(
+        "embeddings",
+        &e,
+        IoDtype::Float,
+        &[1.into(), sym("S"), d.into()],
+    );
     Ok(())
 }
 
@@ -62,8 +70,12 @@ fn lm_head(net: &mut Net, c: &Config) -> Result<()> {
         .b
         .input("hidden", IoDtype::Float, &[1.into(), sym("S"), d.into()]);
     let logits = net.linear(&h, "text.lm_head", (d, v), false, QuantGroup::Backbone)?;
-    net.b
-        .output("logits", &logits, IoDtype::Float, &[1.into(), sym("S"), v.into()]);
+    net.b.output(
+        "logits",
+        &logits,
+        IoDtype::Float,
+        &[1.into(), sym("S"), v.into()],
+    );
     Ok(())
 }
 
@@ -78,7 +90,9 @@ fn rope_tables(net: &mut Net, positions: &str, head_dim: usize, theta: f32) -> (
     let p = net.b.op("Unsqueeze", &[&p, &axes], vec![]);
     let inv = net.b.const_f32("rope_inv_freq", &[1, half], &inv);
     let ang = net.b.op("Mul", &[&p, &inv], vec![]);
-    let ang = net.b.op("Concat", &[&ang, &ang], vec![("axis", Attr::Int(1))]);
+    let ang = net
+        .b
+        .op("Concat", &[&ang, &ang], vec![("axis", Attr::Int(1))]);
     let cos = net.b.op("Cos", &[&ang], vec![]);
     let sin = net.b.op("Sin", &[&ang], vec![]);
     (net.from_f32(&cos), net.from_f32(&sin))
@@ -94,7 +108,9 @@ fn apply_rope(net: &mut Net, x: &str, cos: &str, sin: &str, head_dim: usize) -> 
     let x1 = net.b.op("Slice", &[x, &s0, &s1, &axes], vec![]);
     let x2 = net.b.op("Slice", &[x, &s1, &e1, &axes], vec![]);
     let nx2 = net.b.op("Neg", &[&x2], vec![]);
-    let rot = net.b.op("Concat", &[&nx2, &x1], vec![("axis", Attr::Int(3))]);
+    let rot = net
+        .b
+        .op("Concat", &[&nx2, &x1], vec![("axis", Attr::Int(3))]);
     let a = net.b.op("Mul", &[x, cos], vec![]);
     let r = net.b.op("Mul", &[&rot, sin], vec![]);
     net.b.op("Add", &[&a, &r], vec![])
@@ -102,10 +118,15 @@ fn apply_rope(net: &mut Net, x: &str, cos: &str, sin: &str, head_dim: usize) -> 
 
 /// `[1, S, H·hd]` → `[1, H, S, hd]`.
 fn split_heads(net: &mut Net, x: &str, heads: usize, head_dim: usize) -> String {
-    let shape = net.b.ints("heads_shape", &[0, 0, heads as i64, head_dim as i64]);
+    let shape = net
+        .b
+        .ints("heads_shape", &[0, 0, heads as i64, head_dim as i64]);
     let r = net.b.op("Reshape", &[x, &shape], vec![]);
-    net.b
-        .op("Transpose", &[&r], vec![("perm", Attr::Ints(vec![0, 2, 1, 3]))])
+    net.b.op(
+        "Transpose",
+        &[&r],
+        vec![("perm", Attr::Ints(vec![0, 2, 1, 3]))],
+    )
 }
 
 fn backbone(net: &mut Net, c: &Config) -> Result<()> {
@@ -113,9 +134,11 @@ fn backbone(net: &mut Net, c: &Config) -> Result<()> {
     let (d, h, hd, f) = (b.dim, b.n_heads, b.head_dim, b.ffn_dim);
     let hdim = h * hd;
     let q = QuantGroup::Backbone;
-    let mut x = net
-        .b
-        .input("embeddings", IoDtype::Float, &[1.into(), sym("S"), d.into()]);
+    let mut x = net.b.input(
+        "embeddings",
+        IoDtype::Float,
+        &[1.into(), sym("S"), d.into()],
+    );
     let positions = net.b.input("positions", IoDtype::Int64, &[sym("S")]);
     let mask = net
         .b
@@ -154,9 +177,11 @@ fn backbone(net: &mut Net, c: &Config) -> Result<()> {
         let v_all = net
             .b
             .op("Concat", &[past_v, &vh], vec![("axis", Attr::Int(2))]);
-        let kt = net
-            .b
-            .op("Transpose", &[&k_all], vec![("perm", Attr::Ints(vec![0, 1, 3, 2]))]);
+        let kt = net.b.op(
+            "Transpose",
+            &[&k_all],
+            vec![("perm", Attr::Ints(vec![0, 1, 3, 2]))],
+        );
         let scores = net.b.op("MatMul", &[&qh, &kt], vec![]);
         let scores = net.b.op("Mul", &[&scores, &scale], vec![]);
         let scores = net.b.op("Add", &[&scores, &mask], vec![]);
@@ -164,9 +189,11 @@ fn backbone(net: &mut Net, c: &Config) -> Result<()> {
         let probs = net.b.op("Softmax", &[&s32], vec![("axis", Attr::Int(-1))]);
         let probs = net.from_f32(&probs);
         let o = net.b.op("MatMul", &[&probs, &v_all], vec![]);
-        let o = net
-            .b
-            .op("Transpose", &[&o], vec![("perm", Attr::Ints(vec![0, 2, 1, 3]))]);
+        let o = net.b.op(
+            "Transpose",
+            &[&o],
+            vec![("perm", Attr::Ints(vec![0, 2, 1, 3]))],
+        );
         let merged = net.b.ints("merge_shape", &[0, 0, hdim as i64]);
         let o = net.b.op("Reshape", &[&o, &merged], vec![]);
         let o = net.linear(&o, &format!("{p}.attn.o"), (hdim, d), false, q)?;
@@ -181,13 +208,25 @@ fn backbone(net: &mut Net, c: &Config) -> Result<()> {
         presents.push((k_all, v_all));
     }
     let hidden = net.rms_norm(&x, "backbone.norm.weight", d, b.norm_eps)?;
-    net.b
-        .output("hidden", &hidden, IoDtype::Float, &[1.into(), sym("S"), d.into()]);
+    net.b.output(
+        "hidden",
+        &hidden,
+        IoDtype::Float,
+        &[1.into(), sym("S"), d.into()],
+    );
     for (l, (k, v)) in presents.iter().enumerate() {
-        net.b
-            .output(&format!("present_key.{l}"), k, IoDtype::Float, &present_shape);
-        net.b
-            .output(&format!("present_value.{l}"), v, IoDtype::Float, &present_shape);
+        net.b.output(
+            &format!("present_key.{l}"),
+            k,
+            IoDtype::Float,
+            &present_shape,
+        );
+        net.b.output(
+            &format!("present_value.{l}"),
+            v,
+            IoDtype::Float,
+            &present_shape,
+        );
     }
     Ok(())
 }
@@ -233,7 +272,13 @@ fn patch_in(net: &mut Net, c: &Config) -> Result<()> {
             );
             let s3 = net.b.ints("patchify", &[0, n as i64, ci * pi * pi]);
             let x = net.b.op("Reshape", &[&x, &s3], vec![]);
-            let x = net.linear(&x, "patch.in_proj", (ch * p * p, d), true, QuantGroup::Patch)?;
+            let x = net.linear(
+                &x,
+                "patch.in_proj",
+                (ch * p * p, d),
+                true,
+                QuantGroup::Patch,
+            )?;
             let axes = net.b.ints("axes", &[1]);
             let t = net.b.op("Unsqueeze", &[&temb, &axes], vec![]);
             net.b.op("Add", &[&x, &t], vec![])
@@ -261,12 +306,19 @@ fn patch_in(net: &mut Net, c: &Config) -> Result<()> {
             h = net.conv(&h, "patch.unet.proj_in", (cur, d, 1), 1, QuantGroup::Patch)?;
             let s = net.b.ints("tokens", &[0, d as i64, n as i64]);
             let h = net.b.op("Reshape", &[&h, &s], vec![]);
-            net.b
-                .op("Transpose", &[&h], vec![("perm", Attr::Ints(vec![0, 2, 1]))])
+            net.b.op(
+                "Transpose",
+                &[&h],
+                vec![("perm", Attr::Ints(vec![0, 2, 1]))],
+            )
         }
     };
-    net.b
-        .output("patches", &patches, IoDtype::Float, &[sym("B"), n.into(), d.into()]);
+    net.b.output(
+        "patches",
+        &patches,
+        IoDtype::Float,
+        &[sym("B"), n.into(), d.into()],
+    );
     Ok(())
 }
 
@@ -294,7 +346,13 @@ fn patch_out(net: &mut Net, c: &Config) -> Result<()> {
             let axes = net.b.ints("axes", &[1]);
             let t = net.b.op("Unsqueeze", &[&temb, &axes], vec![]);
             let x = net.b.op("Add", &[&hidden, &t], vec![]);
-            let x = net.linear(&x, "patch.out_proj", (d, ch * p * p), true, QuantGroup::Patch)?;
+            let x = net.linear(
+                &x,
+                "patch.out_proj",
+                (d, ch * p * p),
+                true,
+                QuantGroup::Patch,
+            )?;
             let (pi, ci) = (p as i64, ch as i64);
             let s6 = net.b.ints("unpatchify", &[0, gd, gd, ci, pi, pi]);
             let x = net.b.op("Reshape", &[&x, &s6], vec![]);
@@ -311,9 +369,11 @@ fn patch_out(net: &mut Net, c: &Config) -> Result<()> {
             let u = &c.patch.channels;
             let un = QuantGroup::Unet;
             let temb = Some((temb_act.as_str(), d));
-            let h = net
-                .b
-                .op("Transpose", &[&hidden], vec![("perm", Attr::Ints(vec![0, 2, 1]))]);
+            let h = net.b.op(
+                "Transpose",
+                &[&hidden],
+                vec![("perm", Attr::Ints(vec![0, 2, 1]))],
+            );
             let s = net.b.ints("grid", &[0, d as i64, gd, gd]);
             let h = net.b.op("Reshape", &[&h, &s], vec![]);
             let mut cur = u[u.len() - 1];
@@ -354,7 +414,13 @@ fn vae_encoder(net: &mut Net, c: &Config) -> Result<()> {
     let image = net.b.input("image", IoDtype::Float, &image_shape(c));
     let ch = &v.channels;
     let levels = ch.len() - 1;
-    let mut h = net.conv(&image, "vae.encoder.conv_in", (c.image.channels, ch[0], 3), 1, q)?;
+    let mut h = net.conv(
+        &image,
+        "vae.encoder.conv_in",
+        (c.image.channels, ch[0], 3),
+        1,
+        q,
+    )?;
     let mut cur = ch[0];
     for (i, &ci) in ch.iter().enumerate() {
         let prefix = format!("vae.encoder.down.{i}");

@@ -95,11 +95,17 @@ impl<'a> Net<'a> {
             // Per-output-channel symmetric int8 weights, per-tensor dynamic u8 activations:
             // MatMulInteger runs on tract's (and onnxruntime's) integer kernels.
             let (q, scales) = quantize_per_channel(&wt, n_out, |i| i % n_out);
-            let wq = self.b.const_i8(&format!("{prefix}.weight_i8"), &[n_in, n_out], &q);
-            let ws = self.b.const_f32(&format!("{prefix}.weight_scale"), &[n_out], &scales);
+            let wq = self
+                .b
+                .const_i8(&format!("{prefix}.weight_i8"), &[n_in, n_out], &q);
+            let ws = self
+                .b
+                .const_f32(&format!("{prefix}.weight_scale"), &[n_out], &scales);
             self.integer_op("MatMulInteger", x, &wq, None, &ws, vec![])
         } else {
-            let wc = self.b.const_float(&format!("{prefix}.weight_t"), &[n_in, n_out], &wt);
+            let wc = self
+                .b
+                .const_float(&format!("{prefix}.weight_t"), &[n_in, n_out], &wt);
             self.b.op("MatMul", &[x, &wc], vec![])
         };
         if bias {
@@ -161,10 +167,14 @@ impl<'a> Net<'a> {
             // values shifted by a zero point of 128 (same numbers, same integer kernels).
             let qu: Vec<u8> = q.iter().map(|&v| (i16::from(v) + 128) as u8).collect();
             let wq = self.b.const_u8(&format!("{prefix}.weight_u8"), &shape, &qu);
-            let wz = self.b.const_u8(&format!("{prefix}.weight_zero"), &[], &[128]);
-            let ws = self
+            let wz = self
                 .b
-                .const_f32(&format!("{prefix}.weight_scale"), &[1, c_out, 1, 1], &scales);
+                .const_u8(&format!("{prefix}.weight_zero"), &[], &[128]);
+            let ws = self.b.const_f32(
+                &format!("{prefix}.weight_scale"),
+                &[1, c_out, 1, 1],
+                &scales,
+            );
             let y = self.integer_op("ConvInteger", x, &wq, Some(&wz), &ws, attrs());
             let bias = self.tensor(&bias_name, &[c_out])?;
             let bc = self.b.const_f32(&bias_name, &[1, c_out, 1, 1], bias);
@@ -206,16 +216,24 @@ impl<'a> Net<'a> {
         let shape = self.b.op("Shape", &[&x32], vec![]);
         let grouped_shape = self.b.ints("group_shape", &[0, NORM_GROUPS as i64, -1]);
         let grouped = self.b.op("Reshape", &[&x32, &grouped_shape], vec![]);
-        let ones = self.b.const_f32("ones", &[NORM_GROUPS], &[1.0; NORM_GROUPS]);
-        let zeros = self.b.const_f32("zeros", &[NORM_GROUPS], &[0.0; NORM_GROUPS]);
+        let ones = self
+            .b
+            .const_f32("ones", &[NORM_GROUPS], &[1.0; NORM_GROUPS]);
+        let zeros = self
+            .b
+            .const_f32("zeros", &[NORM_GROUPS], &[0.0; NORM_GROUPS]);
         let normed = self.b.op(
             "InstanceNormalization",
             &[&grouped, &ones, &zeros],
             vec![("epsilon", Attr::Float(GROUP_NORM_EPS))],
         );
         let back = self.b.op("Reshape", &[&normed, &shape], vec![]);
-        let g = self.b.const_f32(&format!("{prefix}.weight"), &[c, 1, 1], gamma);
-        let bt = self.b.const_f32(&format!("{prefix}.bias"), &[c, 1, 1], beta);
+        let g = self
+            .b
+            .const_f32(&format!("{prefix}.weight"), &[c, 1, 1], gamma);
+        let bt = self
+            .b
+            .const_f32(&format!("{prefix}.bias"), &[c, 1, 1], beta);
         let y = self.b.op("Mul", &[&back, &g], vec![]);
         let y = self.b.op("Add", &[&y, &bt], vec![]);
         Ok(self.from_f32(&y))
@@ -283,7 +301,9 @@ impl<'a> Net<'a> {
         let args = self.b.op("Mul", &[&t2, &f], vec![]);
         let cos = self.b.op("Cos", &[&args], vec![]);
         let sin = self.b.op("Sin", &[&args], vec![]);
-        let e = self.b.op("Concat", &[&cos, &sin], vec![("axis", Attr::Int(1))]);
+        let e = self
+            .b
+            .op("Concat", &[&cos, &sin], vec![("axis", Attr::Int(1))]);
         let e = self.from_f32(&e);
         let h = self.linear(&e, "timestep.linear1", (freq_dim, dim), true, group)?;
         let h = self.silu(&h);

@@ -126,7 +126,10 @@ mod tests {
         assert_eq!(q[4], -127);
         for (i, &v) in w.iter().enumerate() {
             let back = f32::from(q[i]) * s[i / 3];
-            assert!((back - v).abs() <= s[i / 3] / 2.0 + 1e-9, "{i}: {back} vs {v}");
+            assert!(
+                (back - v).abs() <= s[i / 3] / 2.0 + 1e-9,
+                "{i}: {back} vs {v}"
+            );
         }
     }
 

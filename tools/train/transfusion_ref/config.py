@@ -305,11 +305,11 @@ def _preset(name, *, vocab, seq, dim, layers, heads, head_dim, ffn, image, vae_c
 def preset(name: str) -> Config:
     """Test presets (the product presets live in the Rust `transfusion init`)."""
     if name == "tiny":
-        return _preset("tiny", vocab=64, seq=128, dim=64, layers=2, heads=1, head_dim=64, ffn=128,
+        return _preset("tiny", vocab=74, seq=128, dim=64, layers=2, heads=1, head_dim=64, ffn=128,
                        image=32, vae_ch=[8, 16, 16], patch_size=2, patch_ch=[16], freq=64)
     if name == "shapes64":
-        return _preset("shapes64", vocab=96, seq=256, dim=256, layers=8, heads=4, head_dim=64,
-                       ffn=704, image=64, vae_ch=[32, 64, 128], patch_size=4, patch_ch=[64, 128],
+        return _preset("shapes64", vocab=74, seq=256, dim=256, layers=8, heads=4, head_dim=64,
+                       ffn=704, image=64, vae_ch=[16, 32, 64], patch_size=4, patch_ch=[32, 64],
                        freq=256)
     raise ValueError(f"unknown preset {name!r} (expected tiny | shapes64)")
 
