@@ -29,6 +29,8 @@ pub enum Error {
     InvalidOption { name: String, message: String },
     #[error("numerical failure in {what}: {message}")]
     Numerical { what: String, message: String },
+    #[error("context full: {message}")]
+    Context { message: String },
     #[error("manifest {path}: {message}")]
     Manifest { path: PathBuf, message: String },
     /// A `tokenizer.json` that can't be read, disagrees with the config's special tokens, or

@@ -1,13 +1,38 @@
-//! Transfusion edge runtime: loads a converted bundle (see `docs/bundle.md`) and runs it with tract.
+//! Transfusion edge runtime: loads a converted bundle (see `docs/bundle.md`) and runs it with
+//! tract — text, images inside the sequence (BOI … EOI) with a few-step sampler over the latent
+//! patches, captioning and editing.
+//!
+//! ```no_run
+//! use transfusion_sdk::{GenerateOptions, LoadOptions, Model, Request, Control};
+//! let model = Model::load("models/shapes64/bundle", &LoadOptions::default())?;
+//! let out = model.generate(
+//!     Request::Image { prompt: "a red circle above a blue square" },
+//!     &GenerateOptions::default(),
+//!     |_event| Control::Continue,
+//! )?;
+//! out.images()[0].save_png("generated.png")?;
+//! # Ok::<(), transfusion_sdk::Error>(())
+//! ```
 
 pub mod config;
 pub mod diffusion;
 pub mod error;
+pub mod generate;
 pub mod graph;
 pub mod image;
 pub mod manifest;
+pub mod model;
+pub mod options;
 pub mod sampling;
+pub mod session;
 pub mod text;
 
 pub use config::Config;
 pub use error::{Error, Result};
+pub use generate::{Control, Event, Output, Request, Segment, StopReason};
+pub use image::RgbImage;
+pub use manifest::Precision;
+pub use model::Model;
+pub use options::{Device, GenerateOptions, LoadOptions, PartPrecisions, PrecisionChoice};
+pub use sampling::SamplingOptions;
+pub use session::{Session, Timings};

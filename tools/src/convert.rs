@@ -12,6 +12,8 @@ use transfusion_sdk::manifest::{
     GraphEntry, GraphFile, Manifest, Precision, Preview, GRAPH_NAMES, MANIFEST_FORMAT_VERSION,
 };
 
+pub use transfusion_sdk::manifest::Precision as BundlePrecision;
+
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 use crate::onnx::{build_graph, Int8Parts};

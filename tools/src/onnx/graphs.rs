@@ -259,6 +259,7 @@ fn patch_in(net: &mut Net, c: &Config) -> Result<()> {
     let (d, n, p, ch) = (g.dim, g.num_patches, g.patch_size, g.latent_channels);
     let latent = net.b.input("latent", IoDtype::Float, &latent_shape(c));
     let (temb, temb_act) = timestep_input(net, c)?;
+    let mut skip_values = Vec::new();
     let patches = match c.patch.kind {
         PatchKind::Linear => {
             let gd = g.patch_grid as i64;
@@ -292,13 +293,7 @@ fn patch_in(net: &mut Net, c: &Config) -> Result<()> {
             for (i, &ui) in u.iter().enumerate() {
                 let prefix = format!("patch.unet.down.{i}");
                 h = net.resblock(&h, &format!("{prefix}.res"), (cur, ui), temb, un)?;
-                let skip = &g.skips[i];
-                net.b.output(
-                    &format!("skip.{i}"),
-                    &h,
-                    IoDtype::Float,
-                    &[sym("B"), ui.into(), skip.size.into(), skip.size.into()],
-                );
+                skip_values.push(h.clone());
                 h = net.conv(&h, &format!("{prefix}.downsample"), (ui, ui, 3), 2, un)?;
                 cur = ui;
             }
@@ -319,6 +314,16 @@ fn patch_in(net: &mut Net, c: &Config) -> Result<()> {
         IoDtype::Float,
         &[sym("B"), n.into(), d.into()],
     );
+    for (i, (value, skip)) in skip_values.iter().zip(&g.skips).enumerate() {
+        let shape = [
+            sym("B"),
+            skip.channels.into(),
+            skip.size.into(),
+            skip.size.into(),
+        ];
+        net.b
+            .output(&format!("skip.{i}"), value, IoDtype::Float, &shape);
+    }
     Ok(())
 }
 

@@ -1,0 +1,248 @@
+//! A loaded bundle: manifest, tokenizer and the seven graphs, each optimised once at the
+//! precision chosen for its part. `Model` is `Send + Sync`: sessions on many threads share it.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use tract_onnx::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::graph::{tensor_to_f32, Graph};
+use crate::manifest::{FloatDtype, Manifest, Precision, GRAPH_NAMES};
+use crate::options::{Device, LoadOptions, PrecisionChoice};
+use crate::text::Tokenizer;
+
+/// One graph at its chosen precision.
+#[derive(Debug, Clone)]
+pub struct Part {
+    pub graph: Graph,
+    pub precision: Precision,
+    pub float: FloatDtype,
+}
+
+impl Part {
+    /// A float tensor in this graph's float type from f32 values.
+    pub fn float_tensor(&self, shape: &[usize], data: &[f32]) -> Result<Tensor> {
+        float_tensor(shape, data, self.float)
+    }
+
+    /// Runs the graph; returns its outputs in declaration order.
+    pub fn run(&self, inputs: TVec<TValue>) -> Result<TVec<TValue>> {
+        self.graph.run(inputs)
+    }
+}
+
+/// Builds a float tensor of `float` type from f32 values.
+pub fn float_tensor(shape: &[usize], data: &[f32], float: FloatDtype) -> Result<Tensor> {
+    let t = tract_ndarray::ArrayD::from_shape_vec(shape, data.to_vec())
+        .map_err(|e| Error::Numerical {
+            what: "tensor".into(),
+            message: format!("{} values do not make shape {shape:?}: {e}", data.len()),
+        })?
+        .into_tensor();
+    match float {
+        FloatDtype::Float32 => Ok(t),
+        FloatDtype::Float16 => Ok(t
+            .cast_to::<f16>()
+            .map_err(|e| Error::Numerical {
+                what: "tensor".into(),
+                message: format!("{e:#}"),
+            })?
+            .into_owned()),
+    }
+}
+
+/// Copies output `index` of `outputs` as f32 values.
+pub fn output_f32(outputs: &TVec<TValue>, index: usize, what: &str) -> Result<Vec<f32>> {
+    let value = outputs.get(index).ok_or_else(|| Error::Numerical {
+        what: what.to_string(),
+        message: format!(
+            "graph returned {} outputs, expected more than {index}",
+            outputs.len()
+        ),
+    })?;
+    Ok(tensor_to_f32(value, what)?.1)
+}
+
+/// A loaded model.
+#[derive(Debug)]
+pub struct Model {
+    dir: PathBuf,
+    manifest: Manifest,
+    tokenizer: Tokenizer,
+    pub(crate) text_embed: Part,
+    pub(crate) backbone: Part,
+    pub(crate) lm_head: Part,
+    pub(crate) patch_in: Part,
+    pub(crate) patch_out: Part,
+    pub(crate) vae_encoder: Part,
+    pub(crate) vae_decoder: Part,
+    load_time: Duration,
+}
+
+/// Whether this CPU does FP16 arithmetic natively (aarch64 `asimdhp`, reported as `fp16`).
+pub fn native_fp16() -> bool {
+    #[cfg(target_arch = "aarch64")]
+    {
+        std::arch::is_aarch64_feature_detected!("fp16")
+    }
+    #[cfg(not(target_arch = "aarch64"))]
+    {
+        false
+    }
+}
+
+fn choose(manifest: &Manifest, name: &str, choice: PrecisionChoice) -> Result<Precision> {
+    let entry = manifest.graph(name)?;
+    match choice {
+        PrecisionChoice::Exact(p) => {
+            if entry.files.contains_key(&p) {
+                Ok(p)
+            } else {
+                Err(Error::InvalidOption {
+                    name: "precision".into(),
+                    message: format!(
+                        "the bundle has no {p} file for `{name}` (it has {})",
+                        manifest
+                            .precisions
+                            .iter()
+                            .map(|p| p.name())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                })
+            }
+        }
+        PrecisionChoice::Auto => {
+            if entry
+                .files
+                .get(&Precision::Int8)
+                .is_some_and(|f| f.int8_ops)
+            {
+                Ok(Precision::Int8)
+            } else if native_fp16() && entry.files.contains_key(&Precision::Fp16) {
+                Ok(Precision::Fp16)
+            } else if entry.files.contains_key(&Precision::Fp32) {
+                Ok(Precision::Fp32)
+            } else {
+                manifest
+                    .precisions
+                    .first()
+                    .copied()
+                    .ok_or_else(|| Error::Manifest {
+                        path: "manifest.json".into(),
+                        message: "no precision".into(),
+                    })
+            }
+        }
+    }
+}
+
+impl Model {
+    /// Loads the bundle in `dir`: reads and checks the manifest, the tokenizer, and every graph
+    /// (interface checked against the manifest, optimised once by tract).
+    pub fn load(dir: impl AsRef<Path>, options: &LoadOptions) -> Result<Self> {
+        let start = Instant::now();
+        let dir = dir.as_ref();
+        if options.device == Device::Cuda {
+            return Err(Error::InvalidOption {
+                name: "device".into(),
+                message: "this build of the SDK has no CUDA support (build with the `cuda` \
+                          feature), use `cpu`"
+                    .into(),
+            });
+        }
+        if let Some(n) = options.threads {
+            if n == 0 || n > 1024 {
+                return Err(Error::InvalidOption {
+                    name: "threads".into(),
+                    message: format!("must be in 1..=1024, got {n}"),
+                });
+            }
+            let executor = tract_linalg::multithread::Executor::multithread(n);
+            tract_linalg::multithread::set_default_executor(executor);
+        }
+        let manifest = Manifest::load(dir)?;
+        let tokenizer =
+            Tokenizer::from_file(&dir.join(&manifest.tokenizer), manifest.special_tokens)?;
+        let mut parts = Vec::with_capacity(GRAPH_NAMES.len());
+        for name in GRAPH_NAMES {
+            let precision = choose(&manifest, name, options.precision.for_graph(name))?;
+            let entry = manifest.graph(name)?;
+            let file = entry.files.get(&precision).ok_or_else(|| Error::Manifest {
+                path: dir.join("manifest.json"),
+                message: format!("graph `{name}` has no {precision} file"),
+            })?;
+            let path = dir.join(&file.path);
+            let graph = Graph::load(name, &path)?;
+            graph.check_interface(entry, file.float)?;
+            log::info!("loaded {name} ({precision}) from {}", path.display());
+            parts.push(Part {
+                graph,
+                precision,
+                float: file.float,
+            });
+        }
+        let mut parts = parts.into_iter();
+        let mut next = || {
+            parts.next().ok_or_else(|| Error::Manifest {
+                path: dir.join("manifest.json"),
+                message: "missing graph".into(),
+            })
+        };
+        Ok(Model {
+            dir: dir.to_path_buf(),
+            tokenizer,
+            text_embed: next()?,
+            backbone: next()?,
+            lm_head: next()?,
+            patch_in: next()?,
+            patch_out: next()?,
+            vae_encoder: next()?,
+            vae_decoder: next()?,
+            manifest,
+            load_time: start.elapsed(),
+        })
+    }
+
+    /// The bundle's manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// The bundle directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// How long [`Model::load`] took.
+    pub fn load_time(&self) -> Duration {
+        self.load_time
+    }
+
+    /// The precision each graph runs at, in bundle order.
+    pub fn precisions(&self) -> Vec<(&'static str, Precision)> {
+        GRAPH_NAMES
+            .iter()
+            .copied()
+            .zip(
+                [
+                    &self.text_embed,
+                    &self.backbone,
+                    &self.lm_head,
+                    &self.patch_in,
+                    &self.patch_out,
+                    &self.vae_encoder,
+                    &self.vae_decoder,
+                ]
+                .iter()
+                .map(|p| p.precision),
+            )
+            .collect()
+    }
+}

@@ -1,0 +1,166 @@
+//! Options for loading a model and for one generation.
+
+use crate::config::SamplerKind;
+use crate::error::{Error, Result};
+use crate::manifest::Precision;
+use crate::sampling::SamplingOptions;
+
+/// Precision wanted for a part of the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PrecisionChoice {
+    /// INT8 where the bundle has integer kernels for the part; else FP16 where the CPU has
+    /// native FP16 arithmetic (aarch64 `asimdhp`: on x86 tract runs FP16 through slower
+    /// generic kernels) and the bundle has FP16; else FP32.
+    #[default]
+    Auto,
+    /// Exactly this precision; loading fails if the bundle lacks it.
+    Exact(Precision),
+}
+
+impl std::str::FromStr for PrecisionChoice {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        if s.trim().eq_ignore_ascii_case("auto") {
+            Ok(PrecisionChoice::Auto)
+        } else {
+            s.parse::<Precision>().map(PrecisionChoice::Exact)
+        }
+    }
+}
+
+/// Precision per part of the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PartPrecisions {
+    /// `text_embed` and `lm_head`.
+    pub text: PrecisionChoice,
+    pub backbone: PrecisionChoice,
+    /// `patch_in` and `patch_out`.
+    pub patch: PrecisionChoice,
+    /// `vae_encoder` and `vae_decoder`.
+    pub vae: PrecisionChoice,
+}
+
+impl PartPrecisions {
+    /// The same choice for every part.
+    pub fn all(choice: PrecisionChoice) -> Self {
+        PartPrecisions {
+            text: choice,
+            backbone: choice,
+            patch: choice,
+            vae: choice,
+        }
+    }
+
+    /// The choice for graph `name`.
+    pub fn for_graph(&self, name: &str) -> PrecisionChoice {
+        match name {
+            "backbone" => self.backbone,
+            "patch_in" | "patch_out" => self.patch,
+            "vae_encoder" | "vae_decoder" => self.vae,
+            _ => self.text,
+        }
+    }
+}
+
+/// Where graphs run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Device {
+    /// tract's CPU kernels.
+    #[default]
+    Cpu,
+    /// tract-cuda (needs the `cuda` feature and a CUDA driver).
+    Cuda,
+}
+
+impl std::str::FromStr for Device {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" | "gpu" => Ok(Device::Cuda),
+            other => Err(format!("unknown device `{other}` (expected cpu or cuda)")),
+        }
+    }
+}
+
+/// How to load a bundle.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LoadOptions {
+    pub precision: PartPrecisions,
+    /// Threads for matrix products (tract's global pool; `None` keeps tract's default of 1).
+    /// The pool is process-wide: the last model loaded with `Some(n)` sets it.
+    pub threads: Option<usize>,
+    pub device: Device,
+}
+
+/// How to generate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerateOptions {
+    /// Seed of every random draw (noise, token sampling): same seed, same output.
+    pub seed: u64,
+    /// Text tokens to generate at most (0: stop after the prompt / image).
+    pub max_tokens: usize,
+    pub sampling: SamplingOptions,
+    /// Diffusion steps (default: the manifest's recommendation).
+    pub steps: Option<usize>,
+    /// Sampler (default: the manifest's recommendation).
+    pub sampler: Option<SamplerKind>,
+    /// Classifier-free guidance scale (default: the manifest's; ignored for guidance-distilled
+    /// models, where the unconditional pass is never run).
+    pub guidance: Option<f32>,
+    /// DDIM η (0: deterministic DDIM).
+    pub eta: f32,
+    /// Images the model may open by itself (BOI) during text generation.
+    pub max_images: usize,
+    /// Cut a prompt that does not fit the context (keeping its end) instead of failing.
+    pub truncate_prompt: bool,
+    /// Compute a preview for every diffusion step (cheap: a linear map of the latent).
+    pub previews: bool,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        GenerateOptions {
+            seed: 0,
+            max_tokens: 64,
+            sampling: SamplingOptions::default(),
+            steps: None,
+            sampler: None,
+            guidance: None,
+            eta: 0.0,
+            max_images: 1,
+            truncate_prompt: false,
+            previews: true,
+        }
+    }
+}
+
+impl GenerateOptions {
+    /// Checks the values a caller can get wrong; errors name the option.
+    pub fn validate(&self) -> Result<()> {
+        self.sampling.validate()?;
+        if let Some(steps) = self.steps {
+            if steps == 0 || steps > 1000 {
+                return Err(Error::InvalidOption {
+                    name: "steps".into(),
+                    message: format!("must be in 1..=1000, got {steps}"),
+                });
+            }
+        }
+        if let Some(g) = self.guidance {
+            if !(g.is_finite() && g >= 1.0) {
+                return Err(Error::InvalidOption {
+                    name: "guidance".into(),
+                    message: format!("must be a finite number >= 1, got {g}"),
+                });
+            }
+        }
+        if !(self.eta.is_finite() && (0.0..=1.0).contains(&self.eta)) {
+            return Err(Error::InvalidOption {
+                name: "eta".into(),
+                message: format!("must be in [0, 1], got {}", self.eta),
+            });
+        }
+        Ok(())
+    }
+}
