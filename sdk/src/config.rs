@@ -151,6 +151,21 @@ pub enum SamplerKind {
     Lcm,
 }
 
+impl std::str::FromStr for SamplerKind {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "ddim" => Ok(SamplerKind::Ddim),
+            "dpmpp_2m" | "dpm++2m" | "dpmpp2m" => Ok(SamplerKind::DpmPp2M),
+            "euler" => Ok(SamplerKind::Euler),
+            "lcm" => Ok(SamplerKind::Lcm),
+            other => Err(format!(
+                "unknown sampler `{other}` (expected ddim, dpmpp_2m, euler or lcm)"
+            )),
+        }
+    }
+}
+
 /// Diffusion settings and the recommended way to sample.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
