@@ -8,7 +8,9 @@ use transfusion_sdk::{Control, GenerateOptions, LoadOptions, Model, Request};
 
 fn main() -> Result<(), transfusion_sdk::Error> {
     let mut args = std::env::args().skip(1);
-    let dir = args.next().unwrap_or_else(|| "models/shapes64/bundle".into());
+    let dir = args
+        .next()
+        .unwrap_or_else(|| "models/shapes64/bundle".into());
     let prompt = args.next().unwrap_or_else(|| "a red circle".into());
     let model = Model::load(&dir, &LoadOptions::default())?;
     let request = Request::Image { prompt: &prompt };
