@@ -210,11 +210,15 @@ impl Manifest {
                 .get(name)
                 .ok_or_else(|| bad(format!("graph `{name}` is missing")))?;
             for precision in &manifest.precisions {
-                let file = graph.files.get(precision).ok_or_else(|| {
-                    bad(format!(
+                if !graph.files.contains_key(precision) {
+                    return Err(bad(format!(
                         "graph `{name}` has no file for precision {precision}"
-                    ))
-                })?;
+                    )));
+                }
+            }
+            // Every file, not only those of the listed precisions: `Exact` and `Auto` pick from
+            // `files`, so an unlisted entry is loadable too.
+            for (precision, file) in &graph.files {
                 let rel = Path::new(&file.path);
                 if rel.is_absolute()
                     || rel

@@ -1,5 +1,6 @@
 //! Host-side Transfusion tools: checkpoint presets and initialisation, loading and saving,
 //! conversion to ONNX bundles (FP32/FP16/INT8), inspection and verification against PyTorch.
+pub mod bench;
 pub mod checkpoint;
 pub mod convert;
 pub mod error;

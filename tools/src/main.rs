@@ -1,4 +1,4 @@
-//! `transfusion`: host-side CLI — init, convert, inspect, verify.
+//! `transfusion`: host-side CLI — init, convert, inspect, verify, bench.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -9,6 +9,7 @@ use transfusion_sdk::manifest::Precision;
 use transfusion_tools::convert::{convert, ConvertOptions};
 use transfusion_tools::error::{Error, Result};
 use transfusion_tools::onnx::Int8Parts;
+use transfusion_tools::bench::{bench, BenchOptions};
 use transfusion_tools::{init, inspect, verify};
 
 #[derive(Parser)]
@@ -68,6 +69,39 @@ enum Command {
         dump_outputs: Option<PathBuf>,
         #[arg(long)]
         json: bool,
+    },
+    /// Measure image latency (p50/p90, per part), text speed, load time and peak memory of a
+    /// bundle, with and without the prefix cache, optionally against onnxruntime.
+    Bench {
+        bundle: PathBuf,
+        /// One JSON document on stdout instead of tables.
+        #[arg(long)]
+        json: bool,
+        /// Comma-separated precisions: fp32, fp16, int8.
+        #[arg(long, default_value = "fp32,int8", value_delimiter = ',')]
+        precision: Vec<Precision>,
+        /// Comma-separated thread counts for matrix products.
+        #[arg(long, default_value = "1", value_delimiter = ',')]
+        threads: Vec<usize>,
+        /// Comma-separated diffusion step counts.
+        #[arg(long, default_value = "1,2,4,8", value_delimiter = ',')]
+        steps: Vec<usize>,
+        /// Measured runs per figure (after the warm-up).
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+        /// Unmeasured runs before each figure.
+        #[arg(long, default_value_t = 1)]
+        warmup: usize,
+        /// Words in the prompt before the image (and in the prefill measurement).
+        #[arg(long, default_value_t = 32)]
+        prompt_tokens: usize,
+        /// Greedy tokens in the decode measurement.
+        #[arg(long, default_value_t = 32)]
+        decode_tokens: usize,
+        /// Also run the same graphs under onnxruntime (tools/bench/ort_bench.py; Python from
+        /// TRANSFUSION_PYTHON, .venv/bin/python or python3).
+        #[arg(long)]
+        ort: bool,
     },
 }
 
@@ -159,6 +193,38 @@ fn run(cli: Cli) -> Result<bool> {
                 );
             }
             return Ok(all_pass);
+        }
+        Command::Bench {
+            bundle,
+            json,
+            precision,
+            threads,
+            steps,
+            runs,
+            warmup,
+            prompt_tokens,
+            decode_tokens,
+            ort,
+        } => {
+            let options = BenchOptions {
+                precisions: precision,
+                threads,
+                steps,
+                runs,
+                warmup,
+                prompt_tokens,
+                decode_tokens,
+                ort,
+                progress: true,
+            };
+            let report = bench(&bundle, &options)?;
+            if json {
+                let text = serde_json::to_string_pretty(&report)
+                    .map_err(|e| Error::Invalid(e.to_string()))?;
+                println!("{text}");
+            } else {
+                print!("{}", report.to_text());
+            }
         }
     }
     Ok(true)

@@ -23,7 +23,7 @@ class Geometry(unittest.TestCase):
         c = preset("shapes64")
         self.assertEqual((c.vae_levels, c.latent_size, c.unet_levels, c.patch_grid, c.num_patches),
                          (2, 16, 2, 4, 16))
-        self.assertEqual(c.skips, [(64, 16), (128, 8)])
+        self.assertEqual(c.skips, [(32, 16), (64, 8)])
 
     def test_docs_example_round_trip(self):
         c = preset("shapes64")
@@ -64,7 +64,7 @@ class Validation(unittest.TestCase):
         self.rejects(lambda d: d.update(format_version=2), "format_version")
 
     def test_special_tokens(self):
-        self.rejects(lambda d: d["special_tokens"].update(unk=64), "special_tokens.unk", "64")
+        self.rejects(lambda d: d["special_tokens"].update(unk=74), "special_tokens.unk", "74")
         self.rejects(lambda d: d["special_tokens"].update(eoi=3), "special_tokens.", "distinct")
 
     def test_vae_and_patch_geometry(self):

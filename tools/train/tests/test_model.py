@@ -87,7 +87,7 @@ class Backbone(unittest.TestCase):
         emb = torch.randn(3, 10, 64)
         mask = transfusion_mask(10, [(2, 6)]).expand(3, 10, 10)
         hidden, _, _ = self.model.backbone(emb, torch.arange(10), mask)
-        self.assertEqual(self.model.lm_head(hidden).shape, (3, 10, 64))
+        self.assertEqual(self.model.lm_head(hidden).shape, (3, 10, 74))
 
 
 class Patches(unittest.TestCase):
@@ -155,7 +155,7 @@ class CheckpointIO(unittest.TestCase):
         msg = str(cm.exception)
         self.assertIn("missing tensor backbone.norm.weight (expected shape [64])", msg)
         self.assertIn("unexpected tensor backbone.extra", msg)
-        self.assertIn("text.embed.weight: expected shape [64, 64], found [3, 64]", msg)
+        self.assertIn("text.embed.weight: expected shape [74, 64], found [3, 64]", msg)
         self.assertIn("vae.decoder.conv_out.bias: expected dtype float32 or float16", msg)
 
     def test_missing_files(self):
