@@ -32,7 +32,10 @@ impl<C: PixelColor> Canvas<C> {
             reason,
         };
         if size.width == 0 || size.height == 0 {
-            return Err(unsupported(format!("{}×{} has no pixels", size.width, size.height)));
+            return Err(unsupported(format!(
+                "{}×{} has no pixels",
+                size.width, size.height
+            )));
         }
         let count = usize::try_from(u64::from(size.width) * u64::from(size.height))
             .map_err(|_| unsupported(format!("{}×{} is too large", size.width, size.height)))?;
@@ -62,7 +65,9 @@ impl<C: PixelColor> Canvas<C> {
     pub fn row(&self, y: u32) -> &[C] {
         let w = self.width as usize;
         let start = (y as usize).saturating_mul(w);
-        self.pixels.get(start..start.saturating_add(w)).unwrap_or(&[])
+        self.pixels
+            .get(start..start.saturating_add(w))
+            .unwrap_or(&[])
     }
 
     /// The colour at (`x`, `y`), `None` outside.
@@ -81,7 +86,11 @@ impl<C: PixelColor> Canvas<C> {
 impl Canvas<Rgb888> {
     /// The canvas as an SDK image (RGB8), e.g. to save a screenshot.
     pub fn to_rgb_image(&self) -> Result<RgbImage> {
-        let data = self.pixels.iter().flat_map(|c| [c.r(), c.g(), c.b()]).collect();
+        let data = self
+            .pixels
+            .iter()
+            .flat_map(|c| [c.r(), c.g(), c.b()])
+            .collect();
         Ok(RgbImage::new(self.width, self.height, data)?)
     }
 }
@@ -156,8 +165,11 @@ mod tests {
     #[test]
     fn draws_and_clips() {
         let mut c = Canvas::new(Size::new(4, 3), Rgb565::BLACK).unwrap();
-        c.fill_solid(&Rectangle::new(Point::new(-1, 1), Size::new(3, 5)), Rgb565::RED)
-            .unwrap();
+        c.fill_solid(
+            &Rectangle::new(Point::new(-1, 1), Size::new(3, 5)),
+            Rgb565::RED,
+        )
+        .unwrap();
         assert_eq!(c.get(0, 0), Some(Rgb565::BLACK));
         assert_eq!(c.get(1, 2), Some(Rgb565::RED));
         assert_eq!(c.get(2, 1), Some(Rgb565::BLACK));
@@ -182,7 +194,9 @@ mod tests {
     #[test]
     fn converts_to_rgb_image() {
         let mut c = Canvas::new(Size::new(2, 1), Rgb888::BLACK).unwrap();
-        Pixel(Point::new(1, 0), Rgb888::new(1, 2, 3)).draw(&mut c).unwrap();
+        Pixel(Point::new(1, 0), Rgb888::new(1, 2, 3))
+            .draw(&mut c)
+            .unwrap();
         let img = c.to_rgb_image().unwrap();
         assert_eq!(img.data(), &[0, 0, 0, 1, 2, 3]);
     }

@@ -252,7 +252,10 @@ fn parse_size(v: &str) -> Result<Size, String> {
         .split_once(['x', 'X', '*'])
         .ok_or_else(|| "expected WIDTHxHEIGHT".to_owned())?;
     let w = w.trim().parse::<u32>().map_err(|e| format!("width: {e}"))?;
-    let h = h.trim().parse::<u32>().map_err(|e| format!("height: {e}"))?;
+    let h = h
+        .trim()
+        .parse::<u32>()
+        .map_err(|e| format!("height: {e}"))?;
     Ok(Size::new(w, h))
 }
 
@@ -282,7 +285,9 @@ impl BackendConfig {
                 Ok(Box::new(crate::png::PngDisplay::new(dir, *size)?))
             }
             #[cfg(target_os = "linux")]
-            BackendConfig::Fbdev { device } => Ok(Box::new(crate::fbdev::FbdevDisplay::open(device)?)),
+            BackendConfig::Fbdev { device } => {
+                Ok(Box::new(crate::fbdev::FbdevDisplay::open(device)?))
+            }
             #[cfg(target_os = "linux")]
             BackendConfig::Drm {
                 device,

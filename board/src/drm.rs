@@ -111,7 +111,11 @@ pub fn select_output(
             .connectors
             .iter()
             .map(|c| {
-                let state = if c.connected { "connected" } else { "disconnected" };
+                let state = if c.connected {
+                    "connected"
+                } else {
+                    "disconnected"
+                };
                 format!("{} {state}", c.name)
             })
             .collect();
@@ -166,7 +170,11 @@ pub fn select_output(
             };
             i
         }
-        None => connector.modes.iter().position(|m| m.preferred).unwrap_or(0),
+        None => connector
+            .modes
+            .iter()
+            .position(|m| m.preferred)
+            .unwrap_or(0),
     };
 
     let encoder = |id: u32| topology.encoders.iter().find(|e| e.id == id);
@@ -253,13 +261,12 @@ impl<K: KmsDevice> DrmDisplay<K> {
         let topology = device
             .topology()
             .map_err(|e| Error::io(&path, "reading connectors", e))?;
-        let selection = select_output(&topology, connector, mode).map_err(|message| {
-            Error::Device {
+        let selection =
+            select_output(&topology, connector, mode).map_err(|message| Error::Device {
                 device: path.clone(),
                 what: "choosing an output".into(),
                 message,
-            }
-        })?;
+            })?;
         let (w, h) = (selection.mode.width, selection.mode.height);
         let pitch = device
             .create_scanout(w, h)
@@ -274,7 +281,8 @@ impl<K: KmsDevice> DrmDisplay<K> {
         }
         // From here on, drop releases the buffer even if mode setting fails.
         let mut display = DrmDisplay {
-            canvas: Canvas::new(Size::new(w, h), Rgb888::BLACK).inspect_err(|_| device.release())?,
+            canvas: Canvas::new(Size::new(w, h), Rgb888::BLACK)
+                .inspect_err(|_| device.release())?,
             device,
             selection,
             pitch,

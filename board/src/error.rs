@@ -123,7 +123,11 @@ impl Error {
     }
 
     /// A driver error (anything `Debug`, as HAL error types are) while doing `what`.
-    pub fn device(path: impl AsRef<Path>, what: impl Into<String>, err: impl std::fmt::Debug) -> Self {
+    pub fn device(
+        path: impl AsRef<Path>,
+        what: impl Into<String>,
+        err: impl std::fmt::Debug,
+    ) -> Self {
         Error::Device {
             device: path.as_ref().to_path_buf(),
             what: what.into(),

@@ -94,7 +94,7 @@ impl<D: FbDevice> FbdevDisplay<D> {
         )
         .map_err(unsupported)?;
         let bpp = format.bytes_per_pixel;
-        let row = info.xres as usize * bpp;
+        let row = (info.xres as usize).saturating_mul(bpp);
         let stride = match info.line_length as usize {
             0 => row,
             n => n,
@@ -105,8 +105,15 @@ impl<D: FbDevice> FbdevDisplay<D> {
                 info.xres
             )));
         }
-        let start = info.yoffset as usize * stride + info.xoffset as usize * bpp;
-        let needed = start + (info.yres as usize).saturating_sub(1) * stride + row;
+        // Saturating: absurd values from a driver give "too small" below, not an overflow.
+        let start = (info.yoffset as usize)
+            .saturating_mul(stride)
+            .saturating_add((info.xoffset as usize).saturating_mul(bpp));
+        let needed = (info.yres as usize)
+            .saturating_sub(1)
+            .saturating_mul(stride)
+            .saturating_add(start)
+            .saturating_add(row);
         let mapped = device.memory().len();
         if mapped < needed {
             return Err(unsupported(format!(
@@ -234,13 +241,24 @@ mod tests {
         fb.show(&Frame::new("hello", Status::Loading)).unwrap();
         let canvas = fb.canvas.clone();
         let mem = &fb.device().mem;
-        assert!(mem[..648 * 240].iter().all(|&b| b == 0xEE), "first buffer untouched");
+        assert!(
+            mem[..648 * 240].iter().all(|&b| b == 0xEE),
+            "first buffer untouched"
+        );
         for (x, y) in [(0, 0), (10, 5), (319, 239), (160, 120)] {
             let at = 648 * (240 + y as usize) + 2 * x as usize;
             let want = PixelFormat::RGB565.pack(canvas.get(x, y).unwrap()) as u16;
-            assert_eq!(u16::from_ne_bytes([mem[at], mem[at + 1]]), want, "({x},{y})");
+            assert_eq!(
+                u16::from_ne_bytes([mem[at], mem[at + 1]]),
+                want,
+                "({x},{y})"
+            );
         }
-        assert_eq!(mem[648 * 240 + 640..648 * 241], [0xEE; 8], "padding untouched");
+        assert_eq!(
+            mem[648 * 240 + 640..648 * 241],
+            [0xEE; 8],
+            "padding untouched"
+        );
     }
 
     #[test]
@@ -253,7 +271,10 @@ mod tests {
         })
         .err()
         .unwrap();
-        assert!(err.to_string().contains("/dev/fb-fake: unsupported"), "{err}");
+        assert!(
+            err.to_string().contains("/dev/fb-fake: unsupported"),
+            "{err}"
+        );
         let mut info = rgb565_info(320, 240, 640);
         info.bits_per_pixel = 8;
         assert!(FbdevDisplay::new(MemFb {
@@ -459,7 +480,11 @@ mod real {
             // SAFETY: unmapping exactly what `open` mapped, once.
             let rc = unsafe { libc::munmap(self.map.as_ptr().cast(), self.len) };
             if rc != 0 {
-                log::warn!("{}: munmap: {}", self.path.display(), io::Error::last_os_error());
+                log::warn!(
+                    "{}: munmap: {}",
+                    self.path.display(),
+                    io::Error::last_os_error()
+                );
             }
         }
     }
@@ -479,7 +504,10 @@ mod real {
 
         #[test]
         fn missing_and_non_fb_nodes_explain_themselves() {
-            let err = FbdevFile::open("/dev/fb-does-not-exist").err().unwrap().to_string();
+            let err = FbdevFile::open("/dev/fb-does-not-exist")
+                .err()
+                .unwrap()
+                .to_string();
             assert!(err.contains("/dev/fb-does-not-exist not found"), "{err}");
             assert!(err.contains("drm:/dev/dri/card0"), "{err}");
             let file = tempfile::NamedTempFile::new().unwrap();

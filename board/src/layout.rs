@@ -80,7 +80,10 @@ pub fn fit_image(image: Size, area: Rectangle) -> Option<(Scale, Rectangle)> {
         Scale::Down(image.width.div_ceil(aw).max(image.height.div_ceil(ah)))
     };
     let shown = scale.apply(image);
-    let offset = Point::new(((aw - shown.width) / 2) as i32, ((ah - shown.height) / 2) as i32);
+    let offset = Point::new(
+        ((aw - shown.width) / 2) as i32,
+        ((ah - shown.height) / 2) as i32,
+    );
     Some((scale, Rectangle::new(area.top_left + offset, shown)))
 }
 
@@ -175,10 +178,16 @@ where
     let body = layout.body;
     let line_h = layout.line_height();
     let columns = layout.columns(body.size.width);
-    let lines = if frame.text.is_empty() {
+    // With no generated text, an error's full message goes in the body: the bar has room for
+    // only its start, and on a kiosk the screen may be the only place anyone reads it.
+    let body_text = match &frame.status {
+        Status::Error(message) if frame.text.is_empty() => message.as_str(),
+        _ => frame.text.as_str(),
+    };
+    let lines = if body_text.is_empty() {
         Vec::new()
     } else {
-        wrap(&frame.text, columns)
+        wrap(body_text, columns)
     };
     let room = if frame.image.is_some() {
         body.size.height / 2

@@ -40,7 +40,7 @@ impl Bitfield {
     fn full(self) -> u32 {
         match self.length {
             0 => 0,
-            n => ((1u64 << n.min(32)) - 1) as u32 << self.offset,
+            n => (((1u64 << n.min(32)) - 1) as u32) << self.offset,
         }
     }
 }
@@ -93,7 +93,12 @@ impl PixelFormat {
                 "{bits_per_pixel} bits per pixel (supported: 16, 24, 32)"
             ));
         }
-        for (name, f) in [("red", red), ("green", green), ("blue", blue), ("transp", transp)] {
+        for (name, f) in [
+            ("red", red),
+            ("green", green),
+            ("blue", blue),
+            ("transp", transp),
+        ] {
             if f.length > 0 && f.offset.saturating_add(f.length) > bits_per_pixel {
                 return Err(format!(
                     "{name} field (offset {}, length {}) outside a {bits_per_pixel}-bit pixel",
@@ -124,7 +129,8 @@ impl PixelFormat {
     /// Writes `src` into `dst` in this format (native byte order, as the CPU sees the mapping).
     /// Stops at whichever runs out first; never writes outside `dst`.
     pub fn write_row(&self, src: &[Rgb888], dst: &mut [u8]) {
-        let n = self.bytes_per_pixel;
+        // Fields are public: keep a hand-built format with a bogus size from panicking.
+        let n = self.bytes_per_pixel.clamp(1, 4);
         for (c, out) in src.iter().zip(dst.chunks_exact_mut(n)) {
             let word = self.pack(*c).to_ne_bytes();
             // The low-order `n` bytes of the word, wherever native order puts them.
@@ -166,8 +172,14 @@ mod tests {
         assert_eq!(f.pack(ORANGE), 0x00FF_8011);
         let mut out = [0u8; 8];
         f.write_row(&[ORANGE, Rgb888::new(1, 2, 3)], &mut out);
-        assert_eq!(u32::from_ne_bytes(out[..4].try_into().unwrap()), 0x00FF_8011);
-        assert_eq!(u32::from_ne_bytes(out[4..].try_into().unwrap()), 0x0001_0203);
+        assert_eq!(
+            u32::from_ne_bytes(out[..4].try_into().unwrap()),
+            0x00FF_8011
+        );
+        assert_eq!(
+            u32::from_ne_bytes(out[4..].try_into().unwrap()),
+            0x0001_0203
+        );
     }
 
     #[test]

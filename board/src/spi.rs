@@ -17,7 +17,7 @@ use embedded_hal::delay::DelayNs;
 use embedded_hal::digital::OutputPin;
 use embedded_hal::spi::SpiDevice;
 use mipidsi::interface::{Interface, InterfaceKind, SpiError};
-use mipidsi::models::{Model, ILI9341Rgb565, ST7789};
+use mipidsi::models::{ILI9341Rgb565, Model, ST7789};
 use mipidsi::options::{ColorInversion, ColorOrder, Orientation, Rotation};
 use mipidsi::Builder;
 
@@ -188,11 +188,9 @@ where
             return Ok(());
         };
         let w = self.canvas.size().width;
-        let band = Rectangle::new(
-            Point::new(0, first as i32),
-            Size::new(w, last - first + 1),
-        );
-        let pixels = &self.canvas.pixels()[first as usize * w as usize..(last as usize + 1) * w as usize];
+        let band = Rectangle::new(Point::new(0, first as i32), Size::new(w, last - first + 1));
+        let pixels =
+            &self.canvas.pixels()[first as usize * w as usize..(last as usize + 1) * w as usize];
         log::trace!("{}: rows {first}..={last}", self.device.display());
         if let Err(e) = self.target.fill_contiguous(&band, pixels.iter().copied()) {
             // The panel's content is unknown now: resend everything next time.
@@ -266,7 +264,13 @@ where
             ColorOrder::Rgb
         })
         .init(delay)
-        .map_err(|e| Error::device(&config.spidev, format!("initialising the {:?} panel", config.model), e))
+        .map_err(|e| {
+            Error::device(
+                &config.spidev,
+                format!("initialising the {:?} panel", config.model),
+                e,
+            )
+        })
 }
 
 /// One of two draw targets with the same colour: lets [`panel`] return either model's driver.
@@ -307,7 +311,11 @@ where
         }
     }
 
-    fn fill_contiguous<I: IntoIterator<Item = C>>(&mut self, area: &Rectangle, colors: I) -> Result<(), E> {
+    fn fill_contiguous<I: IntoIterator<Item = C>>(
+        &mut self,
+        area: &Rectangle,
+        colors: I,
+    ) -> Result<(), E> {
         match self {
             Either::Left(a) => a.fill_contiguous(area, colors),
             Either::Right(b) => b.fill_contiguous(area, colors),

@@ -13,7 +13,10 @@ pub fn floor_char_boundary(s: &str, max: usize) -> usize {
         return s.len();
     }
     // Index 0 is always a boundary, so this terminates.
-    (0..=max).rev().find(|&i| s.is_char_boundary(i)).unwrap_or(0)
+    (0..=max)
+        .rev()
+        .find(|&i| s.is_char_boundary(i))
+        .unwrap_or(0)
 }
 
 /// Appends as much of `s` to `dst` as fits, cut at a `char` boundary. Returns `true` when all of
@@ -126,7 +129,10 @@ fn wrap_paragraph<'a>(para: &'a str, max_cols: usize, lines: &mut Vec<&'a str>) 
                 break;
             }
             // A word wider than a whole line: emit a full-width piece and go on with the rest.
-            let cut = rest.char_indices().nth(max_cols).map_or(rest.len(), |(i, _)| i);
+            let cut = rest
+                .char_indices()
+                .nth(max_cols)
+                .map_or(rest.len(), |(i, _)| i);
             lines.push(&rest[..cut]);
             start += cut;
             rest = &rest[cut..];
@@ -146,7 +152,9 @@ fn words(s: &str) -> impl Iterator<Item = (usize, &str)> {
         let rest = &s[rest_start..];
         let skip = rest.find(|c: char| !c.is_whitespace())?;
         let start = rest_start + skip;
-        let len = s[start..].find(char::is_whitespace).unwrap_or(s.len() - start);
+        let len = s[start..]
+            .find(char::is_whitespace)
+            .unwrap_or(s.len() - start);
         rest_start = start + len;
         Some((start, &s[start..start + len]))
     })
@@ -173,7 +181,7 @@ mod tests {
     fn truncating_writer_never_fails() {
         let mut buf = heapless::String::<10>::new();
         let mut w = TruncatingWriter::new(&mut buf);
-        assert!(write!(w, "step {}/{} {}", 12345, 67890, "ms").is_ok());
+        assert!(write!(w, "step {}/{} ms", 12345, 67890).is_ok());
         assert!(w.truncated());
         assert_eq!(buf.as_str(), "step 12345");
     }
@@ -196,7 +204,10 @@ mod tests {
             ["a photo of", "a red cat", "on a mat"]
         );
         assert_eq!(wrap("exactly10c", 10), ["exactly10c"]);
-        assert_eq!(wrap("  leading and trailing  ", 9), ["leading", "and", "trailing"]);
+        assert_eq!(
+            wrap("  leading and trailing  ", 9),
+            ["leading", "and", "trailing"]
+        );
     }
 
     #[test]

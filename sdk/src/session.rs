@@ -70,6 +70,19 @@ pub fn attention_mask(past: usize, s: usize, blocks: &[Range<usize>]) -> Vec<f32
     mask
 }
 
+/// Fails with [`Error::Numerical`] on a NaN/Inf in `latent`: the graphs can turn one into
+/// finite garbage (a plausible prediction, a black image, a poisoned KV cache) instead of
+/// propagating it.
+fn check_latent(latent: &[f32]) -> Result<()> {
+    match latent.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+        None => Ok(()),
+        Some((i, v)) => Err(Error::Numerical {
+            what: "latent".into(),
+            message: format!("non-finite value {v} at element {i}"),
+        }),
+    }
+}
+
 /// A sequence in progress.
 pub struct Session<'m> {
     model: &'m Model,
@@ -239,6 +252,7 @@ impl<'m> Session<'m> {
 
     /// `patch_in` on a latent `[C × Hl × Hl]` at model time `t`: patch vectors and U-Net skips.
     fn patch_in(&mut self, latent: &[f32], t: f32) -> Result<(Vec<f32>, TVec<TValue>)> {
+        check_latent(latent)?;
         let g = &self.model.manifest().geometry;
         let shape = [1, g.latent_channels, g.latent_size, g.latent_size];
         let p = &self.model.patch_in;
@@ -300,6 +314,7 @@ impl<'m> Session<'m> {
 
     /// Decodes a latent to RGB `[3 × H × W]` in `[-1, 1]` with the VAE.
     pub fn decode_latent(&mut self, latent: &[f32]) -> Result<Vec<f32>> {
+        check_latent(latent)?;
         let g = &self.model.manifest().geometry;
         let shape = [1, g.latent_channels, g.latent_size, g.latent_size];
         let v = &self.model.vae_decoder;

@@ -61,7 +61,8 @@ fn contains_all(text: &str, needles: &[&str]) {
 
 fn edit_manifest(dir: &Path, edit: impl FnOnce(&mut Value)) {
     let path = dir.join("manifest.json");
-    let mut manifest: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let mut manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     edit(&mut manifest);
     std::fs::write(&path, serde_json::to_string_pretty(&manifest).unwrap()).unwrap();
 }
@@ -131,7 +132,11 @@ fn missing_graph_file_is_an_io_error_naming_it() {
 fn missing_manifest_is_an_io_error_naming_it() {
     let (_tmp, dir) = bundle_copy();
     std::fs::remove_file(dir.join("manifest.json")).unwrap();
-    assert_missing_file(load_err(&dir, &exact(Precision::Fp32)), &dir, "manifest.json");
+    assert_missing_file(
+        load_err(&dir, &exact(Precision::Fp32)),
+        &dir,
+        "manifest.json",
+    );
 }
 
 #[test]
@@ -146,11 +151,16 @@ fn corrupt_graph_files_are_graph_errors_naming_graph_and_file() {
         ("truncated to half", good[..good.len() / 2].to_vec()),
         ("truncated by one byte", good[..good.len() - 1].to_vec()),
     ];
-    for (what, bytes) in cases {
+    for (_case, bytes) in cases {
         std::fs::write(&path, bytes).unwrap();
         let err = load_err(&dir, &exact(Precision::Fp32));
-        eprintln!("{what}: {err}");
-        assert_graph_error(err, &dir, "patch_out", "fp32/patch_out.onnx", &[]);
+        assert_graph_error(
+            err,
+            &dir,
+            "patch_out",
+            "fp32/patch_out.onnx",
+            &["not a readable ONNX model"],
+        );
     }
 }
 
@@ -158,7 +168,11 @@ fn corrupt_graph_files_are_graph_errors_naming_graph_and_file() {
 fn graph_that_does_not_match_the_manifest_fails_at_load() {
     // A swapped file: the text head where the embedding should be.
     let (_tmp, dir) = bundle_copy();
-    std::fs::copy(dir.join("fp32/lm_head.onnx"), dir.join("fp32/text_embed.onnx")).unwrap();
+    std::fs::copy(
+        dir.join("fp32/lm_head.onnx"),
+        dir.join("fp32/text_embed.onnx"),
+    )
+    .unwrap();
     let err = load_err(&dir, &exact(Precision::Fp32));
     assert_graph_error(
         err,
@@ -223,7 +237,10 @@ fn graph_paths_must_stay_inside_the_bundle() {
             m["graphs"]["backbone"]["files"]["fp32"]["path"] = bad.into();
         });
         let err = load_err(&dir, &exact(Precision::Fp32));
-        assert_manifest_error(err, &["graph `backbone` fp32", bad, "must stay inside the bundle"]);
+        assert_manifest_error(
+            err,
+            &["graph `backbone` fp32", bad, "must stay inside the bundle"],
+        );
     }
 }
 
@@ -245,7 +262,10 @@ fn graph_paths_of_unlisted_precisions_must_stay_inside_the_bundle_too() {
         ..Default::default()
     };
     let err = load_err(&dir, &options);
-    assert_manifest_error(err, &["graph `text_embed` int8", "../x.onnx", "inside the bundle"]);
+    assert_manifest_error(
+        err,
+        &["graph `text_embed` int8", "../x.onnx", "inside the bundle"],
+    );
 }
 
 #[test]
@@ -283,7 +303,11 @@ fn edit_manifest_text(path: &Path, text: &str, edit: impl FnOnce(&mut Value)) {
 fn missing_tokenizer_is_an_io_error_naming_it() {
     let (_tmp, dir) = bundle_copy();
     std::fs::remove_file(dir.join("tokenizer.json")).unwrap();
-    assert_missing_file(load_err(&dir, &exact(Precision::Fp32)), &dir, "tokenizer.json");
+    assert_missing_file(
+        load_err(&dir, &exact(Precision::Fp32)),
+        &dir,
+        "tokenizer.json",
+    );
 }
 
 #[test]
@@ -301,7 +325,10 @@ fn tokenizer_whose_special_ids_disagree_with_the_manifest_is_refused() {
     match &err {
         Error::Tokenizer { path: p, message } => {
             assert_eq!(p, &path, "{err}");
-            contains_all(message, &["[BOS]", "special_tokens.bos", "expects id 1", "has id 2"]);
+            contains_all(
+                message,
+                &["[BOS]", "special_tokens.bos", "expects id 1", "has id 2"],
+            );
         }
         other => panic!("expected Error::Tokenizer, got {other:?}"),
     }
@@ -326,10 +353,17 @@ fn precision_the_bundle_lacks_is_an_error_naming_it() {
     };
     convert(&fixture_checkpoint(), &dir, &options).unwrap();
     let err = load_err(&dir, &exact(Precision::Int8));
-    assert_invalid_option(err, "precision", &["no int8 file", "text_embed", "it has fp32"]);
+    assert_invalid_option(
+        err,
+        "precision",
+        &["no int8 file", "text_embed", "it has fp32"],
+    );
     // Auto picks what is there.
     let model = Model::load(&dir, &LoadOptions::default()).unwrap();
-    assert!(model.precisions().iter().all(|(_, p)| *p == Precision::Fp32));
+    assert!(model
+        .precisions()
+        .iter()
+        .all(|(_, p)| *p == Precision::Fp32));
 }
 
 #[test]
@@ -369,7 +403,9 @@ fn model_is_send_sync_and_loads_twice_in_parallel() {
     let generate = |model: &Model| {
         model
             .generate(
-                Request::Image { prompt: "a red circle" },
+                Request::Image {
+                    prompt: "a red circle",
+                },
                 &GenerateOptions {
                     max_tokens: 3,
                     ..Default::default()

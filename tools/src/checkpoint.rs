@@ -11,6 +11,8 @@ use serde_json::Value;
 use transfusion_sdk::Config;
 
 use crate::error::{Error, Result};
+pub use crate::publish::ensure_output_free;
+use crate::publish::write_dir_atomically;
 use crate::tensors::tensor_specs;
 use crate::vocab;
 
@@ -136,30 +138,7 @@ impl Checkpoint {
         let dir = dir.as_ref();
         ensure_output_free(dir)?;
         self.validate(&dir.join(WEIGHTS_FILE))?;
-        let parent = match dir.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
-        let stem = dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "checkpoint".to_string());
-        let staging = tempfile::Builder::new()
-            .prefix(&format!(".{stem}.tmp"))
-            .tempdir_in(&parent)
-            .map_err(|e| Error::io(&parent, e))?;
-        // A plain subdirectory gets the usual permissions (the temporary one is private).
-        let tmp = staging.path().join("checkpoint");
-        std::fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        self.write_files(&tmp)?;
-        ensure_output_free(dir)?;
-        if dir.exists() {
-            // An empty directory: replace it (portable; `rename` onto a directory is not).
-            std::fs::remove_dir(dir).map_err(|e| Error::io(dir, e))?;
-        }
-        std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e))?;
-        Ok(())
+        write_dir_atomically(dir, |tmp| self.write_files(tmp))
     }
 
     fn write_files(&self, dir: &Path) -> Result<()> {
@@ -187,26 +166,6 @@ impl Checkpoint {
         std::fs::write(&tokenizer_path, tokenizer + "\n")
             .map_err(|e| Error::io(&tokenizer_path, e))?;
         Ok(())
-    }
-}
-
-/// Fails with [`Error::OutputExists`] when `path` exists and is not an empty directory.
-pub fn ensure_output_free(path: &Path) -> Result<()> {
-    match std::fs::symlink_metadata(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::io(path, e)),
-        Ok(meta) if meta.is_dir() => {
-            let mut entries = std::fs::read_dir(path).map_err(|e| Error::io(path, e))?;
-            match entries.next() {
-                None => Ok(()),
-                Some(_) => Err(Error::OutputExists {
-                    path: path.to_path_buf(),
-                }),
-            }
-        }
-        Ok(_) => Err(Error::OutputExists {
-            path: path.to_path_buf(),
-        }),
     }
 }
 

@@ -7,9 +7,7 @@ use std::path::{Path, PathBuf};
 
 use drm::buffer::DrmFourcc;
 use drm::control::dumbbuffer::DumbBuffer;
-use drm::control::{
-    connector, crtc, framebuffer, Device as ControlDevice, Mode, ModeTypeFlags,
-};
+use drm::control::{connector, crtc, framebuffer, Device as ControlDevice, Mode, ModeTypeFlags};
 use embedded_graphics::prelude::Size;
 
 use super::{ConnectorInfo, DrmDisplay, EncoderInfo, KmsDevice, ModeInfo, Selection, Topology};
@@ -201,7 +199,10 @@ impl KmsDevice for DrmCard {
                 _ => self.card.set_crtc(info.handle(), None, (0, 0), &[], None),
             };
             if let Err(e) = restore {
-                log::warn!("{}: restoring the previous CRTC state: {e}", self.path.display());
+                log::warn!(
+                    "{}: restoring the previous CRTC state: {e}",
+                    self.path.display()
+                );
             }
         }
         if let Some(fb) = self.framebuffer.take() {
@@ -223,7 +224,10 @@ mod tests {
 
     #[test]
     fn missing_card_names_node_and_fix() {
-        let err = DrmCard::open("/dev/dri/card-missing").err().unwrap().to_string();
+        let err = DrmCard::open("/dev/dri/card-missing")
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.starts_with("/dev/dri/card-missing not found"), "{err}");
         assert!(err.contains("nvidia-drm modeset=1"), "{err}");
     }

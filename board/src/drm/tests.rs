@@ -78,7 +78,11 @@ fn keeps_the_crtc_already_routed() {
 fn honours_requested_mode_and_connector() {
     let t = topology();
     let s = select_output(&t, Some("hdmi-a-1"), Some(Size::new(1280, 720))).unwrap();
-    assert_eq!((s.mode_index, s.mode.refresh), (3, 60), "highest refresh wins");
+    assert_eq!(
+        (s.mode_index, s.mode.refresh),
+        (3, 60),
+        "highest refresh wins"
+    );
     let err = select_output(&t, None, Some(Size::new(1024, 768))).unwrap_err();
     assert!(err.contains("no 1024x768 mode"), "{err}");
     assert!(err.contains("1920x1080, 1280x720, 640x480"), "{err}");
@@ -154,7 +158,10 @@ impl KmsDevice for FakeCard {
         Ok(self.pitch)
     }
     fn set_crtc(&mut self, s: &Selection) -> io::Result<()> {
-        self.note(format!("set_crtc {} {} {}", s.crtc, s.connector, s.mode.name));
+        self.note(format!(
+            "set_crtc {} {} {}",
+            s.crtc, s.connector, s.mode.name
+        ));
         self.set_crtc_error.map_or(Ok(()), |k| Err(k.into()))
     }
     fn with_scanout(&mut self, write: &mut dyn FnMut(&mut [u8])) -> io::Result<()> {
@@ -219,7 +226,10 @@ fn busy_master_gives_an_actionable_error() {
     card.set_crtc_error = Some(io::ErrorKind::PermissionDenied);
     let err = DrmDisplay::new(card, None, None).err().unwrap();
     assert!(matches!(err, Error::DrmBusy { .. }), "{err:?}");
-    assert_eq!(log.lock().unwrap().last().map(String::as_str), Some("release"));
+    assert_eq!(
+        log.lock().unwrap().last().map(String::as_str),
+        Some("release")
+    );
 }
 
 #[test]
@@ -228,6 +238,9 @@ fn selection_errors_name_the_device() {
     let mut card = FakeCard::new(&log);
     card.topology.connectors[1].connected = false;
     let err = DrmDisplay::new(card, None, None).err().unwrap().to_string();
-    assert!(err.starts_with("/dev/dri/card0: choosing an output"), "{err}");
+    assert!(
+        err.starts_with("/dev/dri/card0: choosing an output"),
+        "{err}"
+    );
     assert!(err.contains("no connected monitor"), "{err}");
 }

@@ -27,16 +27,20 @@ const PERMISSION_HINT: &str = "add the user to the group owning /dev/spidev* and
 /// sequence and turns the backlight on.
 pub fn open(config: &SpiConfig) -> Result<Box<dyn Display>> {
     let path = &config.spidev;
-    let mut spidev = Spidev::open(path)
-        .map_err(|e| Error::open(path, e, SPI_MISSING_HINT, PERMISSION_HINT))?;
+    let mut spidev =
+        Spidev::open(path).map_err(|e| Error::open(path, e, SPI_MISSING_HINT, PERMISSION_HINT))?;
     let options = SpidevOptions::new()
         .bits_per_word(8)
         .max_speed_hz(config.hz)
         .mode(SpiModeFlags::SPI_MODE_0)
         .build();
-    spidev
-        .configure(&options)
-        .map_err(|e| Error::io(path, format!("configuring SPI mode 0 at {} Hz", config.hz), e))?;
+    spidev.configure(&options).map_err(|e| {
+        Error::io(
+            path,
+            format!("configuring SPI mode 0 at {} Hz", config.hz),
+            e,
+        )
+    })?;
 
     std::fs::metadata(&config.gpiochip)
         .map_err(|e| Error::open(&config.gpiochip, e, GPIO_MISSING_HINT, PERMISSION_HINT))?;
@@ -77,9 +81,17 @@ pub fn open(config: &SpiConfig) -> Result<Box<dyn Display>> {
 }
 
 /// Requests `line` of `chip` as an output starting at `initial`.
-fn output_line(chip: &mut Chip, chip_path: &Path, line: u32, role: &str, initial: u8) -> Result<CdevPin> {
+fn output_line(
+    chip: &mut Chip,
+    chip_path: &Path,
+    line: u32,
+    role: &str,
+    initial: u8,
+) -> Result<CdevPin> {
     let what = || {
-        format!("requesting line {line} ({role}); is it claimed by another driver? check `gpioinfo`")
+        format!(
+            "requesting line {line} ({role}); is it claimed by another driver? check `gpioinfo`"
+        )
     };
     let handle = chip
         .get_line(line)
