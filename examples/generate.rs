@@ -64,6 +64,7 @@ fn run(args: Args) -> Result<(), String> {
         precision: PartPrecisions::all(args.precision),
         threads: args.threads,
         device: args.device,
+        ..Default::default()
     };
     let model = Model::load(&dir, &load).map_err(|e| e.to_string())?;
     eprintln!(

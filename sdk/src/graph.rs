@@ -14,7 +14,8 @@ use crate::manifest::{FloatDtype, GraphEntry, IoDtype};
 pub struct Graph {
     name: String,
     path: PathBuf,
-    plan: Arc<TypedRunnableModel>,
+    runnable: Arc<dyn Runnable>,
+    runtime: String,
     inputs: Vec<(String, Option<DatumType>)>,
     outputs: Vec<String>,
 }
@@ -29,8 +30,15 @@ impl std::fmt::Debug for Graph {
 }
 
 impl Graph {
-    /// Loads and optimises the ONNX file at `path`; `name` labels errors and timings.
+    /// Loads the ONNX file at `path` and optimises it for tract's CPU kernels; `name` labels
+    /// errors and timings.
     pub fn load(name: &str, path: &Path) -> Result<Self> {
+        Self::load_on(name, path, &tract_onnx::tract_core::runtime::DefaultRuntime)
+    }
+
+    /// Loads the ONNX file at `path` and prepares it for `runtime` (tract's CPU runtime, or a
+    /// GPU one such as tract-cuda's).
+    pub fn load_on(name: &str, path: &Path, runtime: &dyn Runtime) -> Result<Self> {
         let fail = |stage: &str, e: TractError| Error::Graph {
             graph: name.to_string(),
             path: path.to_path_buf(),
@@ -68,15 +76,19 @@ impl Graph {
             })
             .collect();
         let typed = model
-            .into_optimized()
-            .map_err(|e| fail("tract could not type or optimise it", e))?;
-        let plan = typed
-            .into_runnable()
-            .map_err(|e| fail("tract could not plan it", e))?;
+            .into_typed()
+            .map_err(|e| fail("tract could not type it", e))?;
+        let runnable = runtime.prepare(typed).map_err(|e| {
+            fail(
+                &format!("tract's `{}` runtime could not prepare it", runtime.name()),
+                e,
+            )
+        })?;
         Ok(Graph {
             name: name.to_string(),
             path: path.to_path_buf(),
-            plan,
+            runnable: Arc::from(runnable),
+            runtime: runtime.name().to_string(),
             inputs,
             outputs,
         })
@@ -126,14 +138,20 @@ impl Graph {
         &self.name
     }
 
-    /// The optimised tract model (for inspection: which kernels run).
-    pub fn model(&self) -> &TypedModel {
-        self.plan.model()
+    /// The name of the tract runtime the graph was prepared for (`cpu`, `cuda`).
+    pub fn runtime(&self) -> &str {
+        &self.runtime
+    }
+
+    /// The optimised tract model (for inspection: which kernels run), when the runtime
+    /// exposes one.
+    pub fn model(&self) -> Option<&TypedModel> {
+        self.runnable.typed_model().map(|m| m.as_ref())
     }
 
     /// Runs the graph on inputs in declaration order; outputs come in declaration order.
     pub fn run(&self, inputs: TVec<TValue>) -> Result<TVec<TValue>> {
-        self.plan.run(inputs).map_err(|e| Error::Graph {
+        self.runnable.run(inputs).map_err(|e| Error::Graph {
             graph: self.name.clone(),
             path: self.path.clone(),
             message: format!("run failed: {e:#}"),
@@ -168,7 +186,10 @@ impl Graph {
     /// graph really runs integer kernels rather than dequantized float ones.
     pub fn kernel_summary(&self) -> KernelSummary {
         let mut summary = KernelSummary::default();
-        for node in self.model().nodes() {
+        let Some(model) = self.model() else {
+            return summary;
+        };
+        for node in model.nodes() {
             if node.op.name() != "OptMatMul" {
                 continue;
             }

@@ -14,6 +14,9 @@
 //! # Ok::<(), transfusion_sdk::Error>(())
 //! ```
 
+#[cfg(feature = "cuda")]
+extern crate tract_cuda; // links tract-cuda so its `cuda` runtime registers itself
+
 pub mod config;
 pub mod diffusion;
 pub mod error;

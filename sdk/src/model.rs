@@ -11,6 +11,7 @@ use crate::graph::{tensor_to_f32, Graph};
 use crate::manifest::{FloatDtype, Manifest, Precision, GRAPH_NAMES};
 use crate::options::{Device, LoadOptions, PrecisionChoice};
 use crate::text::Tokenizer;
+use tract_onnx::tract_core::runtime::Runtime;
 
 /// One graph at its chosen precision.
 #[derive(Debug, Clone)]
@@ -92,7 +93,12 @@ pub fn native_fp16() -> bool {
     }
 }
 
-fn choose(manifest: &Manifest, name: &str, choice: PrecisionChoice) -> Result<Precision> {
+fn choose(
+    manifest: &Manifest,
+    name: &str,
+    choice: PrecisionChoice,
+    on_gpu: bool,
+) -> Result<Precision> {
     let entry = manifest.graph(name)?;
     match choice {
         PrecisionChoice::Exact(p) => {
@@ -114,11 +120,13 @@ fn choose(manifest: &Manifest, name: &str, choice: PrecisionChoice) -> Result<Pr
             }
         }
         PrecisionChoice::Auto => {
-            if entry
+            let int8 = entry
                 .files
                 .get(&Precision::Int8)
-                .is_some_and(|f| f.int8_ops)
-            {
+                .is_some_and(|f| f.int8_ops);
+            if on_gpu && entry.files.contains_key(&Precision::Fp16) {
+                Ok(Precision::Fp16)
+            } else if int8 && !on_gpu {
                 Ok(Precision::Int8)
             } else if native_fp16() && entry.files.contains_key(&Precision::Fp16) {
                 Ok(Precision::Fp16)
@@ -138,20 +146,38 @@ fn choose(manifest: &Manifest, name: &str, choice: PrecisionChoice) -> Result<Pr
     }
 }
 
+/// The GPU runtime `device` asks for: `None` for the CPU. `Cuda` fails with the reason when
+/// tract-cuda can not start; `Auto` falls back to the CPU and logs the reason.
+fn gpu_runtime(device: Device) -> Result<Option<&'static dyn Runtime>> {
+    if device == Device::Cpu {
+        return Ok(None);
+    }
+    let reason = if cfg!(feature = "cuda") {
+        match tract_onnx::tract_core::runtime::runtime_for_name("cuda") {
+            Ok(Some(rt)) => return Ok(Some(rt)),
+            Ok(None) => "tract's cuda runtime is not registered".to_string(),
+            Err(e) => format!("{e:#}"),
+        }
+    } else {
+        "this build of the SDK has no CUDA support (build with a `cuda-*` feature)".to_string()
+    };
+    if device == Device::Auto {
+        log::warn!("no usable GPU ({reason}); running on the CPU");
+        return Ok(None);
+    }
+    Err(Error::InvalidOption {
+        name: "device".into(),
+        message: format!("cuda is unavailable: {reason}; use `cpu`, or `auto` to fall back"),
+    })
+}
+
 impl Model {
     /// Loads the bundle in `dir`: reads and checks the manifest, the tokenizer, and every graph
     /// (interface checked against the manifest, optimised once by tract).
     pub fn load(dir: impl AsRef<Path>, options: &LoadOptions) -> Result<Self> {
         let start = Instant::now();
         let dir = dir.as_ref();
-        if options.device == Device::Cuda {
-            return Err(Error::InvalidOption {
-                name: "device".into(),
-                message: "this build of the SDK has no CUDA support (build with the `cuda` \
-                          feature), use `cpu`"
-                    .into(),
-            });
-        }
+        let gpu = gpu_runtime(options.device)?;
         if let Some(n) = options.threads {
             if n == 0 || n > 1024 {
                 return Err(Error::InvalidOption {
@@ -167,16 +193,24 @@ impl Model {
             Tokenizer::from_file(&dir.join(&manifest.tokenizer), manifest.special_tokens)?;
         let mut parts = Vec::with_capacity(GRAPH_NAMES.len());
         for name in GRAPH_NAMES {
-            let precision = choose(&manifest, name, options.precision.for_graph(name))?;
+            let on_gpu = gpu.is_some() && !options.cpu_graphs.iter().any(|g| g == name);
+            let precision = choose(&manifest, name, options.precision.for_graph(name), on_gpu)?;
             let entry = manifest.graph(name)?;
             let file = entry.files.get(&precision).ok_or_else(|| Error::Manifest {
                 path: dir.join("manifest.json"),
                 message: format!("graph `{name}` has no {precision} file"),
             })?;
             let path = dir.join(&file.path);
-            let graph = Graph::load(name, &path)?;
+            let graph = match gpu {
+                Some(runtime) if on_gpu => Graph::load_on(name, &path, runtime)?,
+                _ => Graph::load(name, &path)?,
+            };
             graph.check_interface(entry, file.float)?;
-            log::info!("loaded {name} ({precision}) from {}", path.display());
+            log::info!(
+                "loaded {name} ({precision}, {}) from {}",
+                graph.runtime(),
+                path.display()
+            );
             parts.push(Part {
                 graph,
                 precision,

@@ -8,9 +8,9 @@ use crate::sampling::SamplingOptions;
 /// Precision wanted for a part of the model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PrecisionChoice {
-    /// INT8 where the bundle has integer kernels for the part; else FP16 where the CPU has
-    /// native FP16 arithmetic (aarch64 `asimdhp`: on x86 tract runs FP16 through slower
-    /// generic kernels) and the bundle has FP16; else FP32.
+    /// On the CPU: INT8 where the bundle has integer kernels for the part; else FP16 where the
+    /// CPU has native FP16 arithmetic (aarch64 `asimdhp`: on x86 tract runs FP16 through slower
+    /// generic kernels) and the bundle has FP16; else FP32. On a GPU: FP16, else FP32.
     #[default]
     Auto,
     /// Exactly this precision; loading fails if the bundle lacks it.
@@ -68,8 +68,10 @@ pub enum Device {
     /// tract's CPU kernels.
     #[default]
     Cpu,
-    /// tract-cuda (needs the `cuda` feature and a CUDA driver).
+    /// tract-cuda (needs the `cuda` feature, the driver, cuBLAS and NVRTC); fails otherwise.
     Cuda,
+    /// The GPU when tract-cuda can start, else the CPU with a logged reason.
+    Auto,
 }
 
 impl std::str::FromStr for Device {
@@ -78,19 +80,36 @@ impl std::str::FromStr for Device {
         match s.trim().to_ascii_lowercase().as_str() {
             "cpu" => Ok(Device::Cpu),
             "cuda" | "gpu" => Ok(Device::Cuda),
-            other => Err(format!("unknown device `{other}` (expected cpu or cuda)")),
+            "auto" => Ok(Device::Auto),
+            other => Err(format!(
+                "unknown device `{other}` (expected cpu, cuda or auto)"
+            )),
         }
     }
 }
 
 /// How to load a bundle.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoadOptions {
     pub precision: PartPrecisions,
     /// Threads for matrix products (tract's global pool; `None` keeps tract's default of 1).
     /// The pool is process-wide: the last model loaded with `Some(n)` sets it.
     pub threads: Option<usize>,
     pub device: Device,
+    /// Graphs kept on the CPU when the device is a GPU (default: `text_embed`, a table lookup
+    /// not worth a device round trip).
+    pub cpu_graphs: Vec<String>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            precision: PartPrecisions::default(),
+            threads: None,
+            device: Device::Cpu,
+            cpu_graphs: vec!["text_embed".to_string()],
+        }
+    }
 }
 
 /// How to generate.
