@@ -1,0 +1,187 @@
+"""Guidance + step distillation by progressive distillation (Salimans & Ho 2022; guidance folded
+in as in Meng et al. 2023), and Python-side sampling with the runtime's DDIM/trailing schedule.
+
+Round `r` trains a student for `n` steps from a teacher sampling with `2n` steps on the
+trailing grids of the runtime (`trailing_timesteps(T, 2n)` contains `trailing_timesteps(T, n)`
+as its even entries). For a student level `t_i` the teacher takes two deterministic DDIM steps
+`t_i -> u -> t_{i+1}` (the first round's teacher is the base model *with classifier-free
+guidance* `w`, so the student learns the guided trajectory and needs no unconditional pass);
+the student's target is the `x0` for which ONE DDIM step from `(x_{t_i}, t_i)` lands exactly on
+the teacher's `x_{t_{i+1}}`:
+
+    x0* = (x_next - (s_next / s) x_t) / (a_next - (s_next / s) a)    (= x_next on the last step)
+
+expressed in the student's prediction type (`output_for_x0`), MSE-regressed. The student starts
+from its teacher's weights; the next round's teacher is this round's student. Rounds halve the
+step count: 16 -> 8 -> 4 with the recipe's 16-step teacher. Captioning is kept alive by the LM loss on the caption
+tokens of the distillation sequences plus a share of image-first (captioning) sequences.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .diffusion import NoiseLevel, Schedule, ddim_step, guide, lcm_step, output_for_x0, \
+    trailing_timesteps
+from .losses import CAPTION_FIRST, IGNORE, IMAGE_FIRST, UNCONDITIONAL, build_sequences, \
+    run_sequence
+
+
+def rounds(teacher_steps: int, student_steps: int) -> list[int]:
+    """Student step counts of the rounds: teacher_steps/2, /4, ... down to student_steps."""
+    out, n = [], teacher_steps
+    while n > student_steps:
+        if n % 2:
+            raise ValueError(f"teacher steps {teacher_steps} must be student steps "
+                             f"{student_steps} times a power of two")
+        n //= 2
+        out.append(n)
+    if n != student_steps or not out:
+        raise ValueError(f"teacher steps {teacher_steps} must be student steps {student_steps} "
+                         "times a power of two (>= 2)")
+    return out
+
+
+def grid(schedule: Schedule, steps: int) -> list[NoiseLevel]:
+    return schedule.levels(steps)
+
+
+def check_nested(T: int, n: int) -> None:
+    """The n-step trailing grid is the even entries of the 2n-step one (distillation needs it)."""
+    fine, coarse = trailing_timesteps(T, 2 * n), trailing_timesteps(T, n)
+    if fine[::2] != coarse:
+        raise ValueError(f"trailing grids of {n} and {2 * n} steps over T={T} are not nested")
+
+
+@torch.no_grad()
+def predict(model, batch, x, model_time, uncond_batch=None, guidance=1.0, autocast=False):
+    """The network output for the image blocks of `batch` (with CFG when `uncond_batch`)."""
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        out, _ = run_sequence(model, batch, x, model_time, want_logits=False)
+        out = out.float()
+        if uncond_batch is not None and guidance != 1.0:
+            u, _ = run_sequence(model, uncond_batch, x, model_time, want_logits=False)
+            out = guide(u.float(), out, guidance)
+    return out
+
+
+def _levels_tensor(levels: list[NoiseLevel], idx: torch.Tensor):
+    a = torch.tensor([levels[i].alpha for i in idx.tolist()], dtype=torch.float64)
+    s = torch.tensor([levels[i].sigma for i in idx.tolist()], dtype=torch.float64)
+    t = torch.tensor([levels[i].model_time for i in idx.tolist()], dtype=torch.float32)
+    return a, s, t
+
+
+def distill_loss(student, teacher, schedule: Schedule, n: int, latents, captions, gen, *,
+                 teacher_guidance: float, lam: float, caption_frac: float,
+                 caption_max_t: float, autocast: bool):
+    """One progressive-distillation batch for an `n`-step student. Samples with
+    `u < caption_frac` are image-first captioning sequences (LM loss only); the others are
+    caption-first distillation sequences (distillation loss + LM loss on their captions)."""
+    cfg = student.cfg
+    pred_type = cfg.diffusion.prediction
+    teacher_pred = teacher.cfg.diffusion.prediction
+    B = latents.shape[0]
+    u = torch.rand(B, generator=gen)
+    is_lm = u < caption_frac
+    eps = torch.randn(latents.shape, generator=gen)
+    coarse, fine = grid(schedule, n), grid(schedule, 2 * n)
+    i = torch.randint(0, n, (B,), generator=gen)
+    a, s, t = _levels_tensor(coarse, i)
+    am, sm, tm = _levels_tensor(fine, 2 * i + 1)
+    an, sn, _ = _levels_tensor(coarse, i + 1)
+    # Captioning samples: a low noise level (like the trainer's image-first samples).
+    cap_times = schedule.sample_times(B, gen, caption_max_t)
+    ca, cs, ct = schedule.coefficients(cap_times)
+    a = torch.where(is_lm, ca.double(), a)
+    s = torch.where(is_lm, cs.double(), s)
+    t = torch.where(is_lm, ct, t)
+    x_t = (a.view(-1, 1, 1, 1) * latents.double() + s.view(-1, 1, 1, 1) * eps.double()).float()
+    layouts = [IMAGE_FIRST if lm else CAPTION_FIRST for lm in is_lm.tolist()]
+    batch = build_sequences(cfg, captions, layouts)
+
+    pd = (~is_lm).nonzero().flatten()
+    loss_pd = torch.zeros(())
+    if len(pd):
+        caps = [captions[k] for k in pd.tolist()]
+        tb = build_sequences(teacher.cfg, caps, [CAPTION_FIRST] * len(caps))
+        ub = build_sequences(teacher.cfg, caps, [UNCONDITIONAL] * len(caps)) \
+            if teacher_guidance != 1.0 else None
+        xs = x_t[pd]
+        out = predict(teacher, tb, xs, t[pd], ub, teacher_guidance, autocast)
+        x_mid, _ = ddim_step(teacher_pred, (a[pd], s[pd]), (am[pd], sm[pd]), xs, out)
+        out = predict(teacher, tb, x_mid, tm[pd], ub, teacher_guidance, autocast)
+        x_next, _ = ddim_step(teacher_pred, (am[pd], sm[pd]), (an[pd], sn[pd]), x_mid, out)
+        r = (sn[pd] / s[pd]).view(-1, 1, 1, 1)
+        x0_target = (x_next.double() - r * xs.double()) / (an[pd].view(-1, 1, 1, 1)
+                                                            - r * a[pd].view(-1, 1, 1, 1))
+        target = output_for_x0(pred_type, a[pd], s[pd], xs, x0_target)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        pred, logits = run_sequence(student, batch, x_t, t)
+    if len(pd):
+        loss_pd = (pred.float()[pd] - target).square().mean()
+    lm = F.cross_entropy(logits.float(), batch.lm_targets[batch.lm_targets != IGNORE]) \
+        if logits is not None else torch.zeros(())
+    loss = lm + lam * loss_pd
+    return loss, {"lm": lm.item(), "distill": loss_pd.item()}
+
+
+@torch.no_grad()
+def sample(model, captions, noise, steps: int, guidance: float = 1.0, sampler: str = "ddim",
+           gen: torch.Generator | None = None, autocast: bool = False, batch: int = 32):
+    """Latents generated as the SDK does for `Request::Image`: `[BOS caption BOI]` then the
+    sampler over the image block from `noise` (`[B, C, Hl, Hl]`), CFG with `[BOS BOI]` when
+    `guidance > 1`. Full sequences each step (no KV cache: same numbers up to rounding)."""
+    cfg = model.cfg
+    sched = Schedule(cfg.diffusion)
+    levels = sched.levels(steps)
+    pred = cfg.diffusion.prediction
+    outs = []
+    for start in range(0, len(captions), batch):
+        caps = captions[start:start + batch]
+        x = noise[start:start + batch].clone()
+        cb = build_sequences(cfg, caps, [CAPTION_FIRST] * len(caps))
+        ub = build_sequences(cfg, caps, [UNCONDITIONAL] * len(caps)) if guidance > 1 else None
+        for k in range(steps):
+            cur, nxt = levels[k], levels[k + 1]
+            t = torch.full((len(caps),), cur.model_time, dtype=torch.float32)
+            out = predict(model, cb, x, t, ub, guidance, autocast)
+            if sampler == "lcm":
+                z = torch.randn(x.shape, generator=gen)
+                x, _ = lcm_step(pred, cur, nxt, x, out, z)
+            elif sampler == "ddim":
+                x, _ = ddim_step(pred, cur, nxt, x, out)
+            else:
+                raise ValueError(f"sampler {sampler!r}: only ddim and lcm are implemented here")
+        outs.append(x)
+    return torch.cat(outs)
+
+
+@torch.no_grad()
+def measure(teacher, student, captions, noise, *, reference_steps: int, guidance: float,
+            teacher_steps: list[int], student_steps: int, student_sampler: str,
+            autocast: bool = False):
+    """Student vs teacher on the same captions and initial noise: RMSE (latent, and decoded
+    pixels in [-1, 1]) against the teacher's `reference_steps`-step CFG images, for the student
+    and for the teacher itself at each of `teacher_steps` (with CFG)."""
+    ref = sample(teacher, captions, noise, reference_steps, guidance, autocast=autocast)
+    ref_px = teacher.vae_decode(ref).clamp(-1, 1)
+
+    def rmse(model, x):
+        px = model.vae_decode(x).clamp(-1, 1)
+        return {"latent_rmse": round((x - ref).square().mean().sqrt().item(), 5),
+                "pixel_rmse": round((px - ref_px).square().mean().sqrt().item(), 5)}
+
+    cfg_passes = 2 if guidance > 1 else 1
+    report = {"samples": len(captions),
+              "reference": f"teacher, {reference_steps} DDIM steps, guidance {guidance}",
+              "reference_evaluations": reference_steps * (2 if guidance > 1 else 1),
+              "reference_latent_std": round(ref.std().item(), 5)}
+    for n in teacher_steps:
+        x = sample(teacher, captions, noise, n, guidance, autocast=autocast)
+        report[f"teacher_{n}_steps_cfg"] = dict(rmse(teacher, x), evaluations=n * cfg_passes)
+    x = sample(student, captions, noise, student_steps, 1.0, student_sampler,
+               gen=torch.Generator().manual_seed(0), autocast=autocast)
+    report[f"student_{student_steps}_steps"] = dict(rmse(student, x), evaluations=student_steps)
+    return report
