@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use common::{bundle_copy, fixture_checkpoint, tiny_bundle};
 use serde_json::Value;
 use transfusion_sdk::{
-    Control, Device, Error, GenerateOptions, LoadOptions, Model, PartPrecisions, Precision,
+    Control, Error, GenerateOptions, LoadOptions, Model, PartPrecisions, Precision,
     PrecisionChoice, Request,
 };
 use transfusion_tools::convert::{convert, BundlePrecision, ConvertOptions};
@@ -370,7 +370,7 @@ fn precision_the_bundle_lacks_is_an_error_naming_it() {
 #[cfg(not(feature = "cuda"))]
 fn cuda_without_the_cuda_feature_is_refused() {
     let options = LoadOptions {
-        device: Device::Cuda,
+        device: transfusion_sdk::Device::Cuda,
         ..Default::default()
     };
     let err = load_err(tiny_bundle(), &options);
