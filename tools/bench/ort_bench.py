@@ -39,6 +39,12 @@ import numpy as np
 import onnxruntime as ort
 
 GRAPHS = ("text_embed", "backbone", "patch_in", "patch_out", "vae_decoder")
+GRAPH_OPT = {
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+}
 COSINE_OFFSET = 0.008
 COSINE_MAX_BETA = 0.999
 
@@ -171,14 +177,17 @@ def prompt_ids(bundle, manifest, n):
 class Generator:
     """Runs one image generation at a time with the SDK's orchestration."""
 
-    def __init__(self, bundle, precision, threads):
+    def __init__(self, bundle, precision, threads, graph_opt="all", spin=True):
         with open(os.path.join(bundle, "manifest.json"), encoding="utf-8") as fh:
             self.manifest = json.load(fh)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.graph_optimization_level = GRAPH_OPT[graph_opt]
+        if not spin:
+            # Idle pool threads sleep instead of spinning (matters when threads = cores).
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         start = time.perf_counter()
         self.parts = {n: Part(bundle, self.manifest, n, precision, options) for n in GRAPHS}
         self.load_ms = (time.perf_counter() - start) * 1e3
@@ -271,6 +280,10 @@ def main():
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--graph-opt", default="all", choices=list(GRAPH_OPT),
+                    help="onnxruntime graph optimisation level (the comparison uses all)")
+    ap.add_argument("--no-spin", action="store_true",
+                    help="idle onnxruntime pool threads sleep instead of spinning")
     ap.add_argument("--json", action="store_true", help="one JSON document on stdout")
     args = ap.parse_args()
     try:
@@ -280,7 +293,7 @@ def main():
     if not steps_list or min(steps_list) < 1 or args.runs < 1 or args.threads < 1:
         fail("--steps, --runs and --threads must be positive")
 
-    gen = Generator(args.bundle, args.precision, args.threads)
+    gen = Generator(args.bundle, args.precision, args.threads, args.graph_opt, not args.no_spin)
     prompt = prompt_ids(args.bundle, gen.manifest, args.prompt_tokens)
     rng = np.random.default_rng(args.seed)
     results = []
@@ -321,6 +334,8 @@ def main():
         "prompt_tokens": args.prompt_tokens,
         "runs": args.runs,
         "warmup": args.warmup,
+        "graph_opt": args.graph_opt,
+        "spin": not args.no_spin,
         "ort_load_ms": gen.load_ms,
         "results": results,
     }
@@ -328,6 +343,7 @@ def main():
         print(json.dumps(report, indent=2))
     else:
         print(f"onnxruntime {ort.__version__}, {args.precision}, {args.threads} thread(s), "
+              f"graph optimisation {args.graph_opt}, "
               f"prompt {args.prompt_tokens} tokens, {args.runs} runs, load {gen.load_ms:.1f} ms")
         print(f"{'steps':>5} {'p50 ms':>9} {'p90 ms':>9} {'backbone':>9} {'patch':>7} {'vae':>7} {'host':>7}")
         for r in results:

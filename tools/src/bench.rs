@@ -21,7 +21,7 @@ use transfusion_sdk::manifest::Precision;
 use transfusion_sdk::{LoadOptions, Model, PartPrecisions, PrecisionChoice};
 
 pub use measure::{prompt, Prompt};
-pub use ort::{OrtReport, OrtStep};
+pub use ort::{python, OrtReport, OrtStep};
 pub use stats::{percentile, Machine};
 
 use crate::error::{Error, Result};
@@ -102,7 +102,9 @@ pub struct BenchRow {
     /// Resident memory right after loading, MiB (`VmRSS`; `None` off Linux).
     pub rss_after_load_mb: Option<f64>,
     /// Peak resident memory of this configuration, MiB (`VmHWM`, reset before loading where
-    /// the kernel allows; `None` off Linux).
+    /// the kernel allows; `None` off Linux). The reset goes back to the current RSS, so memory
+    /// the allocator kept from an earlier configuration of the same process still counts: run
+    /// one precision per process for clean figures.
     pub peak_rss_mb: Option<f64>,
     pub image_ms_p50: f64,
     pub image_ms_p90: f64,
@@ -302,7 +304,12 @@ pub fn bench(bundle: &Path, options: &BenchOptions) -> Result<BenchReport> {
                     Err(e) => log::warn!("{e}"),
                 }
                 let message = report.as_ref().err().map(ToString::to_string);
-                merge_ort(&mut rows, report.as_ref().map_err(|_| message.as_deref().unwrap_or("")));
+                merge_ort(
+                    &mut rows,
+                    report
+                        .as_ref()
+                        .map_err(|_| message.as_deref().unwrap_or("")),
+                );
                 bar.inc(1);
             }
             results.extend(rows);

@@ -1,4 +1,4 @@
-//! `transfusion`: host-side CLI — init, convert, inspect, verify, bench.
+//! `transfusion`: host-side CLI — init, convert, inspect, verify, bench, dataset, eval.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -6,10 +6,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use transfusion_sdk::manifest::Precision;
+use transfusion_tools::bench::{bench, BenchOptions};
 use transfusion_tools::convert::{convert, ConvertOptions};
 use transfusion_tools::error::{Error, Result};
 use transfusion_tools::onnx::Int8Parts;
-use transfusion_tools::bench::{bench, BenchOptions};
 use transfusion_tools::{init, inspect, verify};
 
 #[derive(Parser)]
@@ -102,6 +102,55 @@ enum Command {
         /// TRANSFUSION_PYTHON, .venv/bin/python or python3).
         #[arg(long)]
         ort: bool,
+    },
+    /// Generate a synthetic training dataset: `shapes` (format in docs/dataset.md).
+    Dataset {
+        /// Which dataset: `shapes`.
+        name: String,
+        #[arg(long, default_value_t = 20000)]
+        count: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(short, long)]
+        output: PathBuf,
+        /// train (no held-out colour–shape pair), heldout (at least one), or all.
+        #[arg(long, default_value = "train")]
+        split: transfusion_tools::shapes::Split,
+        /// Also write preview.png and preview.txt of the first K samples.
+        #[arg(long, default_value_t = 0)]
+        preview: usize,
+    },
+    /// Score a bundle on the shapes domain: GenEval-style image categories and captioning.
+    Eval {
+        /// The bundle (optional with --write-prompts alone).
+        bundle: Option<PathBuf>,
+        /// Prompts file (JSON lines); default: built from the held-out split.
+        #[arg(long)]
+        prompts: Option<PathBuf>,
+        /// Write the prompt list (JSON lines) here.
+        #[arg(long)]
+        write_prompts: Option<PathBuf>,
+        /// Seeds per prompt.
+        #[arg(long, default_value_t = 4)]
+        seeds: usize,
+        /// Diffusion steps (default: the bundle's recommendation, 4 for the presets).
+        #[arg(long)]
+        steps: Option<usize>,
+        /// auto, fp32, fp16 or int8.
+        #[arg(long, default_value = "auto")]
+        precision: transfusion_sdk::PrecisionChoice,
+        /// Held-out dataset images to caption (0: skip captioning).
+        #[arg(long, default_value_t = 32)]
+        captions: usize,
+        /// Threads for matrix products.
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Save every generated image here as {prompt:03}_{seed}.png.
+        #[arg(long)]
+        save_images: Option<PathBuf>,
+        /// One JSON document on stdout instead of a table.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -220,6 +269,80 @@ fn run(cli: Cli) -> Result<bool> {
             let report = bench(&bundle, &options)?;
             if json {
                 let text = serde_json::to_string_pretty(&report)
+                    .map_err(|e| Error::Invalid(e.to_string()))?;
+                println!("{text}");
+            } else {
+                print!("{}", report.to_text());
+            }
+        }
+        Command::Dataset {
+            name,
+            count,
+            seed,
+            output,
+            split,
+            preview,
+        } => {
+            if name != "shapes" {
+                return Err(Error::Invalid(format!(
+                    "unknown dataset `{name}`, expected: shapes"
+                )));
+            }
+            let options = transfusion_tools::shapes::DatasetOptions {
+                count,
+                seed,
+                split,
+                preview,
+            };
+            let summary = transfusion_tools::shapes::write_dataset(&output, &options)?;
+            eprintln!(
+                "wrote {} samples ({} with a held-out pair, {} bytes) to {}",
+                summary.count,
+                summary.held_out,
+                summary.bytes,
+                output.display()
+            );
+        }
+        Command::Eval {
+            bundle,
+            prompts,
+            write_prompts,
+            seeds,
+            steps,
+            precision,
+            captions,
+            threads,
+            save_images,
+            json,
+        } => {
+            use transfusion_tools::eval::{evaluate, score, EvalOptions};
+            let prompts = match &prompts {
+                Some(path) => score::read_prompts(path)?,
+                None => score::default_prompts(),
+            };
+            if let Some(path) = &write_prompts {
+                score::write_prompts(path, &prompts)?;
+                eprintln!("wrote {} prompts to {}", prompts.len(), path.display());
+            }
+            let Some(bundle) = bundle else {
+                if write_prompts.is_some() {
+                    return Ok(true);
+                }
+                return Err(Error::Invalid("eval needs a BUNDLE directory".into()));
+            };
+            let options = EvalOptions {
+                prompts,
+                seeds,
+                steps,
+                precision,
+                captions,
+                threads,
+                save_images,
+                progress: !json,
+            };
+            let report = evaluate(&bundle, &options)?;
+            if json {
+                let text = serde_json::to_string_pretty(&report.to_json())
                     .map_err(|e| Error::Invalid(e.to_string()))?;
                 println!("{text}");
             } else {

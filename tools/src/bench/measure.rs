@@ -10,7 +10,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use transfusion_sdk::config::SamplerKind;
 use transfusion_sdk::diffusion::{Sampler, SamplerOptions};
-use transfusion_sdk::{Control, GenerateOptions, Model, RgbImage, Request, Session, Timings};
+use transfusion_sdk::{Control, GenerateOptions, Model, Request, RgbImage, Session, Timings};
 
 use super::stats::{ms, p50};
 use crate::error::{Error, Result};

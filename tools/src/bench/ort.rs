@@ -60,7 +60,10 @@ pub fn python() -> OsString {
     if let Some(p) = std::env::var_os("TRANSFUSION_PYTHON").filter(|p| !p.is_empty()) {
         return p;
     }
-    for candidate in [Path::new(".venv/bin/python"), Path::new(WORKSPACE_VENV_PYTHON)] {
+    for candidate in [
+        Path::new(".venv/bin/python"),
+        Path::new(WORKSPACE_VENV_PYTHON),
+    ] {
         if candidate.is_file() {
             return candidate.as_os_str().to_owned();
         }

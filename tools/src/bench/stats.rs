@@ -201,6 +201,9 @@ mod tests {
         assert_eq!(m.logical_cpus, 2);
         assert_eq!(m.cpu_flags, ["avx2", "fma", "avx512f"]);
         let empty = Machine::from_cpuinfo("", 3);
-        assert_eq!((empty.cpu_model.as_str(), empty.logical_cpus), ("unknown", 3));
+        assert_eq!(
+            (empty.cpu_model.as_str(), empty.logical_cpus),
+            ("unknown", 3)
+        );
     }
 }
