@@ -193,13 +193,7 @@ fn run(cli: Cli) -> Result<bool> {
             kernels,
         } => {
             let report = inspect::inspect(&path, kernels)?;
-            if json {
-                let text = serde_json::to_string_pretty(&report)
-                    .map_err(|e| Error::Invalid(e.to_string()))?;
-                println!("{text}");
-            } else {
-                print!("{}", report.to_text());
-            }
+            print_report(json, &report, || report.to_text())?;
         }
         Command::Verify {
             bundle,
@@ -215,9 +209,7 @@ fn run(cli: Cli) -> Result<bool> {
             }
             let all_pass = results.iter().all(|r| r.pass);
             if json {
-                let text = serde_json::to_string_pretty(&results)
-                    .map_err(|e| Error::Invalid(e.to_string()))?;
-                println!("{text}");
+                print_json(&results)?;
             } else {
                 println!(
                     "{:<6} {:<18} {:<18} {:>11} {:>11} {:>9}  result",
@@ -267,13 +259,7 @@ fn run(cli: Cli) -> Result<bool> {
                 progress: true,
             };
             let report = bench(&bundle, &options)?;
-            if json {
-                let text = serde_json::to_string_pretty(&report)
-                    .map_err(|e| Error::Invalid(e.to_string()))?;
-                println!("{text}");
-            } else {
-                print!("{}", report.to_text());
-            }
+            print_report(json, &report, || report.to_text())?;
         }
         Command::Dataset {
             name,
@@ -341,16 +327,31 @@ fn run(cli: Cli) -> Result<bool> {
                 progress: !json,
             };
             let report = evaluate(&bundle, &options)?;
-            if json {
-                let text = serde_json::to_string_pretty(&report.to_json())
-                    .map_err(|e| Error::Invalid(e.to_string()))?;
-                println!("{text}");
-            } else {
-                print!("{}", report.to_text());
-            }
+            print_report(json, &report.to_json(), || report.to_text())?;
         }
     }
     Ok(true)
+}
+
+/// Prints `value` as pretty JSON on stdout.
+fn print_json(value: &impl serde::Serialize) -> Result<()> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| Error::Invalid(e.to_string()))?;
+    println!("{text}");
+    Ok(())
+}
+
+/// Prints a report as JSON (`--json`) or as the human-readable text.
+fn print_report(
+    json: bool,
+    value: &impl serde::Serialize,
+    text: impl FnOnce() -> String,
+) -> Result<()> {
+    if json {
+        print_json(value)
+    } else {
+        print!("{}", text());
+        Ok(())
+    }
 }
 
 fn main() -> ExitCode {
