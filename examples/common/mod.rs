@@ -3,6 +3,20 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// Runs an example's body with logging set up (`RUST_LOG`, default `warn`); an error is printed
+/// as one line and gives a failing exit status.
+pub fn main_with(run: impl FnOnce() -> Result<(), String>) -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
 
 /// The shipped default bundle.
 pub const DEFAULT_BUNDLE: &str = "models/shapes64/bundle";
