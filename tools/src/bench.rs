@@ -18,7 +18,7 @@ use std::time::Instant;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use transfusion_sdk::manifest::Precision;
-use transfusion_sdk::{LoadOptions, Model, PartPrecisions, PrecisionChoice};
+use transfusion_sdk::{Device, LoadOptions, Model, PartPrecisions, PrecisionChoice};
 
 pub use measure::{prompt, Prompt};
 pub use ort::{python, OrtReport, OrtStep};
@@ -48,6 +48,8 @@ pub struct BenchOptions {
     pub ort: bool,
     /// Show a progress bar on stderr.
     pub progress: bool,
+    /// Where tract runs the graphs (`cpu`, `cuda`, `auto`).
+    pub device: Device,
 }
 
 impl Default for BenchOptions {
@@ -62,6 +64,7 @@ impl Default for BenchOptions {
             decode_tokens: 32,
             ort: false,
             progress: false,
+            device: Device::Cpu,
         }
     }
 }
@@ -237,6 +240,7 @@ pub fn bench(bundle: &Path, options: &BenchOptions) -> Result<BenchReport> {
             let load_options = LoadOptions {
                 precision: PartPrecisions::all(PrecisionChoice::Exact(precision)),
                 threads: Some(threads),
+                device: options.device,
                 ..LoadOptions::default()
             };
             let start = Instant::now();

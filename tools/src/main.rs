@@ -102,6 +102,9 @@ enum Command {
         /// TRANSFUSION_PYTHON, .venv/bin/python or python3).
         #[arg(long)]
         ort: bool,
+        /// Where tract runs the graphs: cpu, cuda or auto (the `cuda-*` SDK features).
+        #[arg(long, default_value = "cpu")]
+        device: transfusion_sdk::Device,
     },
     /// Generate a synthetic training dataset: `shapes` (format in docs/dataset.md).
     Dataset {
@@ -246,6 +249,7 @@ fn run(cli: Cli) -> Result<bool> {
             prompt_tokens,
             decode_tokens,
             ort,
+            device,
         } => {
             let options = BenchOptions {
                 precisions: precision,
@@ -257,6 +261,7 @@ fn run(cli: Cli) -> Result<bool> {
                 decode_tokens,
                 ort,
                 progress: true,
+                device,
             };
             let report = bench(&bundle, &options)?;
             print_report(json, &report, || report.to_text())?;

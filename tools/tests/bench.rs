@@ -34,6 +34,7 @@ fn quick(precisions: &[Precision]) -> BenchOptions {
         decode_tokens: 4,
         ort: false,
         progress: false,
+        device: transfusion_sdk::Device::Cpu,
     }
 }
 
