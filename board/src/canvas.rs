@@ -83,6 +83,16 @@ impl<C: PixelColor> Canvas<C> {
     }
 }
 
+impl<C: PixelColor + From<Rgb888>> Canvas<C> {
+    /// Lays `frame` out on the whole canvas; drawing into memory cannot fail.
+    pub fn render_frame(&mut self, frame: &crate::frame::Frame) {
+        match crate::layout::render(frame, self) {
+            Ok(()) => {}
+            Err(never) => match never {},
+        }
+    }
+}
+
 impl Canvas<Rgb888> {
     /// The canvas as an SDK image (RGB8), e.g. to save a screenshot.
     pub fn to_rgb_image(&self) -> Result<RgbImage> {

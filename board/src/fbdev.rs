@@ -14,7 +14,6 @@ use crate::canvas::Canvas;
 use crate::display::Display;
 use crate::error::{Error, Result};
 use crate::frame::Frame;
-use crate::layout::render;
 use crate::pack::{Bitfield, PixelFormat};
 
 /// `FB_VISUAL_TRUECOLOR`: pixels hold the colour itself.
@@ -156,10 +155,8 @@ impl<D: FbDevice> Display for FbdevDisplay<D> {
     }
 
     fn draw(&mut self, frame: &Frame) -> Result<()> {
-        match render(frame, &mut self.canvas) {
-            Ok(()) => Ok(()),
-            Err(never) => match never {},
-        }
+        self.canvas.render_frame(frame);
+        Ok(())
     }
 
     fn flush(&mut self) -> Result<()> {

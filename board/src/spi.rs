@@ -26,7 +26,6 @@ use crate::config::{PanelModel, SpiConfig};
 use crate::display::Display;
 use crate::error::{Error, Result};
 use crate::frame::Frame;
-use crate::layout::render;
 
 /// Bytes per SPI write: spidev's default `bufsiz` is 4096, and larger writes fail (EMSGSIZE)
 /// unless the module parameter is raised, so pixels go out in chunks of this size.
@@ -177,10 +176,8 @@ where
     }
 
     fn draw(&mut self, frame: &Frame) -> Result<()> {
-        match render(frame, &mut self.canvas) {
-            Ok(()) => Ok(()),
-            Err(never) => match never {},
-        }
+        self.canvas.render_frame(frame);
+        Ok(())
     }
 
     fn flush(&mut self) -> Result<()> {

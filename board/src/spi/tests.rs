@@ -110,7 +110,7 @@ fn frame() -> Frame {
 /// The canvas the panel should show for `frame`, as big-endian RGB565 bytes (the wire format).
 fn expected_bytes(size: Size, frame: &Frame, rows: core::ops::Range<u32>) -> Vec<u8> {
     let mut canvas = Canvas::new(size, Rgb565::BLACK).unwrap();
-    let Ok(()) = render(frame, &mut canvas);
+    canvas.render_frame(frame);
     rows.flat_map(|y| canvas.row(y).to_vec())
         .flat_map(|c| c.to_be_bytes())
         .collect()
