@@ -64,23 +64,26 @@ fn write_bundle(
         ProgressBar::hidden()
     };
     let mut graphs: BTreeMap<String, GraphEntry> = BTreeMap::new();
-    // Files already written, by content: an INT8 graph with nothing quantized is byte-identical
-    // to its FP32 twin and points at it instead of being stored twice.
-    let mut written: Vec<(Vec<u8>, String)> = Vec::new();
     for &precision in precisions {
         let sub = dir.join(precision.name());
         for name in GRAPH_NAMES {
             bar.set_message(format!("{precision} {name}"));
             let graph = build_graph(name, ckpt, precision, options.int8)?;
             let bytes = graph.built.bytes;
-            let rel = match written.iter().find(|(b, _)| *b == bytes) {
-                Some((_, rel)) => rel.clone(),
+            // An INT8 graph with nothing quantized is byte-identical to its FP32 twin (written
+            // first: precisions are sorted) and points at it instead of being stored twice.
+            let twin = (precision == Precision::Int8 && !graph.int8_ops)
+                .then(|| graphs.get(name).and_then(|e| e.files.get(&Precision::Fp32)))
+                .flatten()
+                .map(|f| f.path.clone())
+                .filter(|rel| std::fs::read(dir.join(rel)).is_ok_and(|b| b == bytes));
+            let rel = match twin {
+                Some(rel) => rel,
                 None => {
                     std::fs::create_dir_all(&sub).map_err(|e| Error::io(&sub, e))?;
                     let rel = format!("{}/{name}.onnx", precision.name());
                     let path = dir.join(&rel);
                     std::fs::write(&path, &bytes).map_err(|e| Error::io(&path, e))?;
-                    written.push((bytes.clone(), rel.clone()));
                     rel
                 }
             };
