@@ -3,11 +3,15 @@
 # kiosk needs on a Jetson, exactly as they go on the device (opt/transfusion/..., etc/...).
 # Source it; it defines functions only.
 
-# The default bundle: the shipped model, else the examples' untrained fallback.
+# The default bundle: the shipped model (converted from models/shapes64/checkpoint on first use
+# by any example, or by `transfusion convert`), else the examples' untrained fallback.
 tf_default_model() {
   local root=$1
   if [ -f "$root/models/shapes64/bundle/manifest.json" ]; then
     printf '%s\n' "$root/models/shapes64/bundle"
+  elif [ -f "$root/models/shapes64/checkpoint/model.safetensors" ]; then
+    echo "models/shapes64/bundle is not converted yet: run \`cargo run --release --example generate -- test\` once (it converts the shipped checkpoint), or \`transfusion convert models/shapes64/checkpoint -o models/shapes64/bundle\`" >&2
+    return 1
   elif [ -f "$root/target/untrained-shapes64/bundle/manifest.json" ]; then
     echo "warning: no trained model in models/shapes64/bundle; deploying the UNTRAINED fallback (pictures are noise)" >&2
     printf '%s\n' "$root/target/untrained-shapes64/bundle"

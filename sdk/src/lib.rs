@@ -23,6 +23,7 @@ pub mod error;
 pub mod generate;
 pub mod graph;
 pub mod image;
+pub mod limits;
 pub mod manifest;
 pub mod model;
 pub mod options;

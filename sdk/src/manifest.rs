@@ -235,6 +235,31 @@ impl Manifest {
         Ok(manifest)
     }
 
+    /// The path of bundle file `rel` (a graph or the tokenizer) in bundle `dir`, after checking
+    /// that it resolves, through any symlinks, to a file inside the bundle: a link to
+    /// `/etc/shadow` or to a graph elsewhere on the device is refused like a `../` path.
+    pub fn bundle_file(dir: &Path, rel: &str) -> Result<std::path::PathBuf> {
+        let path = dir.join(rel);
+        let io = |p: &Path| {
+            let p = p.to_path_buf();
+            move |source| Error::Io { path: p, source }
+        };
+        let root = dir.canonicalize().map_err(io(dir))?;
+        let real = path.canonicalize().map_err(io(&path))?;
+        if !real.starts_with(&root) {
+            return Err(Error::Manifest {
+                path: dir.join("manifest.json"),
+                message: format!(
+                    "`{rel}` resolves to {}, outside the bundle {}: bundle files must be inside it \
+                     (copy the file in instead of linking it)",
+                    real.display(),
+                    root.display()
+                ),
+            });
+        }
+        Ok(path)
+    }
+
     /// The entry of graph `name`.
     pub fn graph(&self, name: &str) -> Result<&GraphEntry> {
         self.graphs.get(name).ok_or_else(|| Error::Manifest {

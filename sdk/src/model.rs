@@ -8,6 +8,7 @@ use tract_onnx::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::graph::{tensor_to_f32, Graph};
+use crate::limits::MemoryPlan;
 use crate::manifest::{FloatDtype, Manifest, Precision, GRAPH_NAMES};
 use crate::options::{Device, LoadOptions, PrecisionChoice};
 use crate::text::Tokenizer;
@@ -22,9 +23,10 @@ pub struct Part {
 }
 
 impl Part {
-    /// A float tensor in this graph's float type from f32 values.
+    /// A float tensor in this graph's float type from f32 values (an input of this graph: errors
+    /// name it).
     pub fn float_tensor(&self, shape: &[usize], data: &[f32]) -> Result<Tensor> {
-        float_tensor(shape, data, self.float)
+        float_tensor(shape, data, self.float, self.graph.name())
     }
 
     /// Runs the graph; returns its outputs in declaration order.
@@ -33,22 +35,47 @@ impl Part {
     }
 }
 
-/// Builds a float tensor of `float` type from f32 values.
-pub fn float_tensor(shape: &[usize], data: &[f32], float: FloatDtype) -> Result<Tensor> {
+/// Builds a float tensor of `float` type from f32 values, for an input of graph `graph`.
+///
+/// For FP16 a finite value beyond ±65504 is an [`Error::Numerical`]: the cast would make it ±inf
+/// and the graph would answer NaN further on (a diverged sampler's latent, for instance, poisons
+/// the KV cache and every later logit). Infinities pass: attention masks use −inf on purpose.
+pub fn float_tensor(
+    shape: &[usize],
+    data: &[f32],
+    float: FloatDtype,
+    graph: &str,
+) -> Result<Tensor> {
+    let numerical = |message: String| Error::Numerical {
+        what: format!("input of `{graph}`"),
+        message,
+    };
+    if float == FloatDtype::Float16 {
+        let max = f32::from(f16::MAX);
+        if let Some((i, v)) = data
+            .iter()
+            .enumerate()
+            .find(|(_, v)| v.is_finite() && v.abs() > max)
+        {
+            return Err(numerical(format!(
+                "value {v} at element {i} is outside the FP16 range (±{max}); the values \
+                 diverged (an untrained or unstable model?), or run this graph at fp32"
+            )));
+        }
+    }
     let t = tract_ndarray::ArrayD::from_shape_vec(shape, data.to_vec())
-        .map_err(|e| Error::Numerical {
-            what: "tensor".into(),
-            message: format!("{} values do not make shape {shape:?}: {e}", data.len()),
+        .map_err(|e| {
+            numerical(format!(
+                "{} values do not make shape {shape:?}: {e}",
+                data.len()
+            ))
         })?
         .into_tensor();
     match float {
         FloatDtype::Float32 => Ok(t),
         FloatDtype::Float16 => Ok(t
             .cast_to::<f16>()
-            .map_err(|e| Error::Numerical {
-                what: "tensor".into(),
-                message: format!("{e:#}"),
-            })?
+            .map_err(|e| numerical(format!("{e:#}")))?
             .into_owned()),
     }
 }
@@ -198,18 +225,38 @@ impl Model {
             tract_linalg::multithread::set_default_executor(executor);
         }
         let manifest = Manifest::load(dir)?;
-        let tokenizer =
-            Tokenizer::from_file(&dir.join(&manifest.tokenizer), manifest.special_tokens)?;
-        let mut parts = Vec::with_capacity(GRAPH_NAMES.len());
+        // Every graph's precision and file first: the memory plan is checked before reading any.
+        let mut chosen = Vec::with_capacity(GRAPH_NAMES.len());
         for name in GRAPH_NAMES {
             let on_gpu = gpu.is_some() && !options.cpu_graphs.iter().any(|g| g == name);
             let precision = choose(&manifest, name, options.precision.for_graph(name), on_gpu)?;
+            let file =
+                manifest
+                    .graph(name)?
+                    .files
+                    .get(&precision)
+                    .ok_or_else(|| Error::Manifest {
+                        path: dir.join("manifest.json"),
+                        message: format!("graph `{name}` has no {precision} file"),
+                    })?;
+            chosen.push((name, precision, file, on_gpu));
+        }
+        let tokenizer_path = Manifest::bundle_file(dir, &manifest.tokenizer)?;
+        let files = chosen
+            .iter()
+            .map(|(name, precision, file, _)| {
+                Ok((*name, *precision, Manifest::bundle_file(dir, &file.path)?))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let plan = MemoryPlan::for_bundle(&manifest, &files, &tokenizer_path)?;
+        if let Some(cap) = options.memory_cap {
+            plan.check(cap, dir)?;
+        }
+        log::debug!("memory plan of {}: {plan:?}", dir.display());
+        let tokenizer = Tokenizer::from_file(&tokenizer_path, manifest.special_tokens)?;
+        let mut parts = Vec::with_capacity(GRAPH_NAMES.len());
+        for ((name, precision, file, on_gpu), (_, _, path)) in chosen.into_iter().zip(files) {
             let entry = manifest.graph(name)?;
-            let file = entry.files.get(&precision).ok_or_else(|| Error::Manifest {
-                path: dir.join("manifest.json"),
-                message: format!("graph `{name}` has no {precision} file"),
-            })?;
-            let path = dir.join(&file.path);
             let graph = match gpu {
                 Some(runtime) if on_gpu => Graph::load_on(name, &path, runtime)?,
                 _ => Graph::load(name, &path)?,

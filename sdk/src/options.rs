@@ -99,6 +99,10 @@ pub struct LoadOptions {
     /// Graphs kept on the CPU when the device is a GPU (default: `text_embed`, a table lookup
     /// not worth a device round trip).
     pub cpu_graphs: Vec<String>,
+    /// Most bytes the model may need (weights, KV cache at `max_seq_len`, largest activations;
+    /// [`MemoryPlan`](crate::limits::MemoryPlan)); a bundle planning more is refused before any
+    /// graph is read. `None`: no cap. Default [`DEFAULT_MEMORY_CAP`](crate::limits::DEFAULT_MEMORY_CAP).
+    pub memory_cap: Option<u64>,
 }
 
 impl Default for LoadOptions {
@@ -108,6 +112,7 @@ impl Default for LoadOptions {
             threads: None,
             device: Device::Cpu,
             cpu_graphs: vec!["text_embed".to_string()],
+            memory_cap: Some(crate::limits::DEFAULT_MEMORY_CAP),
         }
     }
 }

@@ -419,3 +419,64 @@ fn model_is_send_sync_and_loads_twice_in_parallel() {
     assert_eq!(models[0].precisions(), models[1].precisions());
     assert_eq!(generate(&models[0]), generate(&models[1]));
 }
+
+#[test]
+fn a_max_seq_len_beyond_the_memory_cap_is_refused_before_loading() {
+    let (_tmp, dir) = bundle_copy();
+    edit_manifest(&dir, |m| {
+        m["config"]["text"]["max_seq_len"] = 1_000_000_000u64.into();
+        m["geometry"]["max_seq_len"] = 1_000_000_000u64.into();
+    });
+    let err = load_err(&dir, &exact(Precision::Fp32));
+    assert_manifest_error(err, &["KV cache at max_seq_len", "memory cap of 4.0 GiB"]);
+}
+
+#[test]
+fn the_memory_cap_is_the_callers() {
+    let small = LoadOptions {
+        memory_cap: Some(1 << 20),
+        ..exact(Precision::Fp32)
+    };
+    let err = load_err(tiny_bundle(), &small);
+    assert_manifest_error(err, &["more than the memory cap of 1.0 MiB"]);
+    let none = LoadOptions {
+        memory_cap: None,
+        ..small
+    };
+    Model::load(tiny_bundle(), &none).unwrap();
+}
+
+#[test]
+fn dimensions_the_weight_files_do_not_hold_are_refused() {
+    let (_tmp, dir) = bundle_copy();
+    edit_manifest(&dir, |m| {
+        let layers = m["geometry"]["n_layers"].as_u64().unwrap() * 100;
+        m["config"]["backbone"]["n_layers"] = layers.into();
+        m["geometry"]["n_layers"] = layers.into();
+    });
+    let err = load_err(&dir, &exact(Precision::Int8));
+    assert_graph_error(
+        err,
+        &dir,
+        "backbone",
+        "int8/backbone.onnx",
+        &["the config's dimensions need at least", "int8 weights"],
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn symlinks_leaving_the_bundle_are_refused_and_inside_ones_load() {
+    let (tmp, dir) = bundle_copy();
+    let outside = tmp.path().join("elsewhere.onnx");
+    std::fs::rename(dir.join("fp32/lm_head.onnx"), &outside).unwrap();
+    std::os::unix::fs::symlink(&outside, dir.join("fp32/lm_head.onnx")).unwrap();
+    let err = load_err(&dir, &exact(Precision::Fp32));
+    assert_manifest_error(err, &["fp32/lm_head.onnx", "outside the bundle"]);
+
+    // The same file linked from inside the bundle is fine (e.g. deduplicated precisions).
+    std::fs::remove_file(dir.join("fp32/lm_head.onnx")).unwrap();
+    std::fs::rename(&outside, dir.join("lm_head.onnx")).unwrap();
+    std::os::unix::fs::symlink("../lm_head.onnx", dir.join("fp32/lm_head.onnx")).unwrap();
+    Model::load(&dir, &exact(Precision::Fp32)).unwrap();
+}

@@ -10,7 +10,7 @@ use transfusion_sdk::config::SamplerKind;
 use transfusion_sdk::diffusion::{Sampler, SamplerOptions};
 use transfusion_sdk::{
     Control, Error, Event, GenerateOptions, LoadOptions, Model, PartPrecisions, Precision,
-    PrecisionChoice, Request, RgbImage, SamplingOptions, Session,
+    PrecisionChoice, Request, RgbImage, SamplingOptions, Session, StopReason,
 };
 
 /// Short runs: a few text tokens after the prompt or image.
@@ -423,4 +423,86 @@ fn options_no_text() -> GenerateOptions {
         max_tokens: 0,
         ..Default::default()
     }
+}
+
+#[test]
+fn a_one_megabyte_prompt_is_a_context_error_or_truncated() {
+    let model = tiny_model();
+    let prompt = long_prompt(250_000);
+    assert!(prompt.len() >= 1 << 20, "{} bytes", prompt.len());
+    let request = Request::Image { prompt: &prompt };
+    assert!(matches!(
+        generate_err(request, &options()),
+        Error::Context { .. }
+    ));
+    let truncate = GenerateOptions {
+        truncate_prompt: true,
+        ..options()
+    };
+    let (result, _) = run(model, request, &truncate);
+    assert_eq!(result.unwrap().images().len(), 1);
+}
+
+#[test]
+fn extreme_but_legal_values_end_at_the_context_not_in_a_panic() {
+    let model = tiny_model();
+    let max = model.manifest().geometry.max_seq_len;
+    let options = GenerateOptions {
+        seed: u64::MAX,
+        max_tokens: usize::MAX,
+        max_images: usize::MAX,
+        sampling: SamplingOptions {
+            temperature: 1e30,
+            top_k: usize::MAX,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let (result, events) = run(model, Request::Text { prompt: "a" }, &options);
+    let out = result.unwrap();
+    assert!(
+        matches!(
+            out.stop,
+            StopReason::ContextFull | StopReason::EndOfSequence
+        ),
+        "{:?}",
+        out.stop
+    );
+    assert!(events.len() <= max * 2, "{} events", events.len());
+}
+
+#[test]
+fn a_latent_beyond_the_fp16_range_is_numerical_at_fp16_and_fine_at_fp32() {
+    // What an untrained model's sampler makes (|x| ~ 1e5): cast to FP16 it would be inf, and the
+    // KV cache NaN; the session refuses it and stays usable.
+    let load = |p| {
+        let options = LoadOptions {
+            precision: PartPrecisions::all(PrecisionChoice::Exact(p)),
+            ..Default::default()
+        };
+        Model::load(common::tiny_bundle(), &options).unwrap()
+    };
+    let fp16 = load(Precision::Fp16);
+    let sp = fp16.manifest().special_tokens;
+    let mut latent = vec![0.25f32; latent_len(&fp16)];
+    latent[7] = 1e5;
+    let mut session = Session::new(&fp16).unwrap();
+    session.append_tokens(&[sp.bos, sp.boi]).unwrap();
+    let err = session.append_image(&latent).unwrap_err();
+    assert_numerical(
+        err,
+        "input of `patch_in`",
+        &["100000", "element 7", "FP16 range"],
+    );
+    assert_eq!(session.len(), 2);
+
+    let fp32 = load(Precision::Fp32);
+    let mut session = Session::new(&fp32).unwrap();
+    session.append_tokens(&[sp.bos, sp.boi]).unwrap();
+    let hidden = session.append_image(&latent).unwrap();
+    assert!(session
+        .logits(&hidden)
+        .unwrap()
+        .iter()
+        .all(|v| v.is_finite()));
 }

@@ -139,6 +139,12 @@ enum Command {
         /// Diffusion steps (default: the bundle's recommendation, 4 for the presets).
         #[arg(long)]
         steps: Option<usize>,
+        /// ddim, dpmpp_2m, euler or lcm (default: the bundle's recommendation).
+        #[arg(long)]
+        sampler: Option<transfusion_sdk::config::SamplerKind>,
+        /// Classifier-free guidance scale (default: the bundle's; 1 = no unconditional pass).
+        #[arg(long)]
+        guidance: Option<f32>,
         /// auto, fp32, fp16 or int8.
         #[arg(long, default_value = "auto")]
         precision: transfusion_sdk::PrecisionChoice,
@@ -300,6 +306,8 @@ fn run(cli: Cli) -> Result<bool> {
             write_prompts,
             seeds,
             steps,
+            sampler,
+            guidance,
             precision,
             captions,
             threads,
@@ -325,6 +333,8 @@ fn run(cli: Cli) -> Result<bool> {
                 prompts,
                 seeds,
                 steps,
+                sampler,
+                guidance,
                 precision,
                 captions,
                 threads,

@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use serde_json::{json, Value};
+use transfusion_sdk::config::SamplerKind;
 use transfusion_sdk::{
     Control, GenerateOptions, LoadOptions, Model, PartPrecisions, PrecisionChoice, Request,
     RgbImage, SamplingOptions,
@@ -41,6 +42,10 @@ pub struct EvalOptions {
     pub seeds: usize,
     /// Diffusion steps (default: the bundle's recommendation).
     pub steps: Option<usize>,
+    /// Sampler (default: the bundle's recommendation).
+    pub sampler: Option<SamplerKind>,
+    /// Classifier-free guidance scale (default: the bundle's; 1 means no unconditional pass).
+    pub guidance: Option<f32>,
     pub precision: PrecisionChoice,
     /// Held-out dataset images to caption (0: skip captioning).
     pub captions: usize,
@@ -78,6 +83,8 @@ pub struct CaptionResult {
 pub struct EvalReport {
     pub bundle: String,
     pub steps: usize,
+    pub sampler: SamplerKind,
+    pub guidance: f32,
     /// The requested precision (`auto`, `fp32`, ...).
     pub precision: String,
     /// The precision each graph ran at.
@@ -135,6 +142,8 @@ impl EvalReport {
                     self.captions.iter().filter(|c| c.count.is_some()).count()),
             },
             "steps": self.steps,
+            "sampler": self.sampler,
+            "guidance": self.guidance,
             "precision": self.precision,
             "graph_precisions": self.graph_precisions,
             "model_image_size": self.model_image_size,
@@ -157,8 +166,8 @@ impl EvalReport {
     /// A human-readable summary.
     pub fn to_text(&self) -> String {
         let mut s = format!(
-            "bundle {} · {} steps · precision {} · {} seeds\n",
-            self.bundle, self.steps, self.precision, self.seeds
+            "bundle {} · {} steps · sampler {:?} · guidance {} · precision {} · {} seeds\n",
+            self.bundle, self.steps, self.sampler, self.guidance, self.precision, self.seeds
         );
         for note in &self.notes {
             s.push_str(&format!("note: {note}\n"));
@@ -260,6 +269,8 @@ pub fn evaluate(bundle: &std::path::Path, options: &EvalOptions) -> Result<EvalR
     let manifest = model.manifest();
     let size = manifest.geometry.image_size;
     let steps = options.steps.unwrap_or(manifest.diffusion.steps);
+    let sampler = options.sampler.unwrap_or(manifest.diffusion.sampler);
+    let guidance = options.guidance.unwrap_or(manifest.diffusion.guidance);
     let mut notes = Vec::new();
     if size != IMAGE_SIZE as usize {
         notes.push(format!(
@@ -284,6 +295,8 @@ pub fn evaluate(bundle: &std::path::Path, options: &EvalOptions) -> Result<EvalR
                 seed,
                 max_tokens: 0,
                 steps: Some(steps),
+                sampler: Some(sampler),
+                guidance: Some(guidance),
                 max_images: 1,
                 previews: false,
                 ..GenerateOptions::default()
@@ -337,6 +350,8 @@ pub fn evaluate(bundle: &std::path::Path, options: &EvalOptions) -> Result<EvalR
     Ok(EvalReport {
         bundle: bundle.display().to_string(),
         steps,
+        sampler,
+        guidance,
         precision: match options.precision {
             PrecisionChoice::Auto => "auto".to_string(),
             PrecisionChoice::Exact(p) => p.name().to_string(),
