@@ -22,6 +22,12 @@
 //! # Ok::<(), transfusion_board::Error>(())
 //! ```
 
+// Configs, device nodes and frames come from elsewhere: no panicking shortcuts outside tests.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
 pub mod canvas;
 pub mod config;
 pub mod display;

@@ -14,6 +14,14 @@
 //! # Ok::<(), transfusion_sdk::Error>(())
 //! ```
 
+// Input reaches most of this crate (bundles, prompts, images, options): no panicking shortcuts
+// outside tests. Indexing is checked by review and by the fuzz targets (fuzz/), not by a lint:
+// the numeric kernels index buffers whose lengths were validated once up front.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
 #[cfg(feature = "cuda")]
 extern crate tract_cuda; // links tract-cuda so its `cuda` runtime registers itself
 

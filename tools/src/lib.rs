@@ -1,5 +1,11 @@
 //! Host-side Transfusion tools: checkpoint presets and initialisation, loading and saving,
 //! conversion to ONNX bundles (FP32/FP16/INT8), inspection and verification against PyTorch.
+// Checkpoints, bundles and datasets come from elsewhere: no panicking shortcuts outside tests.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
 pub mod bench;
 pub mod checkpoint;
 pub mod convert;
