@@ -20,12 +20,13 @@ CATEGORIES = ["single_object", "two_objects", "counting", "colors", "position", 
 def configurations(args):
     """(model, bundle, steps, sampler, guidance, precision) in table order."""
     rows = []
-    for steps in args.steps:
-        rows.append(("student", args.student, steps, "ddim", None, "fp32"))
-    for precision in ("fp16", "int8"):
-        rows.append(("student", args.student, 4, "ddim", None, precision))
-    for sampler in ("euler", "dpmpp_2m"):
-        rows.append(("student", args.student, 4, sampler, None, "fp32"))
+    if args.student:
+        for steps in args.steps:
+            rows.append(("student", args.student, steps, "ddim", None, "fp32"))
+        for precision in ("fp16", "int8"):
+            rows.append(("student", args.student, 4, "ddim", None, precision))
+        for sampler in ("euler", "dpmpp_2m"):
+            rows.append(("student", args.student, 4, sampler, None, "fp32"))
     if args.teacher:
         for sampler in ("ddim", "dpmpp_2m"):
             for steps in args.steps:
@@ -69,13 +70,15 @@ def table(results):
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tf", required=True, help="the transfusion binary")
-    p.add_argument("--student", required=True, help="the distilled bundle")
+    p.add_argument("--student", help="the distilled bundle")
     p.add_argument("--teacher", help="the teacher bundle (optional)")
     p.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8, 25])
     p.add_argument("--seeds", type=int, default=4)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", required=True, help="writes OUT.json and OUT.md")
     args = p.parse_args()
+    if not (args.student or args.teacher):
+        p.error("give --student, --teacher or both")
     results = []
     for config in configurations(args):
         r = run(args, *config)

@@ -142,6 +142,17 @@ class CheckpointIO(unittest.TestCase):
         torch.testing.assert_close(w, self.model.state_dict()["text.embed.weight"],
                                    atol=1e-2, rtol=1e-3)
 
+    def test_save_float16(self):
+        half = Path(tempfile.mkdtemp()) / "half"
+        save_checkpoint(self.model, self.model.cfg, half, dtype=torch.float16)
+        self.assertTrue(all(v.dtype == torch.float16
+                            for v in load_file(half / "model.safetensors").values()))
+        _, model = load_checkpoint(half)
+        for (k, a), b in zip(self.model.state_dict().items(), model.state_dict().values()):
+            torch.testing.assert_close(b, a.half().float(), rtol=0, atol=0, msg=k)
+        with self.assertRaises(CheckpointError):
+            save_checkpoint(self.model, self.model.cfg, half, dtype=torch.int8)
+
     def test_errors_name_the_tensor(self):
         path = self.dir / "model.safetensors"
         t = load_file(path)

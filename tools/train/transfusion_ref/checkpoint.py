@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -63,8 +64,10 @@ def load_checkpoint(directory: str | Path) -> tuple[Config, TransfusionModel]:
     return cfg, model
 
 
-def save_checkpoint(model: TransfusionModel, cfg: Config, directory: str | Path) -> None:
-    """Write config.json and model.safetensors (float32, contiguous) into `directory`.
+def save_checkpoint(model: TransfusionModel, cfg: Config, directory: str | Path,
+                    dtype: torch.dtype = torch.float32) -> None:
+    """Write config.json and model.safetensors (`dtype`: float32, or float16 for shipping at half
+    the size; loaders widen it) into `directory`.
 
     Each file is written beside its target and renamed into place, so a crash never leaves a
     half-written file under the final name.
@@ -72,7 +75,9 @@ def save_checkpoint(model: TransfusionModel, cfg: Config, directory: str | Path)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     cfg.validate()
-    tensors = {k: v.detach().to("cpu", torch.float32).contiguous()
+    if dtype not in ACCEPTED_DTYPES:
+        raise CheckpointError(f"cannot save weights as {dtype}: float32 or float16 only")
+    tensors = {k: v.detach().to("cpu", dtype).contiguous()
                for k, v in model.state_dict().items()}
     tmp = directory / (WEIGHTS_FILE + ".tmp")
     save_file(tensors, str(tmp), metadata={"format": "pt"})
@@ -97,6 +102,9 @@ def main(argv=None) -> int:
     src.add_argument("--config", type=Path, help="a config.json to initialise from")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-o", "--output", type=Path, required=True)
+    p = sub.add_parser("half", help="copy a checkpoint with float16 weights (shipping size)")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("-o", "--output", type=Path, required=True)
     p = sub.add_parser("check", help="load a checkpoint and report its geometry")
     p.add_argument("checkpoint", type=Path)
     args = parser.parse_args(argv)
@@ -107,6 +115,16 @@ def main(argv=None) -> int:
                 raise CheckpointError(f"{args.output / WEIGHTS_FILE} exists; refusing to overwrite")
             save_checkpoint(init_checkpoint(cfg, args.seed), cfg, args.output)
             print(f"wrote {args.output} ({cfg.name}, seed {args.seed})")
+        elif args.command == "half":
+            if args.output.exists():
+                raise CheckpointError(f"{args.output} exists; refusing to overwrite")
+            cfg, model = load_checkpoint(args.checkpoint)
+            tokenizer = args.checkpoint / "tokenizer.json"
+            if not tokenizer.is_file():
+                raise CheckpointError(f"{args.checkpoint}: missing tokenizer.json")
+            save_checkpoint(model, cfg, args.output, dtype=torch.float16)
+            shutil.copyfile(tokenizer, args.output / "tokenizer.json")
+            print(f"wrote {args.output} (float16 weights)")
         else:
             cfg, model = load_checkpoint(args.checkpoint)
             n = sum(p.numel() for p in model.parameters())

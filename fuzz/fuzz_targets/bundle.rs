@@ -1,0 +1,73 @@
+//! Bundle loading: a copy of the tiny fixture's bundle (FP32) in which the input replaces one
+//! file, chosen by the first byte: the manifest, the tokenizer, or one of the seven ONNX graphs.
+//! `Model::load` must return a model or an error. Seeds: the bundle's own files, each prefixed
+//! with its selector byte (fuzz/seed.sh).
+#![no_main]
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use libfuzzer_sys::fuzz_target;
+use transfusion_sdk::{LoadOptions, Model, PartPrecisions, Precision, PrecisionChoice};
+
+struct Bundle {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    files: Vec<(PathBuf, Vec<u8>)>,
+}
+
+/// `manifest.json`, `tokenizer.json`, then `fp32/<graph>.onnx` for the seven graphs.
+pub fn targets() -> Vec<String> {
+    let mut t = vec!["manifest.json".to_string(), "tokenizer.json".to_string()];
+    t.extend(
+        transfusion_sdk::manifest::GRAPH_NAMES
+            .iter()
+            .map(|g| format!("fp32/{g}.onnx")),
+    );
+    t
+}
+
+fn bundle() -> &'static Bundle {
+    static B: OnceLock<Bundle> = OnceLock::new();
+    B.get_or_init(|| {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = tmp.path().join("bundle");
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tools/tests/fixtures/tiny");
+        let options = transfusion_tools::convert::ConvertOptions {
+            precisions: vec![transfusion_tools::convert::BundlePrecision::Fp32],
+            int8: Default::default(),
+            progress: false,
+        };
+        transfusion_tools::convert::convert(&fixture, &dir, &options).expect("tiny bundle");
+        let files = targets()
+            .into_iter()
+            .map(|rel| {
+                let path = dir.join(&rel);
+                let bytes = std::fs::read(&path).expect("bundle file");
+                (path, bytes)
+            })
+            .collect();
+        Bundle {
+            _tmp: tmp,
+            dir,
+            files,
+        }
+    })
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&selector, bytes)) = data.split_first() else {
+        return;
+    };
+    let b = bundle();
+    let (path, original) = &b.files[usize::from(selector) % b.files.len()];
+    if std::fs::write(path, bytes).is_err() {
+        return;
+    }
+    let options = LoadOptions {
+        precision: PartPrecisions::all(PrecisionChoice::Exact(Precision::Fp32)),
+        ..Default::default()
+    };
+    let _ = Model::load(&b.dir, &options);
+    std::fs::write(path, original).expect("restore the bundle file");
+});
