@@ -128,9 +128,10 @@ step "kiosk, 1 prompt, headless: x86 and aarch64"
 cargo build --example kiosk
 kiosk_x86="$root/target/debug/examples/kiosk"
 printf 'a red circle above a blue square\n' > "$work/prompts.txt"
-# The examples' default model: the shipped bundle, else the untrained fallback (which the x86
-# run converts once under target/ if missing). Both runs use the same files.
-if [ -f models/shapes64/bundle/manifest.json ]; then
+# The examples' default model: the shipped model's bundle (the x86 run converts it from
+# models/shapes64/checkpoint if missing), else the untrained fallback (converted once under
+# target/). Both runs use the same files.
+if [ -f models/shapes64/checkpoint/model.safetensors ] || [ -f models/shapes64/bundle/manifest.json ]; then
   model="$root/models/shapes64/bundle"
 else
   model="$root/target/untrained-shapes64/bundle"

@@ -30,6 +30,11 @@ pub fn targets() -> Vec<String> {
 fn bundle() -> &'static Bundle {
     static B: OnceLock<Bundle> = OnceLock::new();
     B.get_or_init(|| {
+        // libfuzzer-sys's hook aborts on every panic, even one the SDK catches and turns into
+        // an error (tract's importer panics on some malformed graphs; `Graph::load` catches
+        // them). Print instead: a panic that escapes `Model::load` still aborts the run, as
+        // fuzz_target! catches it and aborts.
+        std::panic::set_hook(Box::new(|info| eprintln!("{info}")));
         let tmp = tempfile::tempdir().expect("temp dir");
         let dir = tmp.path().join("bundle");
         let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tools/tests/fixtures/tiny");

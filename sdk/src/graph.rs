@@ -48,42 +48,63 @@ impl Graph {
             path: path.to_path_buf(),
             source,
         })?;
-        let model = tract_onnx::onnx()
-            .model_for_read(&mut bytes.as_slice())
-            .map_err(|e| fail("not a readable ONNX model", e))?;
-        let inputs = model
-            .input_outlets()
-            .map_err(|e| fail("no inputs", e))?
-            .iter()
-            .enumerate()
-            .map(|(ix, o)| {
-                let dt = model
-                    .input_fact(ix)
-                    .ok()
-                    .and_then(|f| f.datum_type.concretize());
-                (model.node(o.node).name.clone(), dt)
-            })
-            .collect();
-        let outputs = model
-            .output_outlets()
-            .map_err(|e| fail("no outputs", e))?
-            .iter()
-            .map(|o| {
-                model
-                    .outlet_label(*o)
-                    .map(str::to_string)
-                    .unwrap_or_else(|| model.node(o.node).name.clone())
-            })
-            .collect();
-        let typed = model
-            .into_typed()
-            .map_err(|e| fail("tract could not type it", e))?;
-        let runnable = runtime.prepare(typed).map_err(|e| {
-            fail(
-                &format!("tract's `{}` runtime could not prepare it", runtime.name()),
-                e,
-            )
-        })?;
+        // tract's ONNX import and shape inference panic on some malformed graphs (fuzzing
+        // found an out-of-range Unsqueeze axis: docs/bad-inputs.md); a bundle file must give
+        // an error, not abort the app, so the import runs under `catch_unwind`.
+        let prepare = || -> Result<_> {
+            let model = tract_onnx::onnx()
+                .model_for_read(&mut bytes.as_slice())
+                .map_err(|e| fail("not a readable ONNX model", e))?;
+            let inputs = model
+                .input_outlets()
+                .map_err(|e| fail("no inputs", e))?
+                .iter()
+                .enumerate()
+                .map(|(ix, o)| {
+                    let dt = model
+                        .input_fact(ix)
+                        .ok()
+                        .and_then(|f| f.datum_type.concretize());
+                    (model.node(o.node).name.clone(), dt)
+                })
+                .collect();
+            let outputs = model
+                .output_outlets()
+                .map_err(|e| fail("no outputs", e))?
+                .iter()
+                .map(|o| {
+                    model
+                        .outlet_label(*o)
+                        .map(str::to_string)
+                        .unwrap_or_else(|| model.node(o.node).name.clone())
+                })
+                .collect();
+            let typed = model
+                .into_typed()
+                .map_err(|e| fail("tract could not type it", e))?;
+            let runnable = runtime.prepare(typed).map_err(|e| {
+                fail(
+                    &format!("tract's `{}` runtime could not prepare it", runtime.name()),
+                    e,
+                )
+            })?;
+            Ok((inputs, outputs, runnable))
+        };
+        let (inputs, outputs, runnable) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(
+            prepare,
+        ))
+        .map_err(|payload| {
+            let what = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_string());
+            Error::Graph {
+                graph: name.to_string(),
+                path: path.to_path_buf(),
+                message: format!("tract panicked reading it ({what}): the file is malformed"),
+            }
+        })??;
         Ok(Graph {
             name: name.to_string(),
             path: path.to_path_buf(),

@@ -480,3 +480,28 @@ fn symlinks_leaving_the_bundle_are_refused_and_inside_ones_load() {
     std::os::unix::fs::symlink("../lm_head.onnx", dir.join("fp32/lm_head.onnx")).unwrap();
     Model::load(&dir, &exact(Precision::Fp32)).unwrap();
 }
+
+#[test]
+fn a_graph_that_makes_tract_panic_is_an_error() {
+    // Found by `cargo fuzz run bundle` (docs/bad-inputs.md): an Unsqueeze whose `axes`
+    // initializer is out of range makes tract's shape inference panic (smallvec "index exceeds
+    // length"). Graph::load catches it.
+    let (_tmp, dir) = bundle_copy();
+    let path = dir.join("fp32/backbone.onnx");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let axes = b"B\x06axes#3J\x08\x01\x00\x00\x00\x00\x00\x00\x00";
+    let at = bytes
+        .windows(axes.len())
+        .position(|w| w == axes)
+        .expect("the backbone's first Unsqueeze axes initializer");
+    bytes[at + axes.len() - 6] = 0xea;
+    std::fs::write(&path, bytes).unwrap();
+    let err = load_err(&dir, &exact(Precision::Fp32));
+    assert_graph_error(
+        err,
+        &dir,
+        "backbone",
+        "fp32/backbone.onnx",
+        &["tract panicked", "malformed"],
+    );
+}
