@@ -22,7 +22,7 @@
 #     1 thread, --no-timings) and compares the final frames (see TOLERANCE below);
 #  5. checks that the aarch64 kiosk needs no GLIBC symbol version newer than 2.31;
 #  6. probes FP16 on aarch64 (kiosk --precision fp16): reported, not failed, unless
-#     AARCH64_FP16_STRICT=1 (FP16 bundles give NaN on aarch64 at the time of writing).
+#     AARCH64_FP16_STRICT=1 (untrained bundles overflow FP16; the trained shapes64 is finite).
 #
 # Environment: AARCH64_TESTS=0 skips step 3 (build and qemu run of the test binaries);
 # AARCH64_QEMU_CPU overrides the emulated CPU (default cortex-a57).

@@ -108,10 +108,9 @@ pub struct Model {
     load_time: Duration,
 }
 
-/// Whether `auto` may pick FP16 on CPUs with native FP16 arithmetic. Off: FP16 bundles produce
-/// NaN on aarch64 (seen under qemu-aarch64 with tract's native and generic FP16 kernels, not yet
-/// on hardware), so `auto` uses INT8 or FP32 there until that is fixed; `fp16` can still be
-/// asked for explicitly.
+/// Whether `auto` may pick FP16 on CPUs with native FP16 arithmetic. Off until tract's native
+/// FP16 kernels have run on ARMv8.2 hardware (the NaN first seen under qemu-aarch64 came from
+/// untrained models overflowing FP16, docs/jetson.md); `fp16` can be asked for explicitly.
 const AUTO_FP16_ON_CPU: bool = false;
 
 /// Whether this CPU does FP16 arithmetic natively (aarch64 `asimdhp`, reported as `fp16`).

@@ -9,8 +9,8 @@ use crate::sampling::SamplingOptions;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PrecisionChoice {
     /// On the CPU: INT8 where the bundle has integer kernels for the part, else FP32 (FP16 on
-    /// CPUs with native FP16 arithmetic is disabled in `auto` for now: it produced NaN on
-    /// aarch64, see `model::native_fp16`). On a GPU: FP16, else FP32.
+    /// CPUs with native FP16 arithmetic is disabled in `auto` until verified on hardware, see
+    /// `model::native_fp16`). On a GPU: FP16, else FP32.
     #[default]
     Auto,
     /// Exactly this precision; loading fails if the bundle lacks it.
