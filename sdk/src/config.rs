@@ -315,7 +315,7 @@ impl Config {
             }
         }
         for (i, (name, id)) in all.iter().enumerate() {
-            if let Some((other, _)) = all[..i].iter().find(|(_, o)| o == id) {
+            if let Some((other, _)) = all.iter().take(i).find(|(_, o)| o == id) {
                 return Err(invalid(
                     &format!("special_tokens.{name}"),
                     format!("an id different from special_tokens.{other}"),

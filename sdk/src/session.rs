@@ -83,6 +83,23 @@ fn check_latent(latent: &[f32]) -> Result<()> {
     }
 }
 
+/// The last `n` values of a backbone output: an error, not a panic, when a graph returned fewer
+/// than its interface promised.
+fn last_rows(hidden: &[f32], n: usize) -> Result<Vec<f32>> {
+    hidden
+        .len()
+        .checked_sub(n)
+        .and_then(|start| hidden.get(start..))
+        .map(<[f32]>::to_vec)
+        .ok_or_else(|| Error::Numerical {
+            what: "hidden".into(),
+            message: format!(
+                "the backbone returned {} values, expected at least {n}",
+                hidden.len()
+            ),
+        })
+}
+
 /// A sequence in progress.
 pub struct Session<'m> {
     model: &'m Model,
@@ -225,7 +242,7 @@ impl<'m> Session<'m> {
             }
         }
         // Only the rows of the new positions (recompute mode returns the whole sequence).
-        Ok(hidden[hidden.len() - s * d..].to_vec())
+        last_rows(&hidden, s * d)
     }
 
     /// Appends text tokens; returns the hidden state of the last one (`[D]`).
@@ -239,7 +256,7 @@ impl<'m> Session<'m> {
         let emb = self.embed(ids)?;
         let hidden = self.backbone(&emb, None, true)?;
         let d = self.model.manifest().geometry.dim;
-        Ok(hidden[hidden.len() - d..].to_vec())
+        last_rows(&hidden, d)
     }
 
     /// Next-token logits from a hidden state (`[D]` → `[V]`).
@@ -299,7 +316,7 @@ impl<'m> Session<'m> {
         emb.extend(self.embed(&[eoi])?);
         let hidden = self.backbone(&emb, Some(0..n), true)?;
         let d = self.model.manifest().geometry.dim;
-        Ok(hidden[hidden.len() - d..].to_vec())
+        last_rows(&hidden, d)
     }
 
     /// Encodes an RGB image (`[3 × H × W]` in `[-1, 1]`) to a latent with the VAE.
