@@ -120,8 +120,8 @@ impl<C: PixelColor> DrawTarget for Canvas<C> {
         I: IntoIterator<Item = Pixel<Self::Color>>,
     {
         for Pixel(point, color) in pixels {
-            if let Some(i) = self.index(point) {
-                self.pixels[i] = color;
+            if let Some(px) = self.index(point).and_then(|i| self.pixels.get_mut(i)) {
+                *px = color;
             }
         }
         Ok(())
@@ -140,7 +140,10 @@ impl<C: PixelColor> DrawTarget for Canvas<C> {
         let w = area.size.width as usize;
         for y in y0..y0 + area.size.height as usize {
             let start = y * self.width as usize + x0;
-            for px in &mut self.pixels[start..start + w] {
+            let Some(row) = self.pixels.get_mut(start..start + w) else {
+                return Ok(());
+            };
+            for px in row {
                 match colors.next() {
                     Some(c) => *px = c,
                     None => return Ok(()),
@@ -156,7 +159,9 @@ impl<C: PixelColor> DrawTarget for Canvas<C> {
         let w = area.size.width as usize;
         for y in y0..y0 + area.size.height as usize {
             let start = y * self.width as usize + x0;
-            self.pixels[start..start + w].fill(color);
+            if let Some(row) = self.pixels.get_mut(start..start + w) {
+                row.fill(color);
+            }
         }
         Ok(())
     }

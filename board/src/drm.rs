@@ -200,7 +200,11 @@ pub fn select_output(
         connector: connector.id,
         connector_name: connector.name.clone(),
         mode_index,
-        mode: connector.modes[mode_index].clone(),
+        mode: connector
+            .modes
+            .get(mode_index)
+            .cloned()
+            .ok_or_else(|| format!("{} has no mode {mode_index}", connector.name))?,
         crtc,
     })
 }

@@ -421,7 +421,7 @@ mod real {
             let id_len = fix.id.iter().position(|&b| b == 0).unwrap_or(fix.id.len());
             let bitfield = |f: FbBitfield| Bitfield::new(f.offset, f.length);
             let info = FbScreenInfo {
-                id: String::from_utf8_lossy(&fix.id[..id_len]).into_owned(),
+                id: String::from_utf8_lossy(fix.id.get(..id_len).unwrap_or(&fix.id)).into_owned(),
                 xres: var.xres,
                 yres: var.yres,
                 xoffset: var.xoffset,

@@ -135,10 +135,11 @@ impl PixelFormat {
             let word = self.pack(*c).to_ne_bytes();
             // The low-order `n` bytes of the word, wherever native order puts them.
             let bytes = if cfg!(target_endian = "little") {
-                &word[..n]
+                word.get(..n)
             } else {
-                &word[4 - n..]
-            };
+                word.get(4 - n..)
+            }
+            .unwrap_or(&word);
             out.copy_from_slice(bytes);
         }
     }

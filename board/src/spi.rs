@@ -55,7 +55,9 @@ impl<SPI: SpiDevice, DC: OutputPin> ChunkedSpi<SPI, DC> {
     }
 
     fn write(&mut self, len: usize) -> Result<(), SpiError<SPI::Error, DC::Error>> {
-        self.spi.write(&self.buffer[..len]).map_err(SpiError::Spi)
+        // `len` never exceeds the buffer (callers fill at most its length).
+        let bytes = self.buffer.get(..len).unwrap_or(&[]);
+        self.spi.write(bytes).map_err(SpiError::Spi)
     }
 }
 
@@ -85,8 +87,14 @@ impl<SPI: SpiDevice, DC: OutputPin> Interface for ChunkedSpi<SPI, DC> {
                 self.write(filled)?;
                 filled = 0;
             }
-            self.buffer[filled..filled + N].copy_from_slice(&pixel);
-            filled += N;
+            match self.buffer.get_mut(filled..filled + N) {
+                Some(slot) => {
+                    slot.copy_from_slice(&pixel);
+                    filled += N;
+                }
+                // A buffer smaller than one pixel: send the pixel on its own.
+                None => self.spi.write(&pixel).map_err(SpiError::Spi)?,
+            }
         }
         if filled > 0 {
             self.write(filled)?;
@@ -186,8 +194,10 @@ where
         };
         let w = self.canvas.size().width;
         let band = Rectangle::new(Point::new(0, first as i32), Size::new(w, last - first + 1));
-        let pixels =
-            &self.canvas.pixels()[first as usize * w as usize..(last as usize + 1) * w as usize];
+        let rows = first as usize * w as usize..(last as usize + 1) * w as usize;
+        let Some(pixels) = self.canvas.pixels().get(rows) else {
+            return Ok(());
+        };
         log::trace!("{}: rows {first}..={last}", self.device.display());
         if let Err(e) = self.target.fill_contiguous(&band, pixels.iter().copied()) {
             // The panel's content is unknown now: resend everything next time.
