@@ -26,15 +26,7 @@ pub const DEFAULT_BUNDLE: &str = "models/shapes64/bundle";
 
 /// All three precisions, as the shipped model's card measures them.
 fn convert_all(ckpt: &Path, bundle: &Path) -> Result<(), String> {
-    let options = transfusion_tools::convert::ConvertOptions {
-        precisions: vec![
-            transfusion_tools::convert::BundlePrecision::Fp32,
-            transfusion_tools::convert::BundlePrecision::Fp16,
-            transfusion_tools::convert::BundlePrecision::Int8,
-        ],
-        int8: Default::default(),
-        progress: true,
-    };
+    let options = transfusion_tools::convert::ConvertOptions::all_precisions(true);
     transfusion_tools::convert::convert(ckpt, bundle, &options).map_err(|e| e.to_string())?;
     eprintln!("converted {} -> {}", ckpt.display(), bundle.display());
     Ok(())

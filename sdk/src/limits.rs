@@ -71,9 +71,9 @@ impl MemoryPlan {
         let scores = f32s(mul(&[heads, seq, seq]));
         let mask = f32s(mul(&[seq, seq]));
         let widest = config.vae.channels.iter().copied().max().unwrap_or(0) as u64;
-        let size = g.image_size as u64;
+        let side = g.image_size as u64;
         // Input, output and one skip of the widest block alive at once.
-        let vae = f32s(mul(&[3, widest, size, size]));
+        let vae = f32s(mul(&[3, widest, side, side]));
         Ok(MemoryPlan {
             weights,
             kv_cache,

@@ -28,6 +28,18 @@ pub struct ConvertOptions {
     pub progress: bool,
 }
 
+impl ConvertOptions {
+    /// FP32, FP16 and INT8 with the default INT8 parts: what `transfusion convert` writes
+    /// without `--precision`, and what the shipped model's bundle holds.
+    pub fn all_precisions(progress: bool) -> Self {
+        ConvertOptions {
+            precisions: vec![Precision::Fp32, Precision::Fp16, Precision::Int8],
+            int8: Int8Parts::default(),
+            progress,
+        }
+    }
+}
+
 /// Converts the checkpoint in `ckpt_dir` into a bundle at `out` (atomically).
 pub fn convert(ckpt_dir: &Path, out: &Path, options: &ConvertOptions) -> Result<Manifest> {
     let ckpt = Checkpoint::load(ckpt_dir)?;

@@ -17,15 +17,7 @@ pub fn tiny_bundle() -> &'static Path {
     let (_, path) = DIR.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
         let bundle = dir.path().join("bundle");
-        let options = transfusion_tools::convert::ConvertOptions {
-            precisions: vec![
-                transfusion_tools::convert::BundlePrecision::Fp32,
-                transfusion_tools::convert::BundlePrecision::Fp16,
-                transfusion_tools::convert::BundlePrecision::Int8,
-            ],
-            int8: Default::default(),
-            progress: false,
-        };
+        let options = transfusion_tools::convert::ConvertOptions::all_precisions(false);
         transfusion_tools::convert::convert(&fixture_checkpoint(), &bundle, &options).unwrap();
         (dir, bundle)
     });
