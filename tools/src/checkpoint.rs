@@ -214,13 +214,17 @@ fn read_tensors(path: &Path, bytes: &[u8], config: &Config) -> Result<BTreeMap<S
         let data: Vec<f32> = match dtype {
             Dtype::F16 => view
                 .data()
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .as_chunks::<2>()
+                .0
+                .iter()
+                .map(|&b| half::f16::from_le_bytes(b).to_f32())
                 .collect(),
             _ => view
                 .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .as_chunks::<4>()
+                .0
+                .iter()
+                .map(|&b| f32::from_le_bytes(b))
                 .collect(),
         };
         if data.iter().any(|x| !x.is_finite()) {

@@ -119,16 +119,15 @@ fn write_bundle(
         }
     }
     bar.set_message("fitting the latent preview");
+    let first = *precisions
+        .first()
+        .ok_or_else(|| Error::Invalid("no precision to convert to".into()))?;
     let decoder = graphs
         .get("vae_decoder")
-        .and_then(|g| {
-            g.files
-                .values()
-                .find(|f| f.float == precisions[0].float_dtype())
-        })
+        .and_then(|g| g.files.values().find(|f| f.float == first.float_dtype()))
         .map(|f| dir.join(&f.path))
         .ok_or_else(|| Error::Invalid("no vae_decoder was written".into()))?;
-    let preview = fit_preview(ckpt, &decoder, precisions[0])?;
+    let preview = fit_preview(ckpt, &decoder, first)?;
     bar.finish_and_clear();
 
     let tokenizer_path = dir.join("tokenizer.json");
@@ -163,6 +162,12 @@ fn fit_preview(ckpt: &Checkpoint, decoder: &Path, precision: Precision) -> Resul
     const SAMPLES: usize = 4;
     let g = ckpt.config.geometry();
     let (c, hl, h) = (g.latent_channels, g.latent_size, g.image_size);
+    // `Config::validate` guarantees this; the pooling below relies on it.
+    if c == 0 || hl == 0 || !h.is_multiple_of(hl) {
+        return Err(Error::Invalid(format!(
+            "config.json: a {c}-channel {hl}×{hl} latent does not tile the {h}×{h} image"
+        )));
+    }
     let factor = h / hl;
     let graph = TractGraph::load("vae_decoder", decoder)?;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0x5eed);
@@ -184,101 +189,154 @@ fn fit_preview(ckpt: &Checkpoint, decoder: &Path, precision: Precision) -> Resul
     let first = out
         .first()
         .ok_or_else(|| Error::Invalid("vae_decoder returned nothing".into()))?;
-    let (_, rgb) = tensor_to_f32(first, "vae_decoder image")?;
-    // Normal equations over features [z_0..z_{c-1}, 1].
+    let (found, rgb) = tensor_to_f32(first, "vae_decoder image")?;
+    let expected = [SAMPLES, 3, h, h];
+    if found != expected {
+        return Err(Error::Invalid(format!(
+            "{}: vae_decoder output has shape {found:?}, expected {expected:?}: the latent \
+             preview is fitted to RGB images (config image.channels = {}, expected 3)",
+            decoder.display(),
+            g.image_channels
+        )));
+    }
+    // Normal equations over features [z_0..z_{c-1}, 1], one row per latent pixel of each sample.
     let n = c + 1;
     let mut ata = vec![0f64; n * n];
     let mut aty = vec![0f64; n * 3];
-    let mut feat = vec![0f64; n];
-    for s in 0..SAMPLES {
-        for y in 0..hl {
-            for x in 0..hl {
-                for (k, f) in feat.iter_mut().enumerate().take(c) {
-                    *f = f64::from(latents[((s * c + k) * hl + y) * hl + x]);
+    let plane = hl * hl;
+    for (lat, img) in latents
+        .chunks_exact(c * plane)
+        .zip(rgb.chunks_exact(3 * h * h))
+    {
+        for (p, target) in pooled_rgb(img, h, hl, factor).iter().enumerate() {
+            let feat: Vec<f64> = lat
+                .iter()
+                .skip(p)
+                .step_by(plane)
+                .map(|&z| f64::from(z))
+                .chain([1.0])
+                .collect();
+            let rows = ata.chunks_exact_mut(n).zip(aty.chunks_exact_mut(3));
+            for (fi, (ata_row, aty_row)) in feat.iter().zip(rows) {
+                for (a, fj) in ata_row.iter_mut().zip(&feat) {
+                    *a += fi * fj;
                 }
-                feat[c] = 1.0;
-                let mut target = [0f64; 3];
-                for (ch, t) in target.iter_mut().enumerate() {
-                    let mut sum = 0f64;
-                    for dy in 0..factor {
-                        for dx in 0..factor {
-                            let (py, px) = (y * factor + dy, x * factor + dx);
-                            sum += f64::from(rgb[((s * 3 + ch) * h + py) * h + px]);
-                        }
-                    }
-                    *t = sum / (factor * factor) as f64;
-                }
-                for i in 0..n {
-                    for j in 0..n {
-                        ata[i * n + j] += feat[i] * feat[j];
-                    }
-                    for (ch, t) in target.iter().enumerate() {
-                        aty[i * 3 + ch] += feat[i] * t;
-                    }
+                for (a, t) in aty_row.iter_mut().zip(target) {
+                    *a += fi * t;
                 }
             }
         }
     }
-    for i in 0..n {
-        ata[i * n + i] += 1e-6; // ridge: keeps the solve defined for a degenerate decoder
+    for a in ata.iter_mut().step_by(n + 1) {
+        *a += 1e-6; // ridge: keeps the solve defined for a degenerate decoder
     }
-    let solution = solve(&mut ata, &mut aty, n, 3)
+    let solution = solve(&ata, &aty, n, 3)
         .ok_or_else(|| Error::Invalid("latent preview fit is singular".into()))?;
-    let weight = (0..3)
-        .map(|ch| (0..c).map(|k| solution[k * 3 + ch] as f32).collect())
-        .collect();
-    let bias = [0, 1, 2].map(|ch| solution[c * 3 + ch] as f32);
+    // `solution` is `n × 3`: one row per latent channel, then the bias row.
+    let mut rows = solution.chunks_exact(3);
+    let mut weight: Vec<Vec<f32>> = (0..3).map(|_| Vec::with_capacity(c)).collect();
+    for row in rows.by_ref().take(c) {
+        for (w, &v) in weight.iter_mut().zip(row) {
+            w.push(v as f32);
+        }
+    }
+    let bias = rows
+        .next()
+        .and_then(|row| <[f64; 3]>::try_from(row).ok())
+        .ok_or_else(|| Error::Invalid("latent preview fit has no bias row".into()))?
+        .map(|b| b as f32);
     Ok(Preview { weight, bias })
 }
 
-/// Solves `a · x = b` (`a` is `n×n`, `b` is `n×m`) by Gauss-Jordan elimination with partial
-/// pivoting; `None` when `a` is singular.
-fn solve(a: &mut [f64], b: &mut [f64], n: usize, m: usize) -> Option<Vec<f64>> {
-    for col in 0..n {
-        let pivot =
-            (col..n).max_by(|&i, &j| a[i * n + col].abs().total_cmp(&a[j * n + col].abs()))?;
-        if a[pivot * n + col].abs() < 1e-12 {
-            return None;
-        }
-        for k in 0..n {
-            a.swap(col * n + k, pivot * n + k);
-        }
-        for k in 0..m {
-            b.swap(col * m + k, pivot * m + k);
-        }
-        let p = a[col * n + col];
-        for row in 0..n {
-            if row == col {
-                continue;
-            }
-            let factor = a[row * n + col] / p;
-            for k in 0..n {
-                a[row * n + k] -= factor * a[col * n + k];
-            }
-            for k in 0..m {
-                b[row * m + k] -= factor * b[col * m + k];
+/// The mean of each `factor × factor` block of the `[3, h, h]` image `img`, per latent pixel of
+/// the `hl × hl` grid (row-major), as RGB.
+fn pooled_rgb(img: &[f32], h: usize, hl: usize, factor: usize) -> Vec<[f64; 3]> {
+    let mut sums: [Vec<f64>; 3] = std::array::from_fn(|_| vec![0f64; hl * hl]);
+    for (sum, channel) in sums.iter_mut().zip(img.chunks_exact(h * h)) {
+        for (cells, band) in sum
+            .chunks_exact_mut(hl)
+            .zip(channel.chunks_exact(h * factor))
+        {
+            for row in band.chunks_exact(h) {
+                for (cell, block) in cells.iter_mut().zip(row.chunks_exact(factor)) {
+                    for &v in block {
+                        *cell += f64::from(v);
+                    }
+                }
             }
         }
     }
-    let mut x = vec![0f64; n * m];
-    for row in 0..n {
-        for k in 0..m {
-            x[row * m + k] = b[row * m + k] / a[row * n + row];
+    let area = (factor * factor) as f64;
+    let [r, g, b] = sums;
+    r.into_iter()
+        .zip(g)
+        .zip(b)
+        .map(|((r, g), b)| [r / area, g / area, b / area])
+        .collect()
+}
+
+/// Solves `a · x = b` (`a` is `n×n`, `b` is `n×m`, both row-major) by Gauss-Jordan elimination
+/// with partial pivoting; `None` when `a` is singular or the lengths are not `n×n` and `n×m`.
+fn solve(a: &[f64], b: &[f64], n: usize, m: usize) -> Option<Vec<f64>> {
+    if a.len() != n * n || b.len() != n * m {
+        return None;
+    }
+    if n == 0 || m == 0 {
+        return Some(Vec::new());
+    }
+    let mut rows: Vec<(Vec<f64>, Vec<f64>)> = a
+        .chunks_exact(n)
+        .zip(b.chunks_exact(m))
+        .map(|(a, b)| (a.to_vec(), b.to_vec()))
+        .collect();
+    for col in 0..n {
+        let (pivot, magnitude) = rows
+            .iter()
+            .enumerate()
+            .skip(col)
+            .filter_map(|(i, (row, _))| Some((i, row.get(col)?.abs())))
+            .max_by(|(_, x), (_, y)| x.total_cmp(y))?;
+        if magnitude < 1e-12 {
+            return None;
         }
+        rows.swap(col, pivot);
+        let (pivot_a, pivot_b) = rows.get(col)?.clone();
+        let p = *pivot_a.get(col)?;
+        for (i, (row_a, row_b)) in rows.iter_mut().enumerate() {
+            if i == col {
+                continue;
+            }
+            let factor = row_a.get(col)? / p;
+            for (x, y) in row_a.iter_mut().zip(&pivot_a) {
+                *x -= factor * y;
+            }
+            for (x, y) in row_b.iter_mut().zip(&pivot_b) {
+                *x -= factor * y;
+            }
+        }
+    }
+    let mut x = Vec::with_capacity(n * m);
+    for (i, (row_a, row_b)) in rows.iter().enumerate() {
+        let d = *row_a.get(i)?;
+        x.extend(row_b.iter().map(|v| v / d));
     }
     Some(x)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::solve;
+    use std::path::Path;
+
+    use super::{convert, solve, ConvertOptions, Int8Parts, Precision};
+    use crate::checkpoint::{Checkpoint, Tensor};
+    use crate::tensors::tensor_specs;
 
     #[test]
     fn solves_a_small_system() {
         // [[2, 1], [1, 3]] x = [[3, 1], [5, 2]]
-        let mut a = vec![2.0, 1.0, 1.0, 3.0];
-        let mut b = vec![3.0, 1.0, 5.0, 2.0];
-        let x = solve(&mut a, &mut b, 2, 2).unwrap();
+        let a = vec![2.0, 1.0, 1.0, 3.0];
+        let b = vec![3.0, 1.0, 5.0, 2.0];
+        let x = solve(&a, &b, 2, 2).unwrap();
         let expect = [0.8, 0.2, 1.4, 0.6];
         for (got, want) in x.iter().zip(expect) {
             assert!((got - want).abs() < 1e-12, "{x:?}");
@@ -287,8 +345,50 @@ mod tests {
 
     #[test]
     fn singular_is_none() {
-        let mut a = vec![1.0, 2.0, 2.0, 4.0];
-        let mut b = vec![1.0, 2.0];
-        assert!(solve(&mut a, &mut b, 2, 1).is_none());
+        let a = vec![1.0, 2.0, 2.0, 4.0];
+        let b = vec![1.0, 2.0];
+        assert!(solve(&a, &b, 2, 1).is_none());
+    }
+
+    /// Image channels other than RGB pass `Config::validate`, but the latent preview is an RGB
+    /// fit: converting such a checkpoint used to index past the decoder's output and panic.
+    #[test]
+    fn a_non_rgb_image_is_an_error_not_a_panic() {
+        let tiny = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny");
+        let mut ckpt = Checkpoint::load(&tiny).unwrap();
+        ckpt.config.image.channels = 1;
+        ckpt.tensors = tensor_specs(&ckpt.config)
+            .into_iter()
+            .map(|spec| {
+                let data = match ckpt.tensors.get(&spec.name) {
+                    Some(t) if t.shape == spec.shape => t.data.clone(),
+                    _ => vec![0.01; spec.numel()],
+                };
+                let tensor = Tensor {
+                    shape: spec.shape,
+                    data,
+                };
+                (spec.name, tensor)
+            })
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        ckpt.save(dir.path().join("ckpt")).unwrap();
+        let options = ConvertOptions {
+            precisions: vec![Precision::Fp32],
+            int8: Int8Parts::default(),
+            progress: false,
+        };
+        let out = dir.path().join("bundle");
+        let err = convert(&dir.path().join("ckpt"), &out, &options).unwrap_err();
+        let message = err.to_string();
+        assert!(
+            message.contains("vae_decoder output has shape [4, 1, 32, 32]"),
+            "{message}"
+        );
+        assert!(
+            message.contains("image.channels = 1, expected 3"),
+            "{message}"
+        );
+        assert!(!out.exists());
     }
 }

@@ -220,7 +220,10 @@ fn graph_macs(onnx: &[u8], dims: &[(&str, i64)]) -> Result<u64> {
     }
     let mut total: u64 = 0;
     for id in model.eval_order().map_err(fail)? {
-        let node = &model.nodes()[id];
+        let node = model
+            .nodes()
+            .get(id)
+            .ok_or_else(|| Error::Invalid(format!("cost model: no node {id} in the graph")))?;
         let inputs = model.node_input_facts(id).map_err(fail)?;
         for (cost, count) in node.op.cost(&inputs).map_err(fail)? {
             if let Cost::FMA(_) = cost {

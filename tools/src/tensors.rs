@@ -248,7 +248,7 @@ pub fn init_rule(spec: &TensorSpec, n_layers: usize) -> Init {
     } else if last.contains("norm") {
         Init::Ones
     } else if spec.shape.len() == 4 {
-        let fan_in: usize = spec.shape[1..].iter().product();
+        let fan_in: usize = spec.shape.iter().skip(1).product();
         Init::Normal {
             std: (1.0 / fan_in.max(1) as f64).sqrt() as f32,
         }

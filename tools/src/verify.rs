@@ -1,6 +1,7 @@
 //! `transfusion verify`: runs every graph of every precision of a bundle in tract on the
 //! reference inputs written by the PyTorch model and compares the outputs.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
@@ -61,13 +62,17 @@ fn read_reference(path: &Path) -> Result<BTreeMap<String, RefTensor>> {
         let raw = view.data();
         let data = match view.dtype() {
             safetensors::Dtype::F32 => RefData::F32(
-                raw.chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                raw.as_chunks::<4>()
+                    .0
+                    .iter()
+                    .map(|&c| f32::from_le_bytes(c))
                     .collect(),
             ),
             safetensors::Dtype::I64 => RefData::I64(
-                raw.chunks_exact(8)
-                    .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+                raw.as_chunks::<8>()
+                    .0
+                    .iter()
+                    .map(|&c| i64::from_le_bytes(c))
                     .collect(),
             ),
             other => {
@@ -149,11 +154,10 @@ pub fn verify(
             let file = entry.files.get(&precision).ok_or_else(|| {
                 Error::Invalid(format!("bundle has no {precision} file for `{graph_name}`"))
             })?;
-            if !loaded.contains_key(graph_name) {
-                let graph = Graph::load(graph_name, &bundle.join(&file.path))?;
-                loaded.insert(graph_name.to_string(), graph);
-            }
-            let graph = &loaded[graph_name];
+            let graph = match loaded.entry(graph_name.to_string()) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(e) => e.insert(Graph::load(graph_name, &bundle.join(&file.path))?),
+            };
             let find = |n: &str| tensors.iter().find(|(t, _)| *t == n).map(|(_, r)| *r);
             let mut inputs: TVec<TValue> = tvec![];
             for input in &entry.inputs {

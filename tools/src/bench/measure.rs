@@ -40,7 +40,7 @@ pub fn prompt(model: &Model, n: usize) -> Result<Prompt> {
             "the bundle's tokenizer has no ordinary words to build a prompt from".into(),
         ));
     }
-    let picked: Vec<&(u32, String)> = (0..n).map(|k| &words[k % words.len()]).collect();
+    let picked: Vec<&(u32, String)> = words.iter().cycle().take(n).collect();
     let text = picked
         .iter()
         .map(|(_, w)| w.as_str())

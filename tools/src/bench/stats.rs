@@ -20,7 +20,9 @@ pub fn percentile(values: &[f64], q: f64) -> Option<f64> {
     let pos = q.clamp(0.0, 1.0) * (sorted.len() - 1) as f64;
     let lo = pos.floor() as usize;
     let hi = (lo + 1).min(sorted.len() - 1);
-    Some(sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64))
+    // `lo <= hi <= len - 1` since `pos` lies in `[0, len - 1]`.
+    let (a, b) = (*sorted.get(lo)?, *sorted.get(hi)?);
+    Some(a + (b - a) * (pos - lo as f64))
 }
 
 /// The median of `values`, 0 when there are none.

@@ -131,7 +131,11 @@ fn classify_pixel(rgb: [u8; 3]) -> u8 {
             let norm2: f32 = dir.iter().map(|d| d * d).sum();
             let alpha = dir.iter().zip(rel).map(|(d, r)| d * r).sum::<f32>() / norm2.max(1.0);
             let alpha = alpha.clamp(0.0, 1.0);
-            let residual: f32 = (0..3).map(|k| (rel[k] - alpha * dir[k]).powi(2)).sum();
+            let residual: f32 = rel
+                .iter()
+                .zip(dir)
+                .map(|(r, d)| (r - alpha * d).powi(2))
+                .sum();
             if residual < blend.1 {
                 blend = (if alpha >= 0.5 { i as u8 } else { BACKGROUND }, residual);
             }

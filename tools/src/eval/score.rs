@@ -207,21 +207,25 @@ fn partner(i: usize) -> (Colour, Shape) {
         .unwrap_or((Colour::Red, Shape::Circle));
     let ci = Colour::ALL.iter().position(|&x| x == c).unwrap_or(0);
     let si = Shape::ALL.iter().position(|&x| x == s).unwrap_or(0);
-    for k in 0..Shape::ALL.len() {
-        let pc = Colour::ALL[(ci + 3) % Colour::ALL.len()];
-        let ps = Shape::ALL[(si + 2 + k) % Shape::ALL.len()];
-        if ps != s && !is_held_out(pc, ps) {
-            return (pc, ps);
-        }
-    }
-    (Colour::ALL[(ci + 1) % 8], Shape::ALL[(si + 1) % 8])
+    // `ALL[(start + k) % ALL.len()]`; the tables are not empty, so never the fallback.
+    let colour = |k: usize| Colour::ALL.iter().cycle().nth(ci + k).copied().unwrap_or(c);
+    let shape = |k: usize| Shape::ALL.iter().cycle().nth(si + k).copied().unwrap_or(s);
+    let pc = colour(3);
+    (0..Shape::ALL.len())
+        .map(|k| shape(2 + k))
+        .find(|&ps| ps != s && !is_held_out(pc, ps))
+        .map_or((colour(1), shape(1)), |ps| (pc, ps))
 }
 
 /// The default prompts: for each held-out pair, one prompt per category (two for position:
 /// a relation and a canvas position). Deterministic; 56 prompts.
 pub fn default_prompts() -> Vec<EvalPrompt> {
     let mut out = Vec::new();
-    for (i, &(c, s)) in HELD_OUT.iter().enumerate() {
+    let relations = Relation::ALL.iter().cycle();
+    let positions = Position::ALL.iter().cycle();
+    for (i, ((&(c, s), &relation), &position)) in
+        HELD_OUT.iter().zip(relations).zip(positions).enumerate()
+    {
         let (pc, ps) = partner(i);
         let mut push = |category, words: Vec<&'static str>, expect| {
             out.push(EvalPrompt {
@@ -275,7 +279,6 @@ pub fn default_prompts() -> Vec<EvalPrompt> {
         };
         push(Category::Counting, w, expect);
 
-        let relation = Relation::ALL[i % Relation::ALL.len()];
         let mut w = Vec::new();
         np(&mut w, c, s);
         w.extend(relation_phrase(relation));
@@ -291,7 +294,6 @@ pub fn default_prompts() -> Vec<EvalPrompt> {
         };
         push(Category::Position, w, expect);
 
-        let position = Position::ALL[i % Position::ALL.len()];
         let mut w = Vec::new();
         np(&mut w, c, s);
         w.extend(position_phrase(position));

@@ -105,15 +105,14 @@ impl GraphBuilder {
         format!("{hint}#{}", self.next_id)
     }
 
-    /// Adds a node with `n_out` outputs and returns their names.
-    pub fn node_n(
+    /// Adds a node with `N` outputs and returns their names.
+    pub fn node_n<const N: usize>(
         &mut self,
         op: &str,
         inputs: &[&str],
-        n_out: usize,
         attrs: Vec<(&str, Attr)>,
-    ) -> Vec<String> {
-        let outputs: Vec<String> = (0..n_out).map(|_| self.fresh(op)).collect();
+    ) -> [String; N] {
+        let outputs: [String; N] = std::array::from_fn(|_| self.fresh(op));
         let attribute = attrs
             .into_iter()
             .map(|(name, value)| attribute(name, value))
@@ -121,7 +120,7 @@ impl GraphBuilder {
         let name = self.fresh(&format!("{op}_node"));
         self.nodes.push(pb::NodeProto {
             input: inputs.iter().map(|s| s.to_string()).collect(),
-            output: outputs.clone(),
+            output: outputs.to_vec(),
             name,
             op_type: op.to_string(),
             attribute,
@@ -132,7 +131,8 @@ impl GraphBuilder {
 
     /// Adds a single-output node and returns its output name.
     pub fn op(&mut self, op: &str, inputs: &[&str], attrs: Vec<(&str, Attr)>) -> String {
-        self.node_n(op, inputs, 1, attrs).remove(0)
+        let [output] = self.node_n(op, inputs, attrs);
+        output
     }
 
     fn push_initializer(

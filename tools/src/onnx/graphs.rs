@@ -288,8 +288,8 @@ fn patch_in(net: &mut Net, c: &Config) -> Result<()> {
             let u = &c.patch.channels;
             let un = QuantGroup::Unet;
             let temb = Some((temb_act.as_str(), d));
-            let mut h = net.conv(&latent, "patch.unet.conv_in", (ch, u[0], 3), 1, un)?;
-            let mut cur = u[0];
+            let (mut cur, _) = ends(u, "patch.channels")?;
+            let mut h = net.conv(&latent, "patch.unet.conv_in", (ch, cur, 3), 1, un)?;
             for (i, &ui) in u.iter().enumerate() {
                 let prefix = format!("patch.unet.down.{i}");
                 h = net.resblock(&h, &format!("{prefix}.res"), (cur, ui), temb, un)?;
@@ -381,18 +381,19 @@ fn patch_out(net: &mut Net, c: &Config) -> Result<()> {
             );
             let s = net.b.ints("grid", &[0, d as i64, gd, gd]);
             let h = net.b.op("Reshape", &[&h, &s], vec![]);
-            let mut cur = u[u.len() - 1];
+            let (_, mut cur) = ends(u, "patch.channels")?;
             let h = net.conv(&h, "patch.unet.proj_out", (d, cur, 1), 1, QuantGroup::Patch)?;
             let mut h = net.resblock(&h, "patch.unet.mid_out", (cur, cur), temb, un)?;
-            for i in (0..u.len()).rev() {
+            // `skips` has one input per entry of `u` (`Geometry::skips`).
+            for (i, (&ui, skip)) in u.iter().zip(&skips).enumerate().rev() {
                 let prefix = format!("patch.unet.up.{i}");
                 let up = net.upsample2(&h);
                 h = net.conv(&up, &format!("{prefix}.upsample"), (cur, cur, 3), 1, un)?;
                 let cat = net
                     .b
-                    .op("Concat", &[&h, &skips[i]], vec![("axis", Attr::Int(1))]);
-                h = net.resblock(&cat, &format!("{prefix}.res"), (cur + u[i], u[i]), temb, un)?;
-                cur = u[i];
+                    .op("Concat", &[&h, skip], vec![("axis", Attr::Int(1))]);
+                h = net.resblock(&cat, &format!("{prefix}.res"), (cur + ui, ui), temb, un)?;
+                cur = ui;
             }
             let h = net.group_norm(&h, "patch.unet.norm_out", cur)?;
             let h = net.silu(&h);
@@ -418,15 +419,15 @@ fn vae_encoder(net: &mut Net, c: &Config) -> Result<()> {
     let q = QuantGroup::Vae;
     let image = net.b.input("image", IoDtype::Float, &image_shape(c));
     let ch = &v.channels;
+    let (mut cur, _) = ends(ch, "vae.channels")?;
     let levels = ch.len() - 1;
     let mut h = net.conv(
         &image,
         "vae.encoder.conv_in",
-        (c.image.channels, ch[0], 3),
+        (c.image.channels, cur, 3),
         1,
         q,
     )?;
-    let mut cur = ch[0];
     for (i, &ci) in ch.iter().enumerate() {
         let prefix = format!("vae.encoder.down.{i}");
         h = net.resblock(&h, &format!("{prefix}.res"), (cur, ci), None, q)?;
@@ -461,14 +462,13 @@ fn vae_decoder(net: &mut Net, c: &Config) -> Result<()> {
     let z = net.b.op("Mul", &[&z, &inv], vec![]);
     let z = net.b.op("Add", &[&z, &shift], vec![]);
     let ch = &v.channels;
-    let levels = ch.len() - 1;
-    let mut cur = ch[levels];
+    let (_, mut cur) = ends(ch, "vae.channels")?;
     let mut h = net.conv(&z, "vae.decoder.conv_in", (v.latent_channels, cur, 3), 1, q)?;
     h = net.resblock(&h, "vae.decoder.mid", (cur, cur), None, q)?;
-    for j in (0..=levels).rev() {
+    for (j, &cj) in ch.iter().enumerate().rev() {
         let prefix = format!("vae.decoder.up.{j}");
-        h = net.resblock(&h, &format!("{prefix}.res"), (cur, ch[j]), None, q)?;
-        cur = ch[j];
+        h = net.resblock(&h, &format!("{prefix}.res"), (cur, cj), None, q)?;
+        cur = cj;
         if j > 0 {
             let up = net.upsample2(&h);
             h = net.conv(&up, &format!("{prefix}.upsample"), (cur, cur, 3), 1, q)?;
@@ -479,4 +479,15 @@ fn vae_decoder(net: &mut Net, c: &Config) -> Result<()> {
     h = net.conv(&h, "vae.decoder.conv_out", (cur, c.image.channels, 3), 1, q)?;
     net.b.output("image", &h, IoDtype::Float, &image_shape(c));
     Ok(())
+}
+
+/// The first and last entries of the config list `key`, or an error naming it
+/// (`Config::validate` requires these lists to be non-empty).
+fn ends(values: &[usize], key: &str) -> Result<(usize, usize)> {
+    match (values.first(), values.last()) {
+        (Some(&first), Some(&last)) => Ok((first, last)),
+        _ => Err(Error::Invalid(format!(
+            "config.json: {key} is empty, expected at least one entry"
+        ))),
+    }
 }

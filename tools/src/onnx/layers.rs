@@ -33,16 +33,25 @@ impl<'a> Net<'a> {
         self.int8.is_some_and(|parts| parts.contains(group))
     }
 
-    /// The checkpoint tensor `name` with its expected shape checked.
+    /// The checkpoint tensor `name` with its expected shape (and its length) checked.
     fn tensor(&self, name: &str, shape: &[usize]) -> Result<&'a [f32]> {
         let t = self.weights.get(name)?;
+        let path = || self.weights.dir.join("model.safetensors");
         if t.shape != shape {
             return Err(Error::TensorShape {
-                path: self.weights.dir.join("model.safetensors"),
+                path: path(),
                 name: name.to_string(),
                 expected: shape.to_vec(),
                 found: t.shape.clone(),
             });
+        }
+        let len: usize = shape.iter().product();
+        if t.data.len() != len {
+            return Err(Error::Invalid(format!(
+                "{}: tensor `{name}` holds {} values, its shape {shape:?} needs {len}",
+                path().display(),
+                t.data.len()
+            )));
         }
         Ok(&t.data)
     }
@@ -85,16 +94,11 @@ impl<'a> Net<'a> {
         group: QuantGroup,
     ) -> Result<String> {
         let w = self.tensor(&format!("{prefix}.weight"), &[n_out, n_in])?;
-        let mut wt = vec![0f32; n_in * n_out];
-        for o in 0..n_out {
-            for i in 0..n_in {
-                wt[i * n_out + o] = w[o * n_in + i];
-            }
-        }
+        let wt = transpose(w, n_out, n_in);
         let y = if self.quantized(group) {
             // Per-output-channel symmetric int8 weights, per-tensor dynamic u8 activations:
             // MatMulInteger runs on tract's (and onnxruntime's) integer kernels.
-            let (q, scales) = quantize_per_channel(&wt, n_out, |i| i % n_out);
+            let (q, scales) = quantize_per_channel(&wt, n_out, |i| i % n_out)?;
             let wq = self
                 .b
                 .const_i8(&format!("{prefix}.weight_i8"), &[n_in, n_out], &q);
@@ -129,14 +133,14 @@ impl<'a> Net<'a> {
         attrs: Vec<(&str, Attr)>,
     ) -> String {
         self.used_int8 = true;
-        let q = self.b.node_n("DynamicQuantizeLinear", &[x], 3, vec![]);
-        let mut inputs = vec![q[0].as_str(), wq, q[2].as_str()];
+        let [xq, x_scale, x_zero] = self.b.node_n("DynamicQuantizeLinear", &[x], vec![]);
+        let mut inputs = vec![xq.as_str(), wq, x_zero.as_str()];
         if let Some(z) = w_zero {
             inputs.push(z);
         }
         let acc = self.b.op(op, &inputs, attrs);
         let accf = self.b.op("Cast", &[&acc], vec![("to", Attr::Int(1))]);
-        let scale = self.b.op("Mul", &[&q[1], w_scale], vec![]);
+        let scale = self.b.op("Mul", &[&x_scale, w_scale], vec![]);
         self.b.op("Mul", &[&accf, &scale], vec![])
     }
 
@@ -162,7 +166,7 @@ impl<'a> Net<'a> {
         if self.quantized(group) {
             let w = self.tensor(&format!("{prefix}.weight"), &shape)?;
             let per = c_in * k * k;
-            let (q, scales) = quantize_per_channel(w, c_out, |i| i / per);
+            let (q, scales) = quantize_per_channel(w, c_out, |i| i / per)?;
             // onnxruntime's ConvInteger takes uint8 weights only: store the symmetric int8
             // values shifted by a zero point of 128 (same numbers, same integer kernels).
             let qu: Vec<u8> = q.iter().map(|&v| (i16::from(v) + 128) as u8).collect();
@@ -308,5 +312,31 @@ impl<'a> Net<'a> {
         let h = self.linear(&e, "timestep.linear1", (freq_dim, dim), true, group)?;
         let h = self.silu(&h);
         self.linear(&h, "timestep.linear2", (dim, dim), true, group)
+    }
+}
+
+/// The `[cols, rows]` transpose of the row-major `[rows, cols]` matrix `w`.
+fn transpose(w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0f32; rows * cols];
+    if rows == 0 || cols == 0 {
+        return t;
+    }
+    for (r, row) in w.chunks_exact(cols).take(rows).enumerate() {
+        // Column `r` of `t`: elements `r, r + rows, r + 2·rows, ...`.
+        for (dst, &v) in t.iter_mut().skip(r).step_by(rows).zip(row) {
+            *dst = v;
+        }
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::transpose;
+
+    #[test]
+    fn transpose_swaps_rows_and_columns() {
+        let t = transpose(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 2, 3);
+        assert_eq!(t, vec![1.0, 4.0, 2.0, 5.0, 3.0, 6.0]);
     }
 }

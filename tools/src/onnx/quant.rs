@@ -1,5 +1,7 @@
 //! INT8 quantization: which parts are quantized and the per-output-channel symmetric weights.
 
+use crate::error::{Error, Result};
+
 /// A group of layers that `--int8` can select.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QuantGroup {
@@ -90,16 +92,26 @@ impl std::str::FromStr for Int8Parts {
 }
 
 /// Symmetric per-channel int8 quantization of `w`; `channel_of(i)` gives element `i`'s output
-/// channel (`< channels`). Returns the int8 values and one scale per channel (`w ≈ q · scale`).
+/// channel (`< channels`, else an error). Returns the int8 values and one scale per channel
+/// (`w ≈ q · scale`).
 pub fn quantize_per_channel(
     w: &[f32],
     channels: usize,
     channel_of: impl Fn(usize) -> usize,
-) -> (Vec<i8>, Vec<f32>) {
+) -> Result<(Vec<i8>, Vec<f32>)> {
+    let channel = |i: usize| {
+        let c = channel_of(i);
+        (c < channels).then_some(c).ok_or_else(|| {
+            Error::Invalid(format!(
+                "int8 quantization: weight {i} maps to channel {c}, but there are {channels}"
+            ))
+        })
+    };
     let mut max_abs = vec![0f32; channels];
     for (i, &v) in w.iter().enumerate() {
-        let c = channel_of(i);
-        max_abs[c] = max_abs[c].max(v.abs());
+        if let Some(m) = max_abs.get_mut(channel(i)?) {
+            *m = m.max(v.abs());
+        }
     }
     let scales: Vec<f32> = max_abs
         .iter()
@@ -108,9 +120,12 @@ pub fn quantize_per_channel(
     let q = w
         .iter()
         .enumerate()
-        .map(|(i, &v)| (v / scales[channel_of(i)]).round().clamp(-127.0, 127.0) as i8)
-        .collect();
-    (q, scales)
+        .map(|(i, &v)| {
+            let scale = scales.get(channel(i)?).copied().unwrap_or(1.0);
+            Ok((v / scale).round().clamp(-127.0, 127.0) as i8)
+        })
+        .collect::<Result<_>>()?;
+    Ok((q, scales))
 }
 
 #[cfg(test)]
@@ -121,7 +136,7 @@ mod tests {
     fn per_channel_roundtrip_error_is_below_half_a_step() {
         // Two channels with very different ranges: each keeps its own resolution.
         let w = [0.5f32, -1.0, 0.25, 0.001, -0.002, 0.0015];
-        let (q, s) = quantize_per_channel(&w, 2, |i| i / 3);
+        let (q, s) = quantize_per_channel(&w, 2, |i| i / 3).unwrap();
         assert_eq!(q[1], -127);
         assert_eq!(q[4], -127);
         for (i, &v) in w.iter().enumerate() {
@@ -135,9 +150,18 @@ mod tests {
 
     #[test]
     fn zero_channel_gets_unit_scale() {
-        let (q, s) = quantize_per_channel(&[0.0, 0.0], 1, |_| 0);
+        let (q, s) = quantize_per_channel(&[0.0, 0.0], 1, |_| 0).unwrap();
         assert_eq!(q, vec![0, 0]);
         assert_eq!(s, vec![1.0]);
+    }
+
+    #[test]
+    fn a_channel_out_of_range_is_an_error() {
+        let err = quantize_per_channel(&[1.0, 2.0, 3.0], 2, |i| i).unwrap_err();
+        assert!(
+            err.to_string().contains("weight 2 maps to channel 2"),
+            "{err}"
+        );
     }
 
     #[test]

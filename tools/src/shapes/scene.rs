@@ -186,23 +186,27 @@ enum Allowed {
     Any,
 }
 
+/// `all[rng.gen_range(0..all.len())]`: the draw the datasets were made with, kept so that a
+/// seed keeps giving the same data (`SliceRandom::choose` draws a `u32` index instead).
+#[allow(clippy::indexing_slicing)] // `gen_range(0..len)` is below `len`; callers pass non-empty tables
+fn pick<T: Copy>(rng: &mut ChaCha8Rng, all: &[T]) -> T {
+    all[rng.gen_range(0..all.len())]
+}
+
 fn draw_pair(rng: &mut ChaCha8Rng, allowed: Allowed) -> (Colour, Shape) {
-    let any = |rng: &mut ChaCha8Rng| {
-        (
-            Colour::ALL[rng.gen_range(0..Colour::ALL.len())],
-            Shape::ALL[rng.gen_range(0..Shape::ALL.len())],
-        )
-    };
     match allowed {
-        Allowed::Any => any(rng),
-        Allowed::HeldOut => HELD_OUT[rng.gen_range(0..HELD_OUT.len())],
+        Allowed::Any => {
+            let colour = pick(rng, &Colour::ALL);
+            (colour, pick(rng, &Shape::ALL))
+        }
+        Allowed::HeldOut => pick(rng, &HELD_OUT),
         Allowed::Train => {
-            let colour = Colour::ALL[rng.gen_range(0..Colour::ALL.len())];
+            let colour = pick(rng, &Colour::ALL);
             let shapes: Vec<Shape> = Shape::ALL
                 .into_iter()
                 .filter(|&s| !is_held_out(colour, s))
                 .collect();
-            (colour, shapes[rng.gen_range(0..shapes.len())])
+            (colour, pick(rng, &shapes))
         }
     }
 }
@@ -272,12 +276,13 @@ fn place(
     for _ in 0..64 {
         let mut ok = true;
         for i in 0..objects.len() {
+            let Some((before, [object, ..])) = objects.split_at_mut_checked(i) else {
+                break;
+            };
             let mut placed = false;
             for _ in 0..64 {
-                let (x0, y0) = random_origin(rng, objects[i].side);
-                objects[i].x0 = x0;
-                objects[i].y0 = y0;
-                if objects[..i].iter().all(|o| !o.too_close(&objects[i])) {
+                (object.x0, object.y0) = random_origin(rng, object.side);
+                if before.iter().all(|o| !o.too_close(object)) {
                     placed = true;
                     break;
                 }
@@ -318,18 +323,20 @@ pub fn draw_scene(rng: &mut ChaCha8Rng, split: Split) -> Scene {
         SceneKind::Multi => rng.gen_range(3..=4),
     };
     let pairs = if kind == SceneKind::Count {
-        vec![draw_pairs(rng, split, 1, false)[0]; n]
+        // One pair, repeated.
+        let pair = draw_pairs(rng, split, 1, false);
+        pair.into_iter().cycle().take(n).collect()
     } else {
         draw_pairs(rng, split, n, true)
     };
-    let shared_size = Size::ALL[rng.gen_range(0..2)];
+    let shared_size = pick(rng, &Size::ALL);
     let mut objects: Vec<Object> = pairs
         .iter()
         .map(|&(colour, shape)| {
             let size = if kind == SceneKind::Count {
                 shared_size
             } else {
-                Size::ALL[rng.gen_range(0..2)]
+                pick(rng, &Size::ALL)
             };
             Object {
                 shape,
@@ -348,7 +355,7 @@ pub fn draw_scene(rng: &mut ChaCha8Rng, split: Split) -> Scene {
     match kind {
         SceneKind::Single => {
             if rng.gen_bool(0.6) {
-                let p = Position::ALL[rng.gen_range(0..Position::ALL.len())];
+                let p = pick(rng, &Position::ALL);
                 if let Some(o) = objects.first_mut() {
                     (o.x0, o.y0) = origin_at(rng, o.side, p);
                 }
@@ -358,7 +365,7 @@ pub fn draw_scene(rng: &mut ChaCha8Rng, split: Split) -> Scene {
             }
         }
         SceneKind::Relation => {
-            let r = Relation::ALL[rng.gen_range(0..Relation::ALL.len())];
+            let r = pick(rng, &Relation::ALL);
             let min_along = 0.15 * IMAGE_SIZE as f32;
             let holds = |o: &[Object]| match o {
                 [a, b] => r.holds_clearly(a.center(), b.center(), min_along),
