@@ -15,11 +15,15 @@
 //! ```
 
 // Input reaches most of this crate (bundles, prompts, images, options): no panicking shortcuts
-// outside tests. Indexing is checked by review and by the fuzz targets (fuzz/), not by a lint:
-// the numeric kernels index buffers whose lengths were validated once up front.
+// outside tests, and no indexing that can panic (iterators, `get`, `chunks_exact` instead).
 #![cfg_attr(
     not(test),
-    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
 )]
 
 #[cfg(feature = "cuda")]

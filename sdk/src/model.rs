@@ -14,6 +14,10 @@ use crate::options::{Device, LoadOptions, PrecisionChoice};
 use crate::text::Tokenizer;
 use tract_onnx::tract_core::runtime::Runtime;
 
+/// Reads one graph file of a bundle for [`Model::load_with`]: graph name, file, and the GPU
+/// runtime it goes to (`None`: the CPU).
+pub type GraphLoader<'a> = dyn FnMut(&str, &Path, Option<&dyn Runtime>) -> Result<Graph> + 'a;
+
 /// One graph at its chosen precision.
 #[derive(Debug, Clone)]
 pub struct Part {
@@ -210,6 +214,22 @@ impl Model {
     /// Loads the bundle in `dir`: reads and checks the manifest, the tokenizer, and every graph
     /// (interface checked against the manifest, optimised once by tract).
     pub fn load(dir: impl AsRef<Path>, options: &LoadOptions) -> Result<Self> {
+        Self::load_with(dir, options, &mut |name, path, runtime| match runtime {
+            Some(runtime) => Graph::load_on(name, path, runtime),
+            None => Graph::load(name, path),
+        })
+    }
+
+    /// [`Model::load`] with the caller reading each graph file (`name`, its path inside the
+    /// bundle, the GPU runtime it goes to or `None` for the CPU). Every check of the bundle
+    /// still runs, interfaces included. For harnesses: the bundle fuzz target hands back
+    /// graphs it already read for files it did not change, so it can afford a million runs.
+    #[doc(hidden)]
+    pub fn load_with(
+        dir: impl AsRef<Path>,
+        options: &LoadOptions,
+        load_graph: &mut GraphLoader<'_>,
+    ) -> Result<Self> {
         let start = Instant::now();
         let dir = dir.as_ref();
         let gpu = gpu_runtime(options.device)?;
@@ -256,10 +276,8 @@ impl Model {
         let mut parts = Vec::with_capacity(GRAPH_NAMES.len());
         for ((name, precision, file, on_gpu), (_, _, path)) in chosen.into_iter().zip(files) {
             let entry = manifest.graph(name)?;
-            let graph = match gpu {
-                Some(runtime) if on_gpu => Graph::load_on(name, &path, runtime)?,
-                _ => Graph::load(name, &path)?,
-            };
+            let runtime = gpu.filter(|_| on_gpu);
+            let graph = load_graph(name, &path, runtime)?;
             graph.check_interface(entry, file.float)?;
             log::info!(
                 "loaded {name} ({precision}, {}) from {}",

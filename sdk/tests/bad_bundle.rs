@@ -505,3 +505,29 @@ fn a_graph_that_makes_tract_panic_is_an_error() {
         &["tract panicked", "malformed"],
     );
 }
+
+#[test]
+fn load_with_reads_each_graph_once_in_bundle_order_and_stops_at_its_first_error() {
+    let mut seen = Vec::new();
+    let err = Model::load_with(
+        tiny_bundle(),
+        &exact(Precision::Fp32),
+        &mut |name, path, gpu| {
+            assert!(gpu.is_none(), "a CPU load hands graphs no GPU runtime");
+            assert_eq!(path, tiny_bundle().join(format!("fp32/{name}.onnx")));
+            seen.push(name.to_string());
+            if name == "patch_in" {
+                return Err(Error::InvalidOption {
+                    name: "test".into(),
+                    message: "refused by the caller".into(),
+                });
+            }
+            transfusion_sdk::graph::Graph::load(name, path)
+        },
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("refused by the caller"), "{err}");
+    let order = transfusion_sdk::manifest::GRAPH_NAMES;
+    let stop = order.iter().position(|g| *g == "patch_in").unwrap();
+    assert_eq!(seen, order[..=stop]);
+}
