@@ -45,3 +45,18 @@ pub enum Error {
 
 /// Result with the SDK's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Runs `f`, turning a panic inside it into `Err` with the panic's message.
+///
+/// For dependencies that panic on some malformed files instead of failing (tract's ONNX import,
+/// tokenizers' JSON reader: both found by fuzzing, docs/bad-inputs.md): a bundle file must give
+/// an error, not abort the app.
+pub(crate) fn catch_panic<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|payload| {
+        payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".to_string())
+    })
+}

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
 
-use crate::error::{Error, Result};
+use crate::error::{catch_panic, Error, Result};
 use crate::manifest::{FloatDtype, GraphEntry, IoDtype};
 
 /// A runnable graph. Cheap to share between threads (`Arc` inside; runs take `&self`).
@@ -90,20 +90,10 @@ impl Graph {
             })?;
             Ok((inputs, outputs, runnable))
         };
-        let (inputs, outputs, runnable) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(
-            prepare,
-        ))
-        .map_err(|payload| {
-            let what = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".to_string());
-            Error::Graph {
-                graph: name.to_string(),
-                path: path.to_path_buf(),
-                message: format!("tract panicked reading it ({what}): the file is malformed"),
-            }
+        let (inputs, outputs, runnable) = catch_panic(prepare).map_err(|what| Error::Graph {
+            graph: name.to_string(),
+            path: path.to_path_buf(),
+            message: format!("tract panicked reading it ({what}): the file is malformed"),
         })??;
         Ok(Graph {
             name: name.to_string(),

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use tokenizers::models::ModelWrapper;
 
 use crate::config::SpecialTokens;
-use crate::error::{Error, Result};
+use crate::error::{catch_panic, Error, Result};
 
 /// A loaded tokenizer: turns prompts into token ids and generated ids back into text.
 ///
@@ -62,7 +62,17 @@ impl Tokenizer {
             path: path.to_path_buf(),
             source,
         })?;
-        let mut inner = tokenizers::Tokenizer::from_bytes(&bytes)
+        // Syntax first, with serde_json's line and column. tokenizers 0.22 panics on a syntax
+        // error inside `decoder` (it `expect`s there; found by fuzzing): reading from a parsed
+        // value avoids that path, and `catch_panic` turns any other panic into an error.
+        let json: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| error(format!("invalid tokenizer.json: not JSON: {e}")))?;
+        let mut inner = catch_panic(|| serde_json::from_value::<tokenizers::Tokenizer>(json))
+            .map_err(|what| {
+                error(format!(
+                    "tokenizers panicked reading it ({what}): the file is malformed"
+                ))
+            })?
             .map_err(|e| error(format!("invalid tokenizer.json: {e}")))?;
         inner.with_padding(None);
         inner

@@ -178,3 +178,20 @@ fn a_word_level_unk_other_than_the_configured_one_is_rejected() {
         "{err}"
     );
 }
+
+/// Found by the `bundle` fuzz target: tokenizers 0.22 `expect`s inside its `decoder`
+/// deserializer, so a syntax error there panicked (and aborted the app) instead of failing.
+#[test]
+fn a_syntax_error_inside_the_decoder_is_an_error_naming_the_line() {
+    let text = std::fs::read_to_string(fixture()).unwrap();
+    assert!(text.contains("\"decoder\": null"));
+    let broken = text.replace("\"decoder\": null", "\"decoder\":dance_distilled\": false");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokenizer.json");
+    std::fs::write(&path, broken).unwrap();
+    let err = Tokenizer::from_file(&path, special()).unwrap_err();
+    assert!(matches!(err, Error::Tokenizer { .. }), "{err}");
+    let message = err.to_string();
+    assert!(message.contains("tokenizer.json"), "{message}");
+    assert!(message.contains("line 58"), "{message}");
+}
