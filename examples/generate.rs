@@ -71,12 +71,7 @@ fn run(args: Args) -> Result<(), String> {
         "loaded {} in {} ms ({})",
         dir.display(),
         model.load_time().as_millis(),
-        model
-            .precisions()
-            .iter()
-            .map(|(g, p)| format!("{g} {p}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+        model.precisions_line()
     );
     let options = GenerateOptions {
         seed: args.seed,

@@ -330,12 +330,7 @@ impl Kiosk<'_> {
         log::info!(
             "model loaded in {} ms ({})",
             model.load_time().as_millis(),
-            model
-                .precisions()
-                .iter()
-                .map(|(g, p)| format!("{g} {p}"))
-                .collect::<Vec<_>>()
-                .join(", ")
+            model.precisions_line()
         );
         let waiting = match self.settings.source {
             Source::Stdin => Some("ready: type a prompt"),

@@ -352,4 +352,13 @@ impl Model {
             )
             .collect()
     }
+
+    /// [`Model::precisions`] as one line for logs, e.g. `text_embed fp32, backbone int8, …`.
+    pub fn precisions_line(&self) -> String {
+        self.precisions()
+            .iter()
+            .map(|(graph, precision)| format!("{graph} {precision}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }

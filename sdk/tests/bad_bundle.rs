@@ -364,6 +364,12 @@ fn precision_the_bundle_lacks_is_an_error_naming_it() {
         .precisions()
         .iter()
         .all(|(_, p)| *p == Precision::Fp32));
+    let line = model.precisions_line();
+    assert!(
+        line.starts_with("text_embed fp32, backbone fp32, "),
+        "{line}"
+    );
+    assert_eq!(line.matches("fp32").count(), 7, "{line}");
 }
 
 #[test]
