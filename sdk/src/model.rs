@@ -15,7 +15,8 @@ use crate::text::Tokenizer;
 use tract_onnx::tract_core::runtime::Runtime;
 
 /// Reads one graph file of a bundle for [`Model::load_with`]: graph name, file, and the GPU
-/// runtime it goes to (`None`: the CPU).
+/// runtime it goes to (`None`: the CPU). Hidden with it: a harness hook, not app API.
+#[doc(hidden)]
 pub type GraphLoader<'a> = dyn FnMut(&str, &Path, Option<&dyn Runtime>) -> Result<Graph> + 'a;
 
 /// One graph at its chosen precision.
