@@ -8,8 +8,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-/// Checkpoint format version this code reads and writes.
-pub const CONFIG_FORMAT_VERSION: u32 = 1;
+/// Newest checkpoint format version this code reads and writes. Format 2 adds
+/// `patch.position_embedding` and `patch.timestep_tokens`; format 1 (no such keys, both off)
+/// is still read.
+pub const CONFIG_FORMAT_VERSION: u32 = 2;
+
+/// Oldest checkpoint format version this code reads.
+pub const CONFIG_FORMAT_VERSION_MIN: u32 = 1;
 
 /// Number of groups of every GroupNorm (VAE and U-Net).
 pub const NORM_GROUPS: usize = 8;
@@ -119,6 +124,27 @@ pub struct PatchConfig {
     #[serde(default)]
     pub channels: Vec<usize>,
     pub timestep_freq_dim: usize,
+    /// Format 2 (required there, absent in format 1): a learned position per patch-grid cell,
+    /// `patch.pos_embed [N, D]`, added to the patch vectors — the 2-D place of each patch,
+    /// which 1-D RoPE over the sequence does not give.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position_embedding: Option<bool>,
+    /// Format 2: `patch.time_proj(SiLU(temb))` added to the patch vectors, so the backbone
+    /// sees the noise level of the image it attends to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestep_tokens: Option<bool>,
+}
+
+impl PatchConfig {
+    /// Whether the patch vectors get `patch.pos_embed` (format 2 with the key on).
+    pub fn has_position_embedding(&self) -> bool {
+        self.position_embedding == Some(true)
+    }
+
+    /// Whether the patch vectors get `patch.time_proj` of the timestep (format 2, key on).
+    pub fn has_timestep_tokens(&self) -> bool {
+        self.timestep_tokens == Some(true)
+    }
 }
 
 /// Noise schedule of the forward process.
@@ -239,13 +265,14 @@ impl Config {
 
     /// Checks every rule of `docs/checkpoint.md`; the error names the key.
     pub fn validate(&self) -> Result<()> {
-        if self.format_version != CONFIG_FORMAT_VERSION {
+        if !(CONFIG_FORMAT_VERSION_MIN..=CONFIG_FORMAT_VERSION).contains(&self.format_version) {
             return Err(invalid(
                 "format_version",
-                CONFIG_FORMAT_VERSION.to_string(),
+                format!("{CONFIG_FORMAT_VERSION_MIN}..={CONFIG_FORMAT_VERSION}"),
                 self.format_version,
             ));
         }
+        self.validate_format_keys()?;
         let positive = [
             ("text.vocab_size", self.text.vocab_size),
             ("text.max_seq_len", self.text.max_seq_len),
@@ -301,6 +328,28 @@ impl Config {
         self.validate_special_tokens()?;
         self.validate_image()?;
         self.validate_diffusion()
+    }
+
+    /// Format-2 keys: required from format 2 on, refused in format 1.
+    fn validate_format_keys(&self) -> Result<()> {
+        let keys = [
+            ("patch.position_embedding", self.patch.position_embedding),
+            ("patch.timestep_tokens", self.patch.timestep_tokens),
+        ];
+        for (key, value) in keys {
+            match (self.format_version >= 2, value) {
+                (true, None) => return Err(invalid(key, "true or false (format 2)", "no key")),
+                (false, Some(v)) => {
+                    return Err(invalid(
+                        "format_version",
+                        format!("2 (`{key}` is a format-2 key)"),
+                        format!("{} with `{key}` = {v}", self.format_version),
+                    ))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     fn validate_special_tokens(&self) -> Result<()> {
@@ -532,6 +581,53 @@ mod tests {
             let message = err_of(&json);
             assert!(message.contains(key), "{message} should name {key}");
         }
+    }
+
+    fn format_2(position: &str, timestep: &str) -> String {
+        let keys = [
+            ("position_embedding", position),
+            ("timestep_tokens", timestep),
+        ]
+        .iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| format!(", \"{k}\": {v}"))
+        .collect::<String>();
+        tiny_json()
+            .replace("\"format_version\": 1", "\"format_version\": 2")
+            .replace(
+                "\"timestep_freq_dim\": 64 }",
+                &format!("\"timestep_freq_dim\": 64{keys} }}"),
+            )
+    }
+
+    #[test]
+    fn format_1_reads_with_no_patch_conditioning() {
+        let c = Config::from_json(&tiny_json(), "config.json").unwrap();
+        assert!(!c.patch.has_position_embedding() && !c.patch.has_timestep_tokens());
+        let json = serde_json::to_string(&c).unwrap();
+        assert!(!json.contains("position_embedding"), "{json}");
+    }
+
+    #[test]
+    fn format_2_keys_are_required_there_and_refused_in_format_1() {
+        let c = Config::from_json(&format_2("true", "false"), "config.json").unwrap();
+        assert!(c.patch.has_position_embedding() && !c.patch.has_timestep_tokens());
+        let back = Config::from_json(&serde_json::to_string(&c).unwrap(), "again").unwrap();
+        assert_eq!(back, c);
+        let message = err_of(&format_2("true", ""));
+        assert!(message.contains("patch.timestep_tokens"), "{message}");
+        let v1 = tiny_json().replace(
+            "\"timestep_freq_dim\": 64 }",
+            "\"timestep_freq_dim\": 64, \"position_embedding\": false }",
+        );
+        let message = err_of(&v1);
+        assert!(
+            message.contains("format_version") && message.contains("patch.position_embedding"),
+            "{message}"
+        );
+        let message =
+            err_of(&tiny_json().replace("\"format_version\": 1", "\"format_version\": 3"));
+        assert!(message.contains("format_version"), "{message}");
     }
 
     #[test]

@@ -189,6 +189,20 @@ fn read_tensors(path: &Path, bytes: &[u8], config: &Config) -> Result<BTreeMap<S
         message: e.to_string(),
     })?;
     let specs = tensor_specs(config);
+    let present: std::collections::HashSet<&str> = file.names().into_iter().collect();
+    let missing: Vec<&str> = specs
+        .iter()
+        .filter(|s| !present.contains(s.name.as_str()))
+        .map(|s| s.name.as_str())
+        .collect();
+    if missing.len() > 1 {
+        // Every missing name at once: a checkpoint of an older format lacks several.
+        return Err(Error::MissingTensors {
+            path: path.to_path_buf(),
+            names: missing.iter().map(|n| n.to_string()).collect(),
+            format_version: config.format_version,
+        });
+    }
     let mut tensors = BTreeMap::new();
     for spec in &specs {
         let view = file.tensor(&spec.name).map_err(|_| Error::MissingTensor {

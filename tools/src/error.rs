@@ -29,6 +29,17 @@ pub enum Error {
     /// A tensor the configuration requires is absent.
     #[error("{path}: missing tensor `{name}` (required by the configuration)")]
     MissingTensor { path: PathBuf, name: String },
+    /// Several tensors the configuration requires are absent (all named).
+    #[error(
+        "{path}: missing tensors {} (required by the configuration, format_version {format_version}; \
+         docs/checkpoint.md lists each format's tensors)",
+        names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+    )]
+    MissingTensors {
+        path: PathBuf,
+        names: Vec<String>,
+        format_version: u32,
+    },
     /// A tensor the configuration does not define is present.
     #[error("{path}: unexpected tensor `{name}` (not part of this configuration's model)")]
     UnexpectedTensor { path: PathBuf, name: String },

@@ -1,7 +1,8 @@
 //! Named model configurations: `tiny` for tests, `shapes64` (the default edge model) and
 //! `paper-160m` (the smallest model size of the Transfusion paper, at 256×256).
 //!
-//! Every preset has 16 latent patches per image, the shapes vocabulary
+//! Every preset is config format 2 with both patch conditionings on (a 2-D position and the
+//! timestep in every patch vector, docs/checkpoint.md), has 16 latent patches per image, the shapes vocabulary
 //! ([`crate::vocab::VOCAB_SIZE`]) and special tokens `pad 0, bos 1, eos 2, boi 3, eoi 4, unk 5`.
 
 use transfusion_sdk::config::{
@@ -129,6 +130,8 @@ fn build(name: &str, s: &Sizes) -> Config {
             size: s.patch,
             channels: s.unet_channels.to_vec(),
             timestep_freq_dim: s.timestep_freq_dim,
+            position_embedding: Some(true),
+            timestep_tokens: Some(true),
         },
         diffusion: DiffusionConfig {
             schedule: Schedule::Cosine,

@@ -184,6 +184,14 @@ fn patch_specs(config: &Config, s: &mut Specs) {
             s.conv("patch.unet.conv_out", first, c, 3);
         }
     }
+    // Format-2 conditioning of the patch vectors, after the layers (PyTorch's order).
+    if config.patch.has_position_embedding() {
+        s.push("patch.pos_embed", &[config.geometry().num_patches, d]);
+    }
+    if config.patch.has_timestep_tokens() {
+        s.push("patch.time_proj.weight", &[d, d]);
+        s.push("patch.time_proj.bias", &[d]);
+    }
 }
 
 fn vae_specs(config: &Config, s: &mut Specs) {

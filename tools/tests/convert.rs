@@ -55,6 +55,47 @@ fn every_graph_of_every_precision_matches_pytorch() {
     }
 }
 
+/// The format-2 fixture (`tests/fixtures/tiny-v2`: `transfusion init --preset tiny --seed 0`,
+/// both patch conditionings on, with its PyTorch reference): every graph and precision match.
+#[test]
+fn format_2_patch_conditioning_matches_pytorch() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-v2");
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("bundle");
+    convert(&fixture, &bundle, &options()).unwrap();
+    let m = Manifest::load(&bundle).unwrap();
+    assert!(m.config.patch.has_position_embedding() && m.config.patch.has_timestep_tokens());
+    let results = verify(&bundle, &fixture.join("reference.safetensors"), None, None).unwrap();
+    assert!(results.len() >= 3 * 9, "{} comparisons", results.len());
+    for r in &results {
+        assert!(
+            r.pass,
+            "{} {}/{}: rel {} > {}",
+            r.precision, r.case, r.tensor, r.rel, r.tolerance
+        );
+    }
+}
+
+/// A format-2 config over format-1 weights: the error names each missing tensor.
+#[test]
+fn format_2_config_without_its_tensors_names_them() {
+    let v2 = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-v2");
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("ckpt");
+    std::fs::create_dir(&ckpt).unwrap();
+    std::fs::copy(v2.join("config.json"), ckpt.join("config.json")).unwrap();
+    for f in ["model.safetensors", "tokenizer.json"] {
+        std::fs::copy(fixture().join(f), ckpt.join(f)).unwrap();
+    }
+    let message = convert(&ckpt, &dir.path().join("bundle"), &options())
+        .unwrap_err()
+        .to_string();
+    for name in ["patch.pos_embed", "patch.time_proj.weight"] {
+        assert!(message.contains(name), "{message}");
+    }
+    assert!(!dir.path().join("bundle").exists());
+}
+
 #[test]
 fn manifest_describes_the_bundle() {
     let (_dir, bundle) = converted();

@@ -308,6 +308,7 @@ fn patch_in(net: &mut Net, c: &Config) -> Result<()> {
             )
         }
     };
+    let patches = patch_conditioning(net, c, patches, &temb_act)?;
     net.b.output(
         "patches",
         &patches,
@@ -325,6 +326,36 @@ fn patch_in(net: &mut Net, c: &Config) -> Result<()> {
             .output(&format!("skip.{i}"), value, IoDtype::Float, &shape);
     }
     Ok(())
+}
+
+/// Format-2 conditioning of the patch vectors `[B, N, D]` (docs/checkpoint.md):
+/// `+ patch.pos_embed [N, D]` (the 2-D cell position) and `+ patch.time_proj(SiLU(temb))`
+/// (the timestep, one `[D]` vector per image, broadcast over its N patches).
+fn patch_conditioning(
+    net: &mut Net,
+    c: &Config,
+    patches: String,
+    temb_act: &str,
+) -> Result<String> {
+    let g = c.geometry();
+    let mut x = patches;
+    if c.patch.has_position_embedding() {
+        let pos = net.weight("patch.pos_embed", &[g.num_patches, g.dim])?;
+        x = net.b.op("Add", &[&x, &pos], vec![]);
+    }
+    if c.patch.has_timestep_tokens() {
+        let t = net.linear(
+            temb_act,
+            "patch.time_proj",
+            (g.dim, g.dim),
+            true,
+            QuantGroup::Patch,
+        )?;
+        let axes = net.b.ints("axes", &[1]);
+        let t = net.b.op("Unsqueeze", &[&t, &axes], vec![]);
+        x = net.b.op("Add", &[&x, &t], vec![]);
+    }
+    Ok(x)
 }
 
 fn patch_out(net: &mut Net, c: &Config) -> Result<()> {

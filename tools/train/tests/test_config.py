@@ -61,7 +61,8 @@ class Validation(unittest.TestCase):
         self.rejects(lambda d: d["backbone"].update(n_heads=8, head_dim=7, dim=56),
                      "backbone.head_dim", "even")
         self.rejects(lambda d: d["backbone"].update(ffn_dim=0), "backbone.ffn_dim", "> 0")
-        self.rejects(lambda d: d.update(format_version=2), "format_version")
+        self.rejects(lambda d: d.update(format_version=3), "format_version", "1 | 2", "3")
+
 
     def test_special_tokens(self):
         self.rejects(lambda d: d["special_tokens"].update(unk=74), "special_tokens.unk", "74")
@@ -91,6 +92,46 @@ class Validation(unittest.TestCase):
         d["diffusion"].update(schedule="flow", prediction="flow", sampler="euler", steps=1000)
         d["patch"].update(kind="linear", size=8, channels=[])
         Config.from_dict(d)
+
+
+class FormatVersions(unittest.TestCase):
+    """Format 2 adds `patch.position_embedding` and `patch.timestep_tokens`; format 1
+    configs (every checkpoint written before) keep loading, with both off."""
+
+    def v2(self) -> dict:
+        d = tiny()
+        d["format_version"] = 2
+        d["patch"].update(position_embedding=True, timestep_tokens=False)
+        return d
+
+    def test_format_1_reads_as_no_conditioning(self):
+        c = Config.from_dict(tiny())
+        self.assertEqual((c.patch.position_embedding, c.patch.timestep_tokens), (False, False))
+        self.assertNotIn("position_embedding", c.to_dict()["patch"])
+
+    def test_format_2_round_trip(self):
+        c = Config.from_dict(self.v2())
+        self.assertTrue(c.patch.position_embedding)
+        self.assertEqual(c.to_dict(), self.v2())
+
+    def test_format_2_keys_required_and_refused_in_format_1(self):
+        d = self.v2()
+        d["patch"].pop("timestep_tokens")
+        with self.assertRaises(ConfigError) as cm:
+            Config.from_dict(d)
+        self.assertIn("patch.timestep_tokens: missing key", str(cm.exception))
+        d = tiny()
+        d["patch"]["position_embedding"] = False
+        with self.assertRaises(ConfigError) as cm:
+            Config.from_dict(d)
+        self.assertIn("patch.position_embedding: needs format_version 2", str(cm.exception))
+
+    def test_a_format_1_config_cannot_switch_conditioning_on(self):
+        c = preset("tiny")
+        c.patch.timestep_tokens = True
+        with self.assertRaises(ConfigError) as cm:
+            c.validate()
+        self.assertIn("format_version", str(cm.exception))
 
 
 if __name__ == "__main__":

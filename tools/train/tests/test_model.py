@@ -17,6 +17,9 @@ P = 6  # [BOS, 4 words, BOI]
 def tiny_model(seed=0, **patch):
     torch.manual_seed(seed)
     d = preset("tiny").to_dict()
+    if "position_embedding" in patch or "timestep_tokens" in patch:
+        d["format_version"] = 2
+        d["patch"].update(position_embedding=False, timestep_tokens=False)
     d["patch"].update(patch)
     return TransfusionModel(Config.from_dict(d)).eval()
 
@@ -109,6 +112,38 @@ class Patches(unittest.TestCase):
             self.assertEqual([tuple(s.shape) for s in skips],
                              [(2, 16, 8, 8)] if kind == "unet" else [])
             self.assertEqual(m.patch_out(patches, skips, t).shape, (2, 4, 8, 8))
+
+    @torch.no_grad()
+    def test_patch_conditioning_adds_position_and_timestep(self):
+        """Format 2: `patch_in` = the format-1 patches + pos_embed[cell] + time_proj(SiLU(temb))."""
+        from transfusion_ref.patch import grid_sincos
+        for kind in ("unet", "linear"):
+            ch = [16] if kind == "unet" else []
+            base = tiny_model(seed=4, kind=kind, size=2, channels=ch)
+            cond = tiny_model(seed=4, kind=kind, size=2, channels=ch, position_embedding=True,
+                              timestep_tokens=True)
+            missing, unexpected = cond.load_state_dict(base.state_dict(), strict=False)
+            self.assertEqual(sorted(missing), ["patch.pos_embed", "patch.time_proj.bias",
+                                               "patch.time_proj.weight"])
+            self.assertEqual(unexpected, [])
+            torch.testing.assert_close(cond.patch.pos_embed, grid_sincos(4, 64))
+            latent, t = torch.randn(2, 4, 8, 8), torch.tensor([37.5, 901.0])
+            p0, _ = base.patch_in(latent, t)
+            p1, _ = cond.patch_in(latent, t)   # time_proj starts at zero
+            torch.testing.assert_close(p1, p0 + grid_sincos(4, 64)[None])
+            torch.nn.init.normal_(cond.patch.time_proj.weight)
+            p2, _ = cond.patch_in(latent, t)
+            temb = cond.timestep(t)
+            want = p1 + cond.patch.time_proj(torch.nn.functional.silu(temb))[:, None, :]
+            torch.testing.assert_close(p2, want)
+            self.assertFalse(torch.allclose(p2[0] - p1[0], p2[1] - p1[1]))
+
+    def test_grid_sincos_tells_rows_from_columns(self):
+        from transfusion_ref.patch import grid_sincos
+        g = grid_sincos(4, 64)
+        # cells 3 (row 0, col 3) and 4 (row 1, col 0) are neighbours in raster order only
+        self.assertGreater((g[3] - g[4]).norm(), (g[0] - g[4]).norm())
+        self.assertEqual(len({tuple(r.tolist()) for r in g}), 16)
 
     @torch.no_grad()
     def test_vae_shapes_and_scaling(self):

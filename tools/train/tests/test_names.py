@@ -73,6 +73,12 @@ def expected_tensors(c: dict) -> dict:
             ch = u[i]
         t.update({"patch.unet.norm_out.weight": [u[0]], "patch.unet.norm_out.bias": [u[0]]})
         t.update(conv("patch.unet.conv_out", u[0], C))
+    N = (c["image"]["size"] >> L) // p
+    N *= N
+    if c["patch"].get("position_embedding"):
+        t["patch.pos_embed"] = [N, D]
+    if c["patch"].get("timestep_tokens"):
+        t.update({"patch.time_proj.weight": [D, D], "patch.time_proj.bias": [D]})
     t.update(conv("vae.encoder.conv_in", 3, vc[0]))
     for i in range(L + 1):
         t.update(resblock(f"vae.encoder.down.{i}.res", vc[i - 1] if i else vc[0], vc[i]))
@@ -111,6 +117,15 @@ class TensorNames(unittest.TestCase):
         d = preset("tiny").to_dict()
         d["patch"].update(kind="linear", size=4, channels=[])
         self.check(Config.from_dict(d))
+
+    def test_format_2_patch_conditioning(self):
+        for kind, size, channels in (("unet", 2, [16]), ("linear", 4, [])):
+            for pos, time in ((True, True), (True, False), (False, True)):
+                d = preset("tiny").to_dict()
+                d["format_version"] = 2
+                d["patch"].update(kind=kind, size=size, channels=channels,
+                                  position_embedding=pos, timestep_tokens=time)
+                self.check(Config.from_dict(d))
 
     def test_single_level_vae(self):
         d = preset("tiny").to_dict()

@@ -67,12 +67,27 @@ class VaeConfig:
     shift: float
 
 
+FORMAT_VERSIONS = (1, 2)
+
+
+def _since(version: int, default):
+    """A key introduced by config format `version`: required from that version on, rejected
+    before it (where it reads as `default`, the behaviour of the older format)."""
+    return dataclasses.field(default=default, metadata={"since": version})
+
+
 @dataclass
 class PatchConfig:
     kind: str
     size: int
     channels: list[int]
     timestep_freq_dim: int
+    # Format 2: a learned per-cell position `patch.pos_embed [N, D]` added to the patch
+    # vectors (the 2-D grid place of each patch, which 1-D RoPE over the sequence lacks).
+    position_embedding: bool = _since(2, False)
+    # Format 2: `patch.time_proj(SiLU(temb))` added to the patch vectors, so the backbone
+    # knows the noise level of the image it attends to.
+    timestep_tokens: bool = _since(2, False)
 
 
 @dataclass
@@ -133,7 +148,11 @@ class Config:
     @classmethod
     def from_dict(cls, data: typing.Any) -> "Config":
         """Parse and validate a decoded config.json object."""
-        cfg = _parse(cls, data, "")
+        version = data.get("format_version") if isinstance(data, dict) else None
+        if not isinstance(version, int) or version not in FORMAT_VERSIONS:
+            raise ConfigError(f"format_version: expected {' | '.join(map(str, FORMAT_VERSIONS))}, "
+                              f"found {version!r}")
+        cfg = _parse(cls, data, "", version)
         cfg.validate()
         return cfg
 
@@ -150,14 +169,24 @@ class Config:
             raise ConfigError(f"{path}: {e}") from None
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The config.json object: keys of a later format than `format_version` are left out."""
+        return _to_dict(self, self.format_version)
+
+    @property
+    def uses_format_2(self) -> bool:
+        """Whether a format-2 key is on (such a config must be written as format 2)."""
+        return self.patch.position_embedding or self.patch.timestep_tokens
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     # ---- validation (docs/checkpoint.md "Rules checked on load") ----------------------
     def validate(self) -> None:
-        _expect(self.format_version == 1, "format_version", "1", self.format_version)
+        _expect(self.format_version in FORMAT_VERSIONS, "format_version",
+                " | ".join(map(str, FORMAT_VERSIONS)), self.format_version)
+        _expect(self.format_version >= 2 or not self.uses_format_2, "format_version",
+                "2 (patch.position_embedding and patch.timestep_tokens are format-2 keys)",
+                self.format_version)
         sizes = {
             "text.vocab_size": self.text.vocab_size,
             "text.max_seq_len": self.text.max_seq_len,
@@ -241,14 +270,35 @@ def _expect(ok: bool, key: str, expected: str, found: typing.Any) -> None:
         raise ConfigError(f"{key}: expected {expected}, found {found!r}")
 
 
-def _parse(cls, data: typing.Any, prefix: str):
-    """Build dataclass `cls` from `data`, rejecting unknown/missing keys and wrong types."""
+def _fields(cls, version: int):
+    """The fields of dataclass `cls` that config format `version` has."""
+    return [f for f in dataclasses.fields(cls) if f.metadata.get("since", 1) <= version]
+
+
+def _to_dict(obj, version: int) -> dict:
+    out = {}
+    for f in _fields(type(obj), version):
+        value = getattr(obj, f.name)
+        out[f.name] = _to_dict(value, version) if dataclasses.is_dataclass(value) else \
+            (list(value) if isinstance(value, list) else value)
+    return out
+
+
+def _parse(cls, data: typing.Any, prefix: str, version: int):
+    """Build dataclass `cls` from `data`, rejecting unknown/missing keys and wrong types; keys
+    of a format later than `version` are unknown, earlier ones required."""
     where = prefix.rstrip(".") or "config"
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected an object, found {data!r}")
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    fields = _fields(cls, version)
+    names = [f.name for f in fields]
+    later = {f.name: f.metadata["since"] for f in dataclasses.fields(cls)
+             if f.metadata.get("since", 1) > version}
     for key in data:
+        if key in later:
+            raise ConfigError(f"{prefix}{key}: needs format_version {later[key]} "
+                              f"(this config is format_version {version})")
         if key not in names:
             raise ConfigError(f"{prefix}{key}: unknown key (expected one of {', '.join(names)})")
     values = {}
@@ -256,13 +306,13 @@ def _parse(cls, data: typing.Any, prefix: str):
         key = prefix + name
         if name not in data:
             raise ConfigError(f"{key}: missing key")
-        values[name] = _convert(hints[name], data[name], key)
+        values[name] = _convert(hints[name], data[name], key, version)
     return cls(**values)
 
 
-def _convert(tp, value, key):
+def _convert(tp, value, key, version):
     if dataclasses.is_dataclass(tp):
-        return _parse(tp, value, key + ".")
+        return _parse(tp, value, key + ".", version)
     if tp is bool:
         ok = isinstance(value, bool)
     elif tp is int:
@@ -275,7 +325,8 @@ def _convert(tp, value, key):
     elif typing.get_origin(tp) is list:
         if not isinstance(value, list):
             raise ConfigError(f"{key}: expected a list, found {value!r}")
-        return [_convert(typing.get_args(tp)[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
+        return [_convert(typing.get_args(tp)[0], v, f"{key}[{i}]", version)
+                for i, v in enumerate(value)]
     else:  # pragma: no cover - all field types are handled above
         raise TypeError(tp)
     if not ok:

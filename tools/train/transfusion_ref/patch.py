@@ -7,6 +7,8 @@ passed from `patch_in` to `patch_out` as skips, as in the paper's U-Net variant)
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -78,8 +80,27 @@ class UNet(nn.Module):
         return self.conv_out(F.silu(self.norm_out(h)))
 
 
+def grid_sincos(grid: int, dim: int) -> torch.Tensor:
+    """`[g*g, D]` 2-D sin-cos table (raster order): the first D/2 features encode the column,
+    the last D/2 the row, each as `[sin(x w), cos(x w)]` with `w_k = 10000^(-k/(D/4))`.
+    The initial value of `patch.pos_embed` (trained from there)."""
+    quarter = dim // 4
+    w = torch.exp(-math.log(10000.0) * torch.arange(quarter, dtype=torch.float64) / quarter)
+    pos = torch.arange(grid, dtype=torch.float64)
+    ang = pos[:, None] * w[None]                                     # [g, D/4]
+    axis = torch.cat([ang.sin(), ang.cos()], dim=1)                  # [g, D/2]
+    col = axis[None, :, :].expand(grid, grid, -1)                    # [gy, gx, D/2] by gx
+    row = axis[:, None, :].expand(grid, grid, -1)                    # by gy
+    table = torch.cat([col, row], dim=-1).reshape(grid * grid, -1)
+    out = torch.zeros(grid * grid, dim, dtype=torch.float64)
+    out[:, :table.shape[1]] = table
+    return out.float()
+
+
 class PatchLayers(nn.Module):
-    """`patch.*`: either `in_proj`/`out_proj` (linear) or `unet` (U-Net)."""
+    """`patch.*`: either `in_proj`/`out_proj` (linear) or `unet` (U-Net), and the optional
+    format-2 conditioning of the patch vectors: `pos_embed` (2-D cell position) and
+    `time_proj` (timestep), both added to what `encode` hands the backbone."""
 
     def __init__(self, cfg: Config):
         super().__init__()
@@ -94,12 +115,27 @@ class PatchLayers(nn.Module):
             feat = self.channels * self.size ** 2
             self.in_proj = nn.Linear(feat, D)
             self.out_proj = nn.Linear(D, feat)
+        self.pos_embed = nn.Parameter(grid_sincos(cfg.patch_grid, D)) \
+            if cfg.patch.position_embedding else None
+        self.time_proj = None
+        if cfg.patch.timestep_tokens:
+            # Zero-initialised: a model starts as its format-1 self and learns how much of
+            # the noise level each feature should carry.
+            self.time_proj = nn.Linear(D, D)
+            nn.init.zeros_(self.time_proj.weight)
+            nn.init.zeros_(self.time_proj.bias)
 
     def encode(self, latent, temb):
         """latent `[B, C, Hl, Hl]`, temb `[B, D]` -> (patches `[B, N, D]`, skips)."""
         if self.kind == "unet":
-            return self.unet.encode(latent, temb)
-        return self.in_proj(patchify(latent, self.size)) + temb[:, None, :], []
+            patches, skips = self.unet.encode(latent, temb)
+        else:
+            patches, skips = self.in_proj(patchify(latent, self.size)) + temb[:, None, :], []
+        if self.pos_embed is not None:
+            patches = patches + self.pos_embed.to(patches.dtype)[None]
+        if self.time_proj is not None:
+            patches = patches + self.time_proj(F.silu(temb)).to(patches.dtype)[:, None, :]
+        return patches, skips
 
     def decode(self, hidden, skips, temb):
         """hidden `[B, N, D]` (+ U-Net skips), temb `[B, D]` -> prediction `[B, C, Hl, Hl]`."""
