@@ -8,6 +8,7 @@ use tract_onnx::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::graph::{tensor_to_f32, Graph};
+use crate::image::RgbImage;
 use crate::limits::MemoryPlan;
 use crate::manifest::{FloatDtype, Manifest, Precision, GRAPH_NAMES};
 use crate::options::{Device, LoadOptions, PrecisionChoice};
@@ -215,9 +216,12 @@ impl Model {
     /// Loads the bundle in `dir`: reads and checks the manifest, the tokenizer, and every graph
     /// (interface checked against the manifest, optimised once by tract).
     pub fn load(dir: impl AsRef<Path>, options: &LoadOptions) -> Result<Self> {
-        Self::load_with(dir, options, &mut |name, path, runtime| match runtime {
-            Some(runtime) => Graph::load_on(name, path, runtime),
-            None => Graph::load(name, path),
+        // The SDK runs every graph at batch 1 (a guidance pass is a second session, not a
+        // second batch row): tract plans each graph for that size.
+        let batch_1 = [("B", 1)];
+        let cpu = tract_onnx::tract_core::runtime::DefaultRuntime;
+        Self::load_with(dir, options, &mut |name, path, runtime| {
+            Graph::load_specialized(name, path, runtime.unwrap_or(&cpu), &batch_1)
         })
     }
 
@@ -241,8 +245,6 @@ impl Model {
                     message: format!("must be in 1..=1024, got {n}"),
                 });
             }
-            let executor = tract_linalg::multithread::Executor::multithread(n);
-            tract_linalg::multithread::set_default_executor(executor);
         }
         let manifest = Manifest::load(dir)?;
         // Every graph's precision and file first: the memory plan is checked before reading any.
@@ -278,7 +280,10 @@ impl Model {
         for ((name, precision, file, on_gpu), (_, _, path)) in chosen.into_iter().zip(files) {
             let entry = manifest.graph(name)?;
             let runtime = gpu.filter(|_| on_gpu);
-            let graph = load_graph(name, &path, runtime)?;
+            let mut graph = load_graph(name, &path, runtime)?;
+            if let Some(n) = options.threads {
+                graph = graph.with_threads(n);
+            }
             graph.check_interface(entry, file.float)?;
             log::info!(
                 "loaded {name} ({precision}, {}) from {}",
@@ -352,6 +357,38 @@ impl Model {
                 .map(|p| p.precision),
             )
             .collect()
+    }
+
+    /// Encodes `image` to a latent with the bundle's `vae_encoder` and decodes that latent back
+    /// with `vae_decoder`, the two graphs every captioned (encode) and generated (decode) image
+    /// goes through: what comes back is the best the VAE lets any image of this model be.
+    ///
+    /// An image of another size than the model's (`geometry.image_size`) is resized to it
+    /// first with [`RgbImage::resize`], as captioning does; the result has the model's size.
+    ///
+    /// ```no_run
+    /// # use transfusion_sdk::{LoadOptions, Model, RgbImage};
+    /// let model = Model::load("models/shapes64/bundle", &LoadOptions::default())?;
+    /// let image = RgbImage::load_png("scene.png")?;
+    /// model.vae_roundtrip(&image)?.save_png("scene.vae.png")?;
+    /// # Ok::<(), transfusion_sdk::Error>(())
+    /// ```
+    ///
+    /// Errors: those of [`RgbImage::resize`] and of running the graphs ([`Error::Numerical`]
+    /// for a non-finite latent).
+    pub fn vae_roundtrip(&self, image: &RgbImage) -> Result<RgbImage> {
+        let size = self.manifest.geometry.image_size;
+        let resized;
+        let image = if image.width() as usize != size || image.height() as usize != size {
+            resized = image.resize(size as u32, size as u32)?;
+            &resized
+        } else {
+            image
+        };
+        let mut session = crate::session::Session::new(self)?;
+        let latent = session.encode_image(&image.to_chw())?;
+        let rgb = session.decode_latent(&latent)?;
+        RgbImage::from_chw(&rgb, size, size)
     }
 
     /// [`Model::precisions`] as one line for logs, e.g. `text_embed fp32, backbone int8, …`.

@@ -213,3 +213,26 @@ fn guidance_runs_the_unconditional_branch() {
         .unwrap();
     assert_ne!(plain.images()[0], guided.images()[0]);
 }
+
+#[test]
+fn vae_roundtrip_is_encode_then_decode_at_the_model_size() {
+    let model = tiny_model();
+    let size = model.manifest().geometry.image_size;
+    let data: Vec<u8> = (0..size * size * 3).map(|i| (i * 37 % 251) as u8).collect();
+    let input = RgbImage::new(size as u32, size as u32, data).unwrap();
+    let out = model.vae_roundtrip(&input).unwrap();
+    assert_eq!((out.width() as usize, out.height() as usize), (size, size));
+    // The same as the session's two graph calls.
+    let mut session = Session::new(model).unwrap();
+    let latent = session.encode_image(&input.to_chw()).unwrap();
+    let rgb = session.decode_latent(&latent).unwrap();
+    assert_eq!(out, RgbImage::from_chw(&rgb, size, size).unwrap());
+    // Another input gives another image (the decoder reads the latent).
+    let flat = RgbImage::filled(size as u32, size as u32, [240, 220, 40]).unwrap();
+    assert_ne!(model.vae_roundtrip(&flat).unwrap(), out);
+    // Any size: resized to the model's first.
+    let big = input.resize(2 * size as u32, size as u32 + 8).unwrap();
+    let from_big = model.vae_roundtrip(&big).unwrap();
+    let resized = big.resize(size as u32, size as u32).unwrap();
+    assert_eq!(from_big, model.vae_roundtrip(&resized).unwrap());
+}

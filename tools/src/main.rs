@@ -105,6 +105,10 @@ enum Command {
         /// Where tract runs the graphs: cpu, cuda or auto (the `cuda-*` SDK features).
         #[arg(long, default_value = "cpu")]
         device: transfusion_sdk::Device,
+        /// Instead of the end-to-end figures: time every node of every graph at the sizes the
+        /// SDK runs (first precision and thread count; --runs, --warmup, --prompt-tokens apply).
+        #[arg(long)]
+        profile: bool,
     },
     /// Generate a synthetic training dataset: `shapes` (format in docs/dataset.md).
     Dataset {
@@ -125,11 +129,24 @@ enum Command {
     },
     /// Score a bundle on the shapes domain: GenEval-style image categories and captioning.
     Eval {
-        /// The bundle (optional with --write-prompts alone).
+        /// The bundle (optional with --write-prompts alone; none with --score-images).
         bundle: Option<PathBuf>,
-        /// Prompts file (JSON lines); default: built from the held-out split.
+        /// Prompts file (JSON lines); default: the --prompt-set.
         #[arg(long)]
         prompts: Option<PathBuf>,
+        /// Built-in prompts: heldout (the held-out colour–shape pairs) or seen (train-split
+        /// pairs, same grammar, categories and counts).
+        #[arg(long, conflicts_with = "prompts")]
+        prompt_set: Option<transfusion_tools::eval::score::PromptSet>,
+        /// Diagnostic, instead of generating: pass N train-split scenes through the bundle's
+        /// VAE and score the originals and the round trips with the checker.
+        #[arg(long, value_name = "N",
+              conflicts_with_all = ["prompts", "prompt_set", "write_prompts", "score_images"])]
+        vae_roundtrip: Option<usize>,
+        /// Score the PNGs listed in DIR/index.jsonl (docs/dataset.md) instead of a bundle's.
+        #[arg(long, value_name = "DIR",
+              conflicts_with_all = ["prompts", "prompt_set", "write_prompts", "bundle"])]
+        score_images: Option<PathBuf>,
         /// Write the prompt list (JSON lines) here.
         #[arg(long)]
         write_prompts: Option<PathBuf>,
@@ -148,7 +165,7 @@ enum Command {
         /// auto, fp32, fp16 or int8.
         #[arg(long, default_value = "auto")]
         precision: transfusion_sdk::PrecisionChoice,
-        /// Held-out dataset images to caption (0: skip captioning).
+        /// Held-out dataset images to caption, and as many train-split ones (0: skip).
         #[arg(long, default_value_t = 32)]
         captions: usize,
         /// Threads for matrix products.
@@ -256,7 +273,28 @@ fn run(cli: Cli) -> Result<bool> {
             decode_tokens,
             ort,
             device,
+            profile,
         } => {
+            if profile {
+                use transfusion_tools::bench::profile::{profile, to_text, ProfileOptions};
+                if ort || device != transfusion_sdk::Device::Cpu {
+                    return Err(Error::Invalid(
+                        "bench --profile times tract's CPU plan: it takes neither --ort nor --device"
+                            .into(),
+                    ));
+                }
+                let options = ProfileOptions {
+                    precision: precision.first().copied().unwrap_or(Precision::Fp32),
+                    threads: threads.first().copied().unwrap_or(1),
+                    runs,
+                    warmup,
+                    prompt_tokens,
+                    ..ProfileOptions::default()
+                };
+                let report = profile(&bundle, &options)?;
+                print_report(json, &report, || to_text(&report))?;
+                return Ok(true);
+            }
             let options = BenchOptions {
                 precisions: precision,
                 threads,
@@ -303,6 +341,9 @@ fn run(cli: Cli) -> Result<bool> {
         Command::Eval {
             bundle,
             prompts,
+            prompt_set,
+            vae_roundtrip,
+            score_images,
             write_prompts,
             seeds,
             steps,
@@ -314,14 +355,39 @@ fn run(cli: Cli) -> Result<bool> {
             save_images,
             json,
         } => {
-            use transfusion_tools::eval::{evaluate, score, EvalOptions};
-            let prompts = match &prompts {
-                Some(path) => score::read_prompts(path)?,
-                None => score::default_prompts(),
+            use transfusion_tools::eval::{evaluate, images, score, vae, EvalOptions};
+            if let Some(dir) = &score_images {
+                let report = images::score_images(dir, !json)?;
+                print_report(json, &report.to_json(), || report.to_text())?;
+                return Ok(true);
+            }
+            if let Some(count) = vae_roundtrip {
+                let Some(bundle) = bundle else {
+                    return Err(Error::Invalid(
+                        "--vae-roundtrip needs a BUNDLE directory".into(),
+                    ));
+                };
+                let options = vae::VaeOptions {
+                    count,
+                    precision,
+                    threads,
+                    save_images,
+                    progress: !json,
+                };
+                let report = vae::vae_roundtrip(&bundle, &options)?;
+                print_report(json, &report.to_json(), || report.to_text())?;
+                return Ok(true);
+            }
+            let (prompts_list, prompt_set) = match &prompts {
+                Some(path) => (score::read_prompts(path)?, None),
+                None => {
+                    let set = prompt_set.unwrap_or_default();
+                    (set.prompts(), Some(set))
+                }
             };
             if let Some(path) = &write_prompts {
-                score::write_prompts(path, &prompts)?;
-                eprintln!("wrote {} prompts to {}", prompts.len(), path.display());
+                score::write_prompts(path, &prompts_list)?;
+                eprintln!("wrote {} prompts to {}", prompts_list.len(), path.display());
             }
             let Some(bundle) = bundle else {
                 if write_prompts.is_some() {
@@ -330,7 +396,9 @@ fn run(cli: Cli) -> Result<bool> {
                 return Err(Error::Invalid("eval needs a BUNDLE directory".into()));
             };
             let options = EvalOptions {
-                prompts,
+                prompts: prompts_list,
+                prompt_set,
+                prompts_file: prompts,
                 seeds,
                 steps,
                 sampler,

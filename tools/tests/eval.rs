@@ -9,8 +9,8 @@ use transfusion_sdk::RgbImage;
 use transfusion_tools::convert::{convert, ConvertOptions};
 use transfusion_tools::eval::checker::Checker;
 use transfusion_tools::eval::score::{
-    check, default_prompts, ground_truth, read_prompts, write_prompts, Category, Expectation,
-    MatchMode,
+    check, default_prompts, ground_truth, read_prompts, seen_prompts, write_prompts, Category,
+    Expectation, MatchMode,
 };
 use transfusion_tools::onnx::Int8Parts;
 use transfusion_tools::shapes::render::render;
@@ -192,9 +192,18 @@ fn scene_for(expect: &Expectation) -> Scene {
 
 #[test]
 fn default_prompts_cover_every_category_and_pass_on_their_own_scenes() {
-    let prompts = default_prompts();
+    prompts_pass_on_their_own_scenes(default_prompts());
+}
+
+#[test]
+fn seen_prompts_pass_on_their_own_scenes() {
+    let seen = seen_prompts();
+    assert_ne!(seen, default_prompts());
+    prompts_pass_on_their_own_scenes(seen);
+}
+
+fn prompts_pass_on_their_own_scenes(prompts: Vec<transfusion_tools::eval::score::EvalPrompt>) {
     assert_eq!(prompts.len(), 56);
-    assert_eq!(prompts, default_prompts());
     for c in Category::ALL {
         assert!(prompts.iter().any(|p| p.category == c), "{c:?}");
     }
@@ -301,6 +310,34 @@ fn eval_runs_end_to_end_on_the_tiny_model() {
     assert!(report["notes"][0].as_str().unwrap().contains("resized"));
     assert_eq!(report["images"].as_array().unwrap().len(), 12);
     assert_eq!(report["captions"].as_array().unwrap().len(), 3);
+    // Seen-pair captions beside the held-out ones, and the breakdowns.
+    assert_eq!(report["captions_seen"].as_array().unwrap().len(), 3);
+    assert!(report["caption_accuracy_seen"].is_f64(), "{report}");
+    assert!(report["caption_attributes_seen"]["colours"].is_f64());
+    assert_eq!(report["prompt_set"], "file");
+    assert_eq!(report["prompts_file"], p);
+    // The default prompts name no size: every image is `unspecified`.
+    assert_eq!(report["by_size"]["unspecified"]["total"], 12);
+    let shape_totals: u64 = report["by_shape"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|t| t["total"].as_u64().unwrap())
+        .sum();
+    assert!(shape_totals >= 12, "{}", report["by_shape"]);
+    let caption_shapes: u64 = report["caption_shape_named"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|t| t["total"].as_u64().unwrap())
+        .sum();
+    let objects: usize = report["captions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["object_shapes"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(caption_shapes as usize, objects);
     let out = run(&[
         "eval",
         b,
@@ -324,6 +361,143 @@ fn eval_runs_end_to_end_on_the_tiny_model() {
         "{text}"
     );
     let out = run(&["eval", b, "--seeds", "0"]);
+    assert!(!out.status.success());
+
+    // --prompts and --prompt-set together are refused, naming both.
+    let out = run(&["eval", b, "--prompts", p, "--prompt-set", "seen"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--prompts") && err.contains("--prompt-set"),
+        "{err}"
+    );
+    let out = run(&["eval", b, "--prompt-set", "unseen"]);
+    assert!(!out.status.success());
+
+    // The seen prompt set, one seed, no captions.
+    let out = run(&[
+        "eval",
+        b,
+        "--prompt-set",
+        "seen",
+        "--seeds",
+        "1",
+        "--steps",
+        "1",
+        "--captions",
+        "0",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["prompt_set"], "seen");
+    assert_eq!(report["images"].as_array().unwrap().len(), 56);
+    assert_eq!(report["images"][0]["prompt"], seen_prompts()[0].prompt);
+    assert!(report["caption_accuracy_seen"].is_null());
+
+    // The VAE round trip: originals at the checker's ceiling, round trips counted.
+    let saved = dir.path().join("vae");
+    let out = run(&[
+        "eval",
+        b,
+        "--vae-roundtrip",
+        "4",
+        "--save-images",
+        saved.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["diagnostic"], "vae_roundtrip");
+    assert_eq!(report["original_accuracy"], 1.0);
+    assert_eq!(report["roundtrip"]["total"], 4);
+    assert_eq!(report["scenes"].as_array().unwrap().len(), 4);
+    assert!(report["by_shape"]["roundtrip"].is_object());
+    assert!(report["notes"][0].as_str().unwrap().contains("resized"));
+    assert!(saved.join("003_vae.png").is_file() && saved.join("000_original.png").is_file());
+    let text = run(&["eval", b, "--vae-roundtrip", "2"]);
+    assert!(text.status.success());
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("round trip") && text.contains("by shape"),
+        "{text}"
+    );
+    let out = run(&["eval", b, "--vae-roundtrip", "2", "--prompt-set", "seen"]);
+    assert!(!out.status.success());
+    let out = run(&["eval", b, "--vae-roundtrip", "0"]);
+    assert!(!out.status.success());
+}
+
+#[test]
+fn seen_prompts_are_the_shipped_seen_pairs_file() {
+    // models/shapes64/prompts-seen-pairs.jsonl was written by hand with the rule `seen`
+    // implements (each held-out colour swapped for the next row's colour).
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/shapes64/prompts-seen-pairs.jsonl");
+    assert_eq!(read_prompts(&path).unwrap(), seen_prompts());
+}
+
+#[test]
+fn score_images_cli_scores_renders_at_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut index = String::new();
+    for i in 0..8u64 {
+        let s = sample(9, Split::All, i).scene;
+        image(&s)
+            .save_png(dir.path().join(format!("{i}.png")))
+            .unwrap();
+        index.push_str(&format!(
+            "{{\"file\": \"{i}.png\", \"scene\": {{\"split\": \"all\", \"seed\": 9, \"index\": {i}}}}}\n"
+        ));
+    }
+    std::fs::write(dir.path().join("index.jsonl"), &index).unwrap();
+    let d = dir.path().to_str().unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_transfusion"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["eval", "--score-images", d, "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["overall"], 1.0);
+    assert_eq!(report["counts"]["scene"]["total"], 8);
+    assert!(report["by_size"]
+        .as_object()
+        .unwrap()
+        .values()
+        .all(|t| t["accuracy"] == 1.0));
+    let out = run(&["eval", "--score-images", d]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("overall") && text.contains("by shape"),
+        "{text}"
+    );
+    // A bad line names the file and the line.
+    std::fs::write(
+        dir.path().join("index.jsonl"),
+        format!("{index}{{\"file\": 3}}\n"),
+    )
+    .unwrap();
+    let out = run(&["eval", "--score-images", d]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("index.jsonl:9:"), "{err}");
+    // No bundle with --score-images.
+    let out = run(&["eval", "bundle", "--score-images", d]);
     assert!(!out.status.success());
 }
 

@@ -217,14 +217,83 @@ fn partner(i: usize) -> (Colour, Shape) {
         .map_or((colour(1), shape(1)), |ps| (pc, ps))
 }
 
+/// Which colour–shape pairs a prompt set is built from (`eval --prompt-set`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PromptSet {
+    /// The held-out pairs ([`HELD_OUT`]): compositional generalisation ([`default_prompts`]).
+    #[default]
+    #[serde(rename = "heldout")]
+    HeldOut,
+    /// Pairs of the train split ([`seen_pairs`]), same grammar and categories ([`seen_prompts`]).
+    Seen,
+}
+
+impl PromptSet {
+    /// The name on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            PromptSet::HeldOut => "heldout",
+            PromptSet::Seen => "seen",
+        }
+    }
+
+    /// The prompts of this set.
+    pub fn prompts(self) -> Vec<EvalPrompt> {
+        match self {
+            PromptSet::HeldOut => default_prompts(),
+            PromptSet::Seen => seen_prompts(),
+        }
+    }
+}
+
+impl std::str::FromStr for PromptSet {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "heldout" | "held-out" | "held_out" => Ok(PromptSet::HeldOut),
+            "seen" | "train" => Ok(PromptSet::Seen),
+            other => Err(format!(
+                "unknown prompt set `{other}` (expected heldout or seen)"
+            )),
+        }
+    }
+}
+
+/// Train-split counterparts of the held-out pairs: row `i` keeps the shape of
+/// `HELD_OUT[i]` and takes the colour of the next row (`HELD_OUT[(i + 1) % 8]`). The held-out
+/// pairs are a transversal (one per colour, one per shape), so each such pair is in the train
+/// split, and the eight are again one per colour and one per shape.
+pub fn seen_pairs() -> Vec<(Colour, Shape)> {
+    let next_colours = HELD_OUT.iter().cycle().skip(1).map(|&(c, _)| c);
+    HELD_OUT
+        .iter()
+        .zip(next_colours)
+        .map(|(&(_, s), c)| (c, s))
+        .collect()
+}
+
 /// The default prompts: for each held-out pair, one prompt per category (two for position:
 /// a relation and a canvas position). Deterministic; 56 prompts.
 pub fn default_prompts() -> Vec<EvalPrompt> {
+    prompts_from_pairs(&HELD_OUT)
+}
+
+/// The `seen` prompt set: [`default_prompts`] with every held-out pair replaced by its
+/// [`seen_pairs`] row (same partners, relations, positions and counts), so every object of
+/// every prompt has a colour–shape pair of the train split. Deterministic; 56 prompts.
+pub fn seen_prompts() -> Vec<EvalPrompt> {
+    prompts_from_pairs(&seen_pairs())
+}
+
+/// One prompt per category (two for position) for each pair; row `i` gets the partner,
+/// relation, position and count of held-out row `i`.
+fn prompts_from_pairs(pairs: &[(Colour, Shape)]) -> Vec<EvalPrompt> {
     let mut out = Vec::new();
     let relations = Relation::ALL.iter().cycle();
     let positions = Position::ALL.iter().cycle();
     for (i, ((&(c, s), &relation), &position)) in
-        HELD_OUT.iter().zip(relations).zip(positions).enumerate()
+        pairs.iter().zip(relations).zip(positions).enumerate()
     {
         let (pc, ps) = partner(i);
         let mut push = |category, words: Vec<&'static str>, expect| {
@@ -335,4 +404,113 @@ pub fn write_prompts(path: &Path, prompts: &[EvalPrompt]) -> Result<()> {
     }
     let mut file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
     file.write_all(&bytes).map_err(|e| Error::io(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shapes::spec::COUNT_WORDS;
+
+    /// The colour–shape pairs a prompt's words name: a colour word followed by a shape word.
+    fn named_pairs(prompt: &str) -> Vec<(Colour, Shape)> {
+        let words: Vec<&str> = prompt.split_whitespace().collect();
+        words
+            .windows(2)
+            .filter_map(|w| {
+                let c = Colour::ALL.into_iter().find(|c| c.word() == w[0])?;
+                let s = Shape::ALL
+                    .into_iter()
+                    .find(|s| s.word() == w[1] || s.plural() == w[1])?;
+                Some((c, s))
+            })
+            .collect()
+    }
+
+    fn category_counts(prompts: &[EvalPrompt]) -> Vec<(Category, usize)> {
+        Category::ALL
+            .iter()
+            .map(|&c| (c, prompts.iter().filter(|p| p.category == c).count()))
+            .collect()
+    }
+
+    #[test]
+    fn seen_pairs_are_train_pairs_one_per_colour_and_shape() {
+        let pairs = seen_pairs();
+        assert_eq!(pairs.len(), HELD_OUT.len());
+        for &(c, s) in &pairs {
+            assert!(!is_held_out(c, s), "{c:?} {s:?}");
+        }
+        for c in Colour::ALL {
+            assert_eq!(pairs.iter().filter(|p| p.0 == c).count(), 1, "{c:?}");
+        }
+        for s in Shape::ALL {
+            assert_eq!(pairs.iter().filter(|p| p.1 == s).count(), 1, "{s:?}");
+        }
+    }
+
+    #[test]
+    fn seen_prompt_set_uses_only_train_split_pairs() {
+        let seen = PromptSet::Seen.prompts();
+        let heldout = PromptSet::HeldOut.prompts();
+        assert_eq!(heldout, default_prompts());
+        assert_eq!(seen.len(), heldout.len());
+        assert_eq!(category_counts(&seen), category_counts(&heldout));
+        let mut held_out_named = 0;
+        for (p, h) in seen.iter().zip(&heldout) {
+            assert_eq!(p.category, h.category);
+            assert_eq!(p.expect.mode, h.expect.mode);
+            assert_eq!(p.expect.relation, h.expect.relation);
+            assert_eq!(p.expect.objects.len(), h.expect.objects.len());
+            // Every pair the words name and every pair the checker asks for is a train pair.
+            let named = named_pairs(&p.prompt);
+            assert!(!named.is_empty(), "{}", p.prompt);
+            for (c, s) in named {
+                assert!(!is_held_out(c, s), "`{}` names {c:?} {s:?}", p.prompt);
+            }
+            for o in &p.expect.objects {
+                if let Some(c) = o.colour {
+                    assert!(!is_held_out(c, o.shape), "`{}`: {o:?}", p.prompt);
+                }
+            }
+            // Same grammar: only colour words differ from the held-out prompt.
+            let (a, b): (Vec<&str>, Vec<&str>) = (
+                p.prompt.split_whitespace().collect(),
+                h.prompt.split_whitespace().collect(),
+            );
+            assert_eq!(a.len(), b.len(), "`{}` vs `{}`", p.prompt, h.prompt);
+            for (x, y) in a.iter().zip(&b) {
+                let colour = |w: &str| Colour::ALL.iter().any(|c| c.word() == w);
+                let article = |w: &str| w == "a" || w == "an";
+                assert!(
+                    x == y || (colour(x) && colour(y)) || (article(x) && article(y)),
+                    "`{}` vs `{}`",
+                    p.prompt,
+                    h.prompt
+                );
+            }
+            held_out_named += named_pairs(&h.prompt)
+                .iter()
+                .filter(|(c, s)| is_held_out(*c, *s))
+                .count();
+            if p.category == Category::Counting {
+                assert!(COUNT_WORDS.iter().any(|w| p.prompt.starts_with(w)));
+            }
+        }
+        // The held-out set, by contrast, names a held-out pair in every prompt.
+        assert_eq!(held_out_named, heldout.len());
+    }
+
+    #[test]
+    fn prompt_set_names_parse_back() {
+        for set in [PromptSet::HeldOut, PromptSet::Seen] {
+            assert_eq!(set.name().parse::<PromptSet>(), Ok(set));
+            assert_eq!(serde_json::to_value(set).unwrap(), set.name());
+        }
+        assert_eq!(PromptSet::default(), PromptSet::HeldOut);
+        let err = "unseen".parse::<PromptSet>().unwrap_err();
+        assert!(
+            err.contains("unseen") && err.contains("heldout or seen"),
+            "{err}"
+        );
+    }
 }
