@@ -6,6 +6,8 @@ use std::sync::Arc;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
 
+use tract_linalg::multithread::{multithread_tract_scope, Executor};
+
 use crate::error::{catch_panic, Error, Result};
 use crate::manifest::{FloatDtype, GraphEntry, IoDtype};
 
@@ -18,6 +20,8 @@ pub struct Graph {
     runtime: String,
     inputs: Vec<(String, Option<DatumType>)>,
     outputs: Vec<String>,
+    /// The matrix-product executor of this graph's runs (`None`: tract's process default).
+    executor: Option<Executor>,
 }
 
 impl std::fmt::Debug for Graph {
@@ -39,6 +43,21 @@ impl Graph {
     /// Loads the ONNX file at `path` and prepares it for `runtime` (tract's CPU runtime, or a
     /// GPU one such as tract-cuda's).
     pub fn load_on(name: &str, path: &Path, runtime: &dyn Runtime) -> Result<Self> {
+        Self::load_specialized(name, path, runtime, &[])
+    }
+
+    /// Like [`Graph::load_on`], with the symbolic dimensions named in `symbols` bound to
+    /// values before tract optimises the graph. The ONNX file keeps its symbols (`B` for the
+    /// batch, docs/bundle.md); a plan for a concrete size lets tract pick convolution and
+    /// matrix-product kernels for it instead of generic ones, which at batch 1 — all the SDK
+    /// ever runs — makes the VAE and patch graphs markedly faster (docs/performance.md).
+    /// A name the graph does not use is ignored.
+    pub fn load_specialized(
+        name: &str,
+        path: &Path,
+        runtime: &dyn Runtime,
+        symbols: &[(&str, i64)],
+    ) -> Result<Self> {
         let fail = |stage: &str, e: TractError| Error::Graph {
             graph: name.to_string(),
             path: path.to_path_buf(),
@@ -79,9 +98,18 @@ impl Graph {
                         .unwrap_or_else(|| model.node(o.node).name.clone())
                 })
                 .collect();
-            let typed = model
+            let mut typed = model
                 .into_typed()
                 .map_err(|e| fail("tract could not type it", e))?;
+            let subs: std::collections::HashMap<Symbol, TDim> = symbols
+                .iter()
+                .filter_map(|&(s, v)| typed.symbols.get(s).map(|sym| (sym, TDim::Val(v))))
+                .collect();
+            if !subs.is_empty() {
+                typed = typed
+                    .set_symbols(&subs)
+                    .map_err(|e| fail("tract could not bind its symbols", e))?;
+            }
             let runnable = runtime.prepare(typed).map_err(|e| {
                 fail(
                     &format!("tract's `{}` runtime could not prepare it", runtime.name()),
@@ -102,7 +130,16 @@ impl Graph {
             runtime: runtime.name().to_string(),
             inputs,
             outputs,
+            executor: None,
         })
+    }
+
+    /// This graph's runs use `threads` matrix-product threads (1: on the calling thread only),
+    /// set for the duration of each run on the calling thread — no process-wide setting is
+    /// touched, so two models in one process keep their own thread counts.
+    pub fn with_threads(mut self, threads: usize) -> Self {
+        self.executor = Some(executor_for(threads));
+        self
     }
 
     /// Checks the file's inputs and outputs (names, order, element types) against the
@@ -162,11 +199,26 @@ impl Graph {
 
     /// Runs the graph on inputs in declaration order; outputs come in declaration order.
     pub fn run(&self, inputs: TVec<TValue>) -> Result<TVec<TValue>> {
-        self.runnable.run(inputs).map_err(|e| Error::Graph {
+        let run = || self.runnable.run(inputs);
+        let result = match &self.executor {
+            Some(executor) => multithread_tract_scope(executor.clone(), run),
+            None => run(),
+        };
+        result.map_err(|e| Error::Graph {
             graph: self.name.clone(),
             path: self.path.clone(),
             message: format!("run failed: {e:#}"),
         })
+    }
+}
+
+/// tract's executor for `threads` matrix-product threads. One thread is tract's single-thread
+/// executor: a one-thread rayon pool would still hand large products to rayon's global pool.
+fn executor_for(threads: usize) -> Executor {
+    if threads <= 1 {
+        Executor::SingleThread
+    } else {
+        Executor::multithread(threads)
     }
 }
 

@@ -92,8 +92,9 @@ impl std::str::FromStr for Device {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoadOptions {
     pub precision: PartPrecisions,
-    /// Threads for matrix products (tract's global pool; `None` keeps tract's default of 1).
-    /// The pool is process-wide: the last model loaded with `Some(n)` sets it.
+    /// Threads for this model's matrix products (`None`: tract's process-wide default, one
+    /// thread unless the app set another). Each model keeps its own pool: loading one never
+    /// changes another's.
     pub threads: Option<usize>,
     pub device: Device,
     /// Graphs kept on the CPU when the device is a GPU (default: `text_embed`, a table lookup

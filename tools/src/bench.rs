@@ -9,6 +9,7 @@
 
 mod measure;
 mod ort;
+pub mod profile;
 mod stats;
 
 use std::fmt::Write as _;

@@ -27,12 +27,16 @@ fn init_convert_inspect_verify() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // `init` is deterministic: seed 0 reproduces the committed fixture's weights exactly, so
-    // the fixture's PyTorch reference applies to it.
-    assert_eq!(
-        std::fs::read(ckpt.join("model.safetensors")).unwrap(),
-        std::fs::read(fixture().join("model.safetensors")).unwrap()
-    );
+    // `init` is deterministic: seed 0 reproduces the committed format-2 fixture's weights
+    // exactly, so that fixture's PyTorch reference applies to it.
+    let v2 = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-v2");
+    for file in ["model.safetensors", "config.json"] {
+        assert_eq!(
+            std::fs::read(ckpt.join(file)).unwrap(),
+            std::fs::read(v2.join(file)).unwrap(),
+            "{file}"
+        );
+    }
     let out = transfusion(&["convert", &s(&ckpt), "-o", &s(&bundle)]);
     assert!(
         out.status.success(),
@@ -45,7 +49,7 @@ fn init_convert_inspect_verify() {
     assert_eq!(report["kind"], "bundle");
     assert!(report["flops"]["per_image"].as_u64().unwrap() > 0);
     assert!(report["total_parameters"].as_u64().unwrap() > 0);
-    let reference = fixture().join("reference.safetensors");
+    let reference = v2.join("reference.safetensors");
     let out = transfusion(&["verify", &s(&bundle), "--reference", &s(&reference)]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
