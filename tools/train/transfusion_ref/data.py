@@ -101,13 +101,17 @@ class Shapes:
                 raise DataError(f"{self.path}: token ids differ from {tokenizer_path} "
                                 f"(first: {bad[0]})")
 
-    def image_batch(self, idx, size: int) -> torch.Tensor:
-        """Images `idx` as float32 `[B, 3, size, size]` in [-1, 1] (area-downsampled)."""
+    def image_batch(self, idx, size: int, device=None) -> torch.Tensor:
+        """Images `idx` as float32 `[B, 3, size, size]` in [-1, 1] (area-downsampled) on
+        `device` (the uint8 pixels are moved, then converted there)."""
         idx = np.asarray(idx)
         order = np.argsort(idx, kind="stable")  # sorted reads from the memmap
         raw = np.empty((len(idx),) + self.images.shape[1:], np.uint8)
         raw[order] = self.images[idx[order]]
-        x = torch.from_numpy(raw).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        x = torch.from_numpy(raw)
+        if device is not None and torch.device(device).type != "cpu":
+            x = x.to(device)
+        x = x.permute(0, 3, 1, 2).float() / 127.5 - 1.0
         if x.shape[-1] != size:
             x = F.interpolate(x, size=(size, size), mode="area")
         return x.contiguous()
@@ -138,36 +142,43 @@ def vae_fingerprint(model) -> str:
     h = hashlib.sha256()
     for name, t in sorted(model.vae.state_dict().items()):
         h.update(name.encode())
-        h.update(t.detach().to(torch.float32).contiguous().numpy().tobytes())
+        h.update(t.detach().to(torch.float32).contiguous().cpu().numpy().tobytes())
     h.update(f"{model.vae.scale!r}:{model.vae.shift!r}".encode())
     return h.hexdigest()
 
 
 @torch.no_grad()
 def encode_all(model, data: Shapes, size: int, batch: int = 256, log=None) -> torch.Tensor:
-    """Scaled posterior-mean latents of every image, float32 `[N, C, Hl, Hl]`."""
+    """Scaled posterior-mean latents of every image, float32 `[N, C, Hl, Hl]`, on the model's
+    device."""
     model.eval()
+    device = next(model.parameters()).device
     out = []
     for start in range(0, len(data), batch):
         idx = np.arange(start, min(start + batch, len(data)))
-        out.append(model.vae_encode(data.image_batch(idx, size)))
+        out.append(model.vae_encode(data.image_batch(idx, size, device)))
         if log and (start // batch) % 20 == 0:
             log(f"encoding latents {start + len(idx)}/{len(data)}")
     return torch.cat(out)
 
 
-def cached_latents(model, data: Shapes, size: int, cache_dir: Path, log=None) -> torch.Tensor:
-    """Latents of the whole dataset, encoded once per (VAE weights, dataset) and kept in
-    `cache_dir/latents-<key>.pt` (written atomically)."""
-    key = hashlib.sha256(f"{vae_fingerprint(model)}|{data.identity()}|{size}".encode())
+def cached_latents(model, data: Shapes, size: int, cache_dir: Path, log=None,
+                   write: bool = True) -> torch.Tensor:
+    """Latents of the whole dataset on the model's device, encoded once per (VAE weights,
+    dataset, device kind: a GPU's encoding differs in the last bits) and kept in
+    `cache_dir/latents-<key>.pt` (written atomically, unless `write` is false)."""
+    device = next(model.parameters()).device
+    where = "" if device.type == "cpu" else f"|{device.type}"
+    key = hashlib.sha256(f"{vae_fingerprint(model)}|{data.identity()}|{size}{where}".encode())
     path = Path(cache_dir) / f"latents-{key.hexdigest()[:16]}.pt"
     if path.is_file():
-        return torch.load(path, weights_only=True)
+        return torch.load(path, weights_only=True, map_location="cpu").to(device)
     latents = encode_all(model, data, size, log=log)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(latents, tmp)
-    os.replace(tmp, path)
+    if write:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(latents.cpu(), tmp)
+        os.replace(tmp, path)
     return latents
 
 

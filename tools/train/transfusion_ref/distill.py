@@ -24,8 +24,9 @@ import torch.nn.functional as F
 
 from .diffusion import NoiseLevel, Schedule, ddim_step, guide, lcm_step, output_for_x0, \
     trailing_timesteps
+from .dist import TrainError
 from .losses import CAPTION_FIRST, IGNORE, IMAGE_FIRST, UNCONDITIONAL, build_sequences, \
-    run_sequence
+    lm_target_count, run_sequence
 
 
 def rounds(teacher_steps: int, student_steps: int) -> list[int]:
@@ -57,7 +58,7 @@ def check_nested(T: int, n: int) -> None:
 @torch.no_grad()
 def predict(model, batch, x, model_time, uncond_batch=None, guidance=1.0, autocast=False):
     """The network output for the image blocks of `batch` (with CFG when `uncond_batch`)."""
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
         out, _ = run_sequence(model, batch, x, model_time, want_logits=False)
         out = out.float()
         if uncond_batch is not None and guidance != 1.0:
@@ -75,10 +76,13 @@ def _levels_tensor(levels: list[NoiseLevel], idx: torch.Tensor):
 
 def distill_loss(student, teacher, schedule: Schedule, n: int, latents, captions, gen, *,
                  teacher_guidance: float, lam: float, caption_frac: float,
-                 caption_max_t: float, autocast: bool):
+                 caption_max_t: float, autocast: bool, shard=None):
     """One progressive-distillation batch for an `n`-step student. Samples with
     `u < caption_frac` are image-first captioning sequences (LM loss only); the others are
-    caption-first distillation sequences (distillation loss + LM loss on their captions)."""
+    caption-first distillation sequences (distillation loss + LM loss on their captions).
+    With `shard` (`dist.Shard`, data parallel) `latents` and `captions` are the global batch:
+    every draw is made for all of it and this rank computes its slice, its means scaled so
+    that the ranks' average is the global batch's loss (as `transfusion_loss`)."""
     cfg = student.cfg
     pred_type = cfg.diffusion.prediction
     teacher_pred = teacher.cfg.diffusion.prediction
@@ -97,16 +101,29 @@ def distill_loss(student, teacher, schedule: Schedule, n: int, latents, captions
     a = torch.where(is_lm, ca.double(), a)
     s = torch.where(is_lm, cs.double(), s)
     t = torch.where(is_lm, ct, t)
-    x_t = (a.view(-1, 1, 1, 1) * latents.double() + s.view(-1, 1, 1, 1) * eps.double()).float()
     layouts = [IMAGE_FIRST if lm else CAPTION_FIRST for lm in is_lm.tolist()]
+    if shard is not None:
+        scale_pd = shard.mean_scale(int((~shard.take(is_lm)).sum()), int((~is_lm).sum()))
+        scale_lm = shard.mean_scale(lm_target_count(shard.take(captions), shard.take(layouts)),
+                                    lm_target_count(captions, layouts))
+        captions, layouts = shard.take(captions), shard.take(layouts)
+        is_lm, eps, a, s, t, am, sm, tm, an, sn, latents = (shard.take(v) for v in (
+            is_lm, eps, a, s, t, am, sm, tm, an, sn, latents))
+    dev = latents.device
+    if dev.type != "cpu":
+        is_lm, eps, a, s, t, am, sm, tm, an, sn = (v.to(dev) for v in (
+            is_lm, eps, a, s, t, am, sm, tm, an, sn))
+    x_t = (a.view(-1, 1, 1, 1) * latents.double() + s.view(-1, 1, 1, 1) * eps.double()).float()
     batch = build_sequences(cfg, captions, layouts)
+    if dev.type != "cpu":
+        batch = batch.to(dev)
 
     pd = (~is_lm).nonzero().flatten()
-    loss_pd = torch.zeros(())
+    loss_pd = torch.zeros((), device=dev)
     if len(pd):
         caps = [captions[k] for k in pd.tolist()]
-        tb = build_sequences(teacher.cfg, caps, [CAPTION_FIRST] * len(caps))
-        ub = build_sequences(teacher.cfg, caps, [UNCONDITIONAL] * len(caps)) \
+        tb = build_sequences(teacher.cfg, caps, [CAPTION_FIRST] * len(caps)).to(dev)
+        ub = build_sequences(teacher.cfg, caps, [UNCONDITIONAL] * len(caps)).to(dev) \
             if teacher_guidance != 1.0 else None
         xs = x_t[pd]
         out = predict(teacher, tb, xs, t[pd], ub, teacher_guidance, autocast)
@@ -117,12 +134,17 @@ def distill_loss(student, teacher, schedule: Schedule, n: int, latents, captions
         x0_target = (x_next.double() - r * xs.double()) / (an[pd].view(-1, 1, 1, 1)
                                                             - r * a[pd].view(-1, 1, 1, 1))
         target = output_for_x0(pred_type, a[pd], s[pd], xs, x0_target)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast):
         pred, logits = run_sequence(student, batch, x_t, t)
     if len(pd):
         loss_pd = (pred.float()[pd] - target).square().mean()
     lm = F.cross_entropy(logits.float(), batch.lm_targets[batch.lm_targets != IGNORE]) \
-        if logits is not None else torch.zeros(())
+        if logits is not None else torch.zeros((), device=dev)
+    if shard is not None:
+        # Keep the student's output in the graph when this rank has no distillation sample
+        # (DDP expects a gradient of every parameter on every rank).
+        loss_pd = loss_pd * scale_pd + 0.0 * pred.float().sum()
+        lm = lm * scale_lm
     loss = lm + lam * loss_pd
     return loss, {"lm": lm.item(), "distill": loss_pd.item()}
 
@@ -137,18 +159,20 @@ def sample(model, captions, noise, steps: int, guidance: float = 1.0, sampler: s
     sched = Schedule(cfg.diffusion)
     levels = sched.levels(steps)
     pred = cfg.diffusion.prediction
+    dev = next(model.parameters()).device  # noise (drawn on the CPU) moves there
     outs = []
     for start in range(0, len(captions), batch):
         caps = captions[start:start + batch]
-        x = noise[start:start + batch].clone()
-        cb = build_sequences(cfg, caps, [CAPTION_FIRST] * len(caps))
-        ub = build_sequences(cfg, caps, [UNCONDITIONAL] * len(caps)) if guidance > 1 else None
+        x = noise[start:start + batch].clone().to(dev)
+        cb = build_sequences(cfg, caps, [CAPTION_FIRST] * len(caps)).to(dev)
+        ub = build_sequences(cfg, caps, [UNCONDITIONAL] * len(caps)).to(dev) \
+            if guidance > 1 else None
         for k in range(steps):
             cur, nxt = levels[k], levels[k + 1]
-            t = torch.full((len(caps),), cur.model_time, dtype=torch.float32)
+            t = torch.full((len(caps),), cur.model_time, dtype=torch.float32, device=dev)
             out = predict(model, cb, x, t, ub, guidance, autocast)
             if sampler == "lcm":
-                z = torch.randn(x.shape, generator=gen)
+                z = torch.randn(x.shape, generator=gen).to(dev)
                 x, _ = lcm_step(pred, cur, nxt, x, out, z)
             elif sampler == "ddim":
                 x, _ = ddim_step(pred, cur, nxt, x, out)
@@ -165,6 +189,7 @@ def measure(teacher, student, captions, noise, *, reference_steps: int, guidance
     """Student vs teacher on the same captions and initial noise: RMSE (latent, and decoded
     pixels in [-1, 1]) against the teacher's `reference_steps`-step CFG images, for the student
     and for the teacher itself at each of `teacher_steps` (with CFG)."""
+    noise = noise.to(next(teacher.parameters()).device)
     ref = sample(teacher, captions, noise, reference_steps, guidance, autocast=autocast)
     ref_px = teacher.vae_decode(ref).clamp(-1, 1)
 
@@ -185,3 +210,35 @@ def measure(teacher, student, captions, noise, *, reference_steps: int, guidance
                gen=torch.Generator().manual_seed(0), autocast=autocast)
     report[f"student_{student_steps}_steps"] = dict(rmse(student, x), evaluations=student_steps)
     return report
+
+
+def split_steps(total: int, rounds: int, explicit: str | None) -> list[int]:
+    """Steps per round: `--round-steps`, else `total` split evenly (the first rounds get the
+    remainder)."""
+    if explicit:
+        steps = [int(s) for s in explicit.split(",")]
+        if len(steps) != rounds:
+            raise TrainError(f"--round-steps lists {len(steps)} rounds, the plan has {rounds}")
+        return steps
+    base = total // rounds
+    return [base + (1 if i < total - base * rounds else 0) for i in range(rounds)]
+
+
+def measure_student(args, teacher, student, data, latents, teacher_steps, guidance, scfg,
+                    autocast):
+    """`measure` of the final student on the first `--measure-samples` captions of the dataset,
+    from one fixed noise (drawn on the CPU)."""
+    n = min(args.measure_samples, len(data))
+    if n == 0:
+        return {}
+    idx = torch.arange(n)
+    g = torch.Generator().manual_seed(1234)
+    noise = torch.randn((n,) + tuple(latents.shape[1:]), generator=g)
+    teacher.eval()
+    student.eval()
+    caps = [data.tokens[i, : int(data.lengths[i])].tolist() for i in idx.tolist()]
+    return measure(teacher, student, caps, noise,
+                   reference_steps=args.reference_steps, guidance=guidance,
+                   teacher_steps=sorted({teacher_steps, scfg.diffusion.steps}, reverse=True),
+                   student_steps=scfg.diffusion.steps, student_sampler=scfg.diffusion.sampler,
+                   autocast=False)

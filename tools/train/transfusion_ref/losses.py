@@ -30,12 +30,19 @@ IGNORE = -100
 
 # ---- VAE --------------------------------------------------------------------------------
 
-def vae_loss(model, images: torch.Tensor, gen: torch.Generator, kl_weight: float):
+def vae_loss(model, images: torch.Tensor, gen: torch.Generator, kl_weight: float,
+             shard=None):
     """L1 + MSE reconstruction of a reparameterised posterior sample, plus `kl_weight` times
-    the per-element KL to N(0, 1). Returns (loss, parts dict of floats)."""
+    the per-element KL to N(0, 1). Returns (loss, parts dict of floats). With `shard`
+    (`dist.Shard`, data parallel) `images` are this rank's slice of the global batch; the
+    noise is drawn for the whole global batch and sliced (the same draws at any world size)."""
     mean, logvar = model.vae.moments(images)
     mean, logvar = mean.float(), logvar.float().clamp(-30.0, 20.0)
-    noise = torch.randn(mean.shape, generator=gen)
+    if shard is None:
+        noise = torch.randn(mean.shape, generator=gen)
+    else:
+        noise = shard.take(torch.randn((shard.total,) + tuple(mean.shape[1:]), generator=gen))
+    noise = noise.to(mean.device)
     z = mean + (0.5 * logvar).exp() * noise
     rec = model.vae.decoder(z).float()
     l1 = (rec - images).abs().mean()
@@ -54,6 +61,11 @@ class SequenceBatch:
     lm_targets: torch.Tensor  # int64 [B, S]: next token at each position, IGNORE where none
     mask: torch.Tensor        # float32 [B, S, S] additive
     positions: torch.Tensor   # int64 [S]
+
+    def to(self, device) -> "SequenceBatch":
+        """The same batch on `device`."""
+        return SequenceBatch(*(t.to(device) for t in (
+            self.ids, self.image_index, self.lm_targets, self.mask, self.positions)))
 
 
 _MASKS: dict = {}
@@ -109,6 +121,13 @@ def build_sequences(cfg, captions: list[list[int]], layouts: list[str]) -> Seque
     return SequenceBatch(ids, image_index, lm, mask, torch.arange(S))
 
 
+def lm_target_count(captions: list[list[int]], layouts: list[str]) -> int:
+    """The LM targets `build_sequences` lays out for these samples (caption-first: the caption,
+    BOI and EOS; image-first: the caption and EOS; unconditional: none)."""
+    return sum(len(c) + 2 if l == CAPTION_FIRST else len(c) + 1 if l == IMAGE_FIRST else 0
+               for c, l in zip(captions, layouts))
+
+
 def run_sequence(model, batch: SequenceBatch, x_t: torch.Tensor, model_time: torch.Tensor,
                  want_logits: bool = True):
     """One pass of the Transfusion model over laid-out sequences with noisy latents `x_t`
@@ -141,11 +160,40 @@ def choose_layouts(n: int, gen: torch.Generator, image_first: float, drop: float
     return out
 
 
+def min_snr_weights(prediction: str, alpha: torch.Tensor, sigma: torch.Tensor,
+                    gamma: float) -> torch.Tensor:
+    """Min-SNR-gamma loss weights (Hang et al. 2023) `[B]` for the native loss of
+    `prediction`: the weight that turns it into `min(SNR, gamma) * |x0_hat - x0|^2`.
+    An unweighted v- or flow-loss weighs each sample's x0 error by `1/sigma^2` (`SNR + 1`),
+    so nearly clean samples dominate; the clamp moves the signal to the noise levels that
+    decide an image's layout and shapes."""
+    a, s = alpha.double(), sigma.double().clamp_min(1e-12)
+    snr = (a / s).square()
+    clamped = torch.clamp(snr, max=gamma)
+    if prediction in ("v", "flow"):
+        w = clamped * s.square()
+    elif prediction == "epsilon":
+        w = clamped / snr.clamp_min(1e-12)
+    elif prediction == "x0":
+        w = clamped
+    else:
+        raise ValueError(prediction)
+    return w.float()
+
+
 def transfusion_loss(model, schedule: Schedule, latents: torch.Tensor, captions: list[list[int]],
                      gen: torch.Generator, *, lam: float, image_first: float, drop: float,
-                     caption_max_t: float, autocast: bool = False):
+                     caption_max_t: float, autocast: bool = False, min_snr_gamma: float = 0.0,
+                     caption_diffusion: bool = True, shard=None):
     """`L_LM + lam * L_diff` on one batch. `caption_max_t` caps the noise of image-first
     samples (fraction of the schedule), so captioning learns from clean-ish images.
+    `min_snr_gamma > 0` weighs the diffusion loss per sample (`min_snr_weights`);
+    `caption_diffusion = False` leaves image-first (captioning) samples out of `L_diff`, so
+    it is spent on images drawn from a caption or unconditionally.
+    With `shard` (`dist.Shard`, data parallel) `latents` and `captions` are the global batch:
+    every draw is made for all of it, this rank computes its slice, and the means over a
+    varying number of items (LM targets, kept samples) are scaled so that the ranks' average
+    is the global batch's loss (`Shard.mean_scale`); the parts are scaled likewise.
     Returns (loss, parts dict of floats)."""
     B = latents.shape[0]
     layouts = choose_layouts(B, gen, image_first, drop)
@@ -153,17 +201,43 @@ def transfusion_loss(model, schedule: Schedule, latents: torch.Tensor, captions:
                             dtype=torch.float64)
     times = schedule.sample_times(B, gen, cap_frac)
     alpha, sigma, model_time = schedule.coefficients(times)
-    eps = torch.randn(latents.shape, generator=gen)
+    eps = torch.randn(latents.shape, generator=gen).to(latents.device)
+    alpha, sigma, model_time = (x.to(latents.device) for x in (alpha, sigma, model_time))
+    if shard is not None:
+        all_captions, all_layouts = captions, layouts
+        captions, layouts = shard.take(captions), shard.take(layouts)
+        latents, eps, alpha, sigma, model_time = (
+            shard.take(x) for x in (latents, eps, alpha, sigma, model_time))
     a4, s4 = alpha.view(-1, 1, 1, 1), sigma.view(-1, 1, 1, 1)
     x_t = a4 * latents + s4 * eps
     target = schedule.target(latents, eps, alpha, sigma)
-    batch = build_sequences(model.cfg, captions, layouts)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+    batch = build_sequences(model.cfg, captions, layouts).to(latents.device)
+    with torch.autocast(latents.device.type, dtype=torch.bfloat16, enabled=autocast):
         pred, logits = run_sequence(model, batch, x_t, model_time)
-    diff = (pred.float() - target).square().mean()
+    if min_snr_gamma > 0 or not caption_diffusion:
+        per_sample = (pred.float() - target).square().flatten(1).mean(1)
+        w = min_snr_weights(schedule.prediction, alpha, sigma, min_snr_gamma) \
+            if min_snr_gamma > 0 else torch.ones_like(per_sample)
+        if not caption_diffusion:
+            keep = torch.tensor([l != IMAGE_FIRST for l in layouts], device=w.device)
+            w = w * keep
+            diff = (per_sample * w).sum() / keep.sum().clamp_min(1)
+            if shard is not None:
+                diff = diff * shard.mean_scale(
+                    sum(l != IMAGE_FIRST for l in layouts),
+                    sum(l != IMAGE_FIRST for l in all_layouts))
+        else:
+            diff = (per_sample * w).mean()
+    else:
+        diff = (pred.float() - target).square().mean()
     if logits is not None:
         lm = F.cross_entropy(logits.float(), batch.lm_targets[batch.lm_targets != IGNORE])
     else:
         lm = diff.new_zeros(())
+    if shard is not None:
+        lm = lm * shard.mean_scale(lm_target_count(captions, layouts),
+                                   lm_target_count(all_captions, all_layouts))
+        if logits is None:  # keep lm_head in the graph: DDP expects a gradient on every rank
+            lm = lm + 0.0 * model.text.lm_head.weight.sum()
     loss = lm + lam * diff
     return loss, {"lm": lm.item(), "diff": diff.item()}

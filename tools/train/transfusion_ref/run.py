@@ -16,10 +16,12 @@ from pathlib import Path
 
 import torch
 
+from . import dist
 from .checkpoint import save_checkpoint
 from .config import Config, preset
 from .data import Shapes, tokenizer_json
 from .data import resolve as resolve_data
+from .dist import TrainError  # noqa: F401  (re-exported: the trainer's error type)
 
 STAGES = ("vae", "transfusion", "distill")
 STAGE_DIR = {"vae": "vae", "transfusion": "teacher", "distill": "student"}
@@ -46,12 +48,20 @@ class Stopped(Exception):
         self.code = code
 
 
-class TrainError(RuntimeError):
-    pass
-
-
 def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    """Progress and messages, to stderr; rank 0 only under torchrun."""
+    if dist.is_main():
+        print(msg, file=sys.stderr, flush=True)
+
+
+def _to_cpu(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
 
 
 def fmt_time(seconds: float) -> str:
@@ -74,6 +84,8 @@ class Run:
         self._old = {}
         self.t0 = None
         self.step0 = 0
+        self.t_last, self.step_last = None, 0
+        self.ctx = dist.current()
 
     def __enter__(self):
         def handler(signum, frame):
@@ -98,9 +110,15 @@ class Run:
     def load_state(self):
         if not self.state_path.is_file():
             return None
-        return torch.load(self.state_path, weights_only=False)
+        return torch.load(self.state_path, weights_only=False, map_location="cpu")
 
     def save_state(self, state: dict) -> None:
+        """Rank 0 writes (atomically); the tensors are saved on the CPU, so a state loads
+        anywhere."""
+        if not self.ctx.is_main:
+            return
+        if self.ctx.device.type != "cpu":
+            state = _to_cpu(state)
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = self.state_path.with_name(STATE_FILE + ".tmp")
         torch.save(state, tmp)
@@ -115,19 +133,39 @@ class Run:
     # progress ------------------------------------------------------------------------------
     def start_clock(self, step0: int):
         self.t0, self.step0 = time.perf_counter(), step0
+        self.t_last, self.step_last = self.t0, step0
+
+    def sync(self, loss: float, parts: dict):
+        """Under torchrun: the step's loss and parts averaged over the ranks (= the global
+        batch's), and a signal that reached any rank reaches all (they stop at the same step).
+        Unchanged with one process."""
+        if not self.ctx.distributed:
+            return loss, parts
+        flag = 0.0 if self.signal is None else 1.0
+        values = self.ctx.all_mean([loss, *parts.values(), flag])
+        if values[-1] > 0 and self.signal is None:
+            self.signal = signal.SIGTERM
+        return values[0], dict(zip(parts, values[1:-1]))
+
+    def throughput(self) -> float:
+        """Samples per second of this invocation's training steps (global batch)."""
+        dt = (self.t_last or 0) - (self.t0 or 0)
+        return (self.step_last - self.step0) * self.args.batch / dt if dt > 0 else 0.0
 
     def progress(self, step: int, total: int, loss: float, parts: dict, extra: str = ""):
         """`step` = steps done. Every --log-every steps, the first and the last."""
+        self.t_last, self.step_last = time.perf_counter(), step
         every = self.args.log_every
         if not (step == self.step0 + 1 or step % every == 0 or step == total):
             return
-        dt = time.perf_counter() - self.t0
+        dt = self.t_last - self.t0
         done = step - self.step0
         rate = done / dt if dt > 0 else 0.0
         eta = (total - step) / rate if rate > 0 else float("nan")
         p = " ".join(f"{k} {v:.4f}" for k, v in parts.items())
         log(f"[{self.stage}] step {step:>6}/{total} | loss {loss:.4f} ({p}){extra} | "
-            f"{rate:.2f} it/s {1 / rate if rate else 0:.2f} s/step | "
+            f"{rate:.2f} it/s {1 / rate if rate else 0:.2f} s/step "
+            f"{rate * self.args.batch:.1f} samples/s | "
             f"elapsed {fmt_time(dt)} ETA {fmt_time(eta) if eta == eta else '?'}")
 
     def checkpoint_due(self, step: int) -> bool:
@@ -137,6 +175,9 @@ class Run:
                 or (a.stop_at is not None and step >= a.stop_at))
 
     def maybe_stop(self, step: int):
+        if self.ctx.distributed and (self.signal is not None or (
+                self.args.stop_at is not None and step >= self.args.stop_at)):
+            self.ctx.barrier()  # rank 0 has saved: every rank stops at this step
         if self.signal is not None:
             log(f"[{self.stage}] stopped at step {step}; state in {self.state_path} "
                 "(continue with --resume)")
@@ -156,12 +197,8 @@ def set_threads(n: int) -> None:
 
 
 def use_bf16(precision: str) -> bool:
-    if precision == "fp32":
-        return False
-    supported = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    if precision == "bf16" and not supported:
-        log("warning: this CPU has no native bf16; bf16 autocast will be slow")
-    return precision == "bf16" or supported
+    """bf16 autocast on this run's device (`dist.use_bf16`)."""
+    return dist.use_bf16(precision, dist.current().device, log)
 
 
 def lr_at(step: int, total: int, lr: float, warmup: int, floor: float = 0.1) -> float:
@@ -211,6 +248,9 @@ def captions_of(data: Shapes, idx) -> list[list[int]]:
 
 
 def write_checkpoint(model, cfg: Config, directory: Path, tokenizer: dict | Path) -> None:
+    """Rank 0 writes."""
+    if not dist.is_main():
+        return
     save_checkpoint(model, cfg, directory)
     tmp = directory / (TOKENIZER_FILE + ".tmp")
     if isinstance(tokenizer, dict):
@@ -262,19 +302,41 @@ def previous_stage(args, stage: str) -> Path:
     prev = {"transfusion": "vae", "distill": "transfusion"}[stage]
     d = Path(args.out) / STAGE_DIR[prev]
     st = d / STATE_FILE
-    ok = st.is_file() and torch.load(st, weights_only=False).get("finished")
+    ok = st.is_file() and torch.load(st, weights_only=False,
+                                     map_location="cpu").get("finished")
     if not ok or not (d / "model.safetensors").is_file():
         raise TrainError(f"{d}: the {prev} stage has not finished (run it first, or pass "
                          f"--from CKPT)")
     return d
 
 
+def _defaults_name(cfg) -> str:
+    return cfg.name if cfg.name in DEFAULTS else ("tiny" if cfg.image.size <= 32 else "shapes64")
+
+
 def resolve_hparams(args, cfg, stage: str):
-    name = cfg.name if cfg.name in DEFAULTS else ("tiny" if cfg.image.size <= 32 else "shapes64")
-    steps, batch, lr = DEFAULTS[name][stage]
+    steps, batch, lr = DEFAULTS[_defaults_name(cfg)][stage]
     args.steps = args.steps or steps
     args.batch = args.batch or batch
     args.lr = args.lr or lr
+    dist.current().check_batch(args.batch)
+
+
+def check_recipe_batches(args) -> None:
+    """`recipe` under torchrun: every stage's default batch must split over the ranks, checked
+    before the first stage runs (not after hours of training)."""
+    ctx = dist.current()
+    if not ctx.distributed:
+        return
+    cfg = Config.load(Path(args.init) / "config.json") if args.init else preset(args.preset)
+    for stage, (_, batch, _) in DEFAULTS[_defaults_name(cfg)].items():
+        if not Run(args, stage).finished():
+            try:
+                ctx.check_batch(batch)
+            except TrainError as e:
+                raise TrainError(f"recipe, {stage} stage: {e} (the recipe uses each stage's "
+                                 "default batch: run the stages one by one with --batch)") \
+                    from None
 
 
 def check_resume(run: Run, args, state, fingerprint: dict):
@@ -285,21 +347,29 @@ def check_resume(run: Run, args, state, fingerprint: dict):
     if not args.resume:
         raise TrainError(f"{run.state_path} exists (an interrupted run): pass --resume to "
                          "continue it, or use another --out")
-    old = state["fingerprint"]
+    old = dict(FINGERPRINT_DEFAULTS, **state["fingerprint"])
     for key in ("seed", "batch", "data", "limit"):
         if old.get(key) != fingerprint.get(key):
-            raise TrainError(f"--resume: {key} was {old.get(key)!r}, now "
-                             f"{fingerprint.get(key)!r}")
+            raise TrainError(f"--resume: --{key} was {old.get(key)!r} in the interrupted run "
+                             f"({run.state_path}), now {fingerprint.get(key)!r}: resume with "
+                             f"the run's --{key} (seed, global batch, data and limit fix the "
+                             "sample order; the world size and device may change)")
     changed = [k for k in fingerprint if old.get(k) != fingerprint[k]]
     if changed:
         log(f"[{run.stage}] warning: resuming with changed settings {changed}: the result will "
             "not be bit-identical to an uninterrupted run")
 
 
+# What a state written before these keys existed ran with.
+FINGERPRINT_DEFAULTS = {"device": "cpu", "world_size": 1, "compile": False}
+
+
 def fingerprint_of(args, extra=()) -> dict:
     keys = ("seed", "batch", "steps", "lr", "limit", "precision", "threads") + tuple(extra)
     fp = {k: getattr(args, k) for k in keys}
     fp["data"] = str(resolve_data(args.data).resolve())
+    ctx = dist.current()
+    fp.update(device=ctx.device.type, world_size=ctx.world, compile=ctx.compile)
     return fp
 
 
@@ -321,9 +391,15 @@ def skip_if_finished(run: Run) -> bool:
 
 
 def finish(run: Run, step: int, fp: dict, summary: dict) -> None:
-    """Replace the (large) training state by a small 'finished' record."""
+    """Replace the (large) training state by a small 'finished' record (rank 0)."""
+    ctx = run.ctx
     summary = dict(summary, steps=step, seconds=round(time.perf_counter() - run.t0, 1)
-                   if run.t0 else None)
+                   if run.t0 else None, steps_this_run=run.step_last - run.step0,
+                   global_batch=run.args.batch,
+                   samples_per_second=round(run.throughput(), 2), device=ctx.describe(),
+                   world_size=ctx.world, compile=ctx.compile)
+    if not ctx.is_main:
+        return
     run.save_state({"stage": run.stage, "step": step, "finished": True, "fingerprint": fp,
                     "summary": summary})
     (run.dir / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")

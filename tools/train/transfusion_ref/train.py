@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from . import dist
 from . import distill as D
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import PRESETS, Config, ConfigError
@@ -34,9 +35,11 @@ from .diffusion import Schedule
 from .losses import transfusion_loss, vae_loss
 from .model import TransfusionModel
 from .run import (DEFAULT_THREADS, Ema, Run, Stopped, TrainError, base_config, captions_of,
-                  check_resume, fingerprint_of, finish, fmt_time, log, lr_at, make_optimizer,
-                  open_data, previous_stage, resolve_hparams, rng_state, set_lr, set_rng_state,
-                  set_threads, skip_if_finished, stage_tokenizer, use_bf16, write_checkpoint)
+                  check_recipe_batches, check_resume, fingerprint_of, finish, fmt_time, log,
+                  lr_at, make_optimizer, open_data, previous_stage, resolve_hparams, rng_state,
+                  set_lr, set_rng_state, set_threads, skip_if_finished, stage_tokenizer,
+                  use_bf16, write_checkpoint)
+from .sample import sample_cmd, write_png_grid  # noqa: F401  (re-exported)
 
 
 # ---- stage 1: VAE -------------------------------------------------------------------------
@@ -57,8 +60,14 @@ def train_vae(args) -> int:
     resolve_hparams(args, cfg, "vae")
     fp = fingerprint_of(args, ("kl_weight",))
     check_resume(run, args, state, fp)
+    ctx = dist.current()
+    ctx.start()
+    dev = ctx.device
     torch.manual_seed(args.seed)
     model = TransfusionModel(cfg)
+    for n, p in model.named_parameters():  # only the VAE trains (DDP: the others are frozen)
+        p.requires_grad_(n.startswith("vae."))
+    model.to(dev)
     params = list(model.vae.parameters())
     opt = make_optimizer(model.vae.named_parameters(), args.lr, 0.0)
     gen = torch.Generator().manual_seed(args.seed + 1)
@@ -71,9 +80,10 @@ def train_vae(args) -> int:
         log(f"[vae] resumed at step {step} from {run.state_path}")
     autocast = use_bf16(args.precision)
     size = cfg.image.size
+    shard, vae_step = ctx.shard(args.batch), ctx.wrap(dist.compiled(model, ctx), vae_loss)
     log(f"[vae] {cfg.name}: {len(data)} images at {size}px, batch {args.batch}, "
         f"{args.steps} steps, lr {args.lr}, {'bf16 autocast' if autocast else 'fp32'}, "
-        f"{torch.get_num_threads()} threads -> {run.dir}")
+        f"{torch.get_num_threads()} threads, {dist.where(ctx)} -> {run.dir}")
 
     def save(step):
         run.save_state({"stage": "vae", "step": step, "finished": False, "fingerprint": fp,
@@ -88,18 +98,22 @@ def train_vae(args) -> int:
         while step < args.steps:
             set_lr(opt, lr_at(step, args.steps, args.lr, warmup=min(100, args.steps // 10 + 1)))
             idx = batch_indices(len(data), args.batch, step, args.seed)
-            x = data.image_batch(idx.numpy(), size)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-                loss, parts = vae_loss(model, x, gen, args.kl_weight)
+            x = data.image_batch((idx if shard is None else shard.take(idx)).numpy(), size, dev)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast):
+                loss, parts = vae_step(x, gen, args.kl_weight, shard=shard)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             step += 1
-            run.progress(step, args.steps, loss.item(), parts)
+            loss_v, parts = run.sync(loss.item(), parts)  # torchrun: the global batch's
+            run.progress(step, args.steps, loss_v, parts)
             if step < args.steps and run.checkpoint_due(step):
                 save(step)
                 run.maybe_stop(step)
+    if not ctx.is_main:  # rank 0 measures and writes the checkpoint
+        ctx.barrier()
+        return 0
 
     # Latent statistics -> vae.scale / vae.shift (latents ~ zero mean, unit variance).
     model.eval()
@@ -107,13 +121,13 @@ def train_vae(args) -> int:
         n = min(len(data), args.stats_samples)
         means = []
         for s in range(0, n, 256):
-            x = data.image_batch(list(range(s, min(n, s + 256))), size)
+            x = data.image_batch(list(range(s, min(n, s + 256))), size, dev)
             means.append(model.vae.moments(x)[0])
         m = torch.cat(means).double()
         shift, std = m.mean().item(), m.std().item()
         cfg.vae.shift, cfg.vae.scale = float(shift), float(1.0 / std)
         model.vae.shift, model.vae.scale = cfg.vae.shift, cfg.vae.scale
-        x = data.image_batch(list(range(min(n, 256))), size)
+        x = data.image_batch(list(range(min(n, 256))), size, dev)
         rec = model.vae_decode(model.vae_encode(x)).clamp(-1, 1)
         mse = (rec - x).square().mean().item()
         psnr = 10 * math.log10(4.0 / max(mse, 1e-12))
@@ -125,10 +139,40 @@ def train_vae(args) -> int:
         f"reconstruction PSNR {psnr:.2f} dB, L1 {l1:.4f} (first {x.shape[0]} images)")
     write_checkpoint(model, cfg, run.dir, tok)
     finish(run, step, fp, summary)
+    ctx.barrier()
     return 0
 
 
 # ---- stage 2: Transfusion --------------------------------------------------------------
+
+def fresh_except_vae(cfg, model, seed: int):
+    """A model of `cfg` initialised from `seed` (as the VAE stage does) with `model`'s VAE:
+    `--only-vae` trains a new transformer on an existing, trained VAE."""
+    torch.manual_seed(seed)
+    fresh = TransfusionModel(cfg)
+    fresh.vae.load_state_dict(model.vae.state_dict())
+    return fresh
+
+
+def with_patch_conditioning(cfg, model, position: bool, timestep: bool):
+    """`model` with the format-2 patch conditioning asked for (docs/checkpoint.md): the config
+    becomes format 2 and the new tensors start at their initial values (`PatchLayers`); every
+    other weight is `model`'s. Returns `model` itself when nothing is added."""
+    if not (position or timestep) or (cfg.patch.position_embedding, cfg.patch.timestep_tokens) \
+            == (position, timestep):
+        return model
+    cfg.format_version = 2
+    cfg.patch.position_embedding = cfg.patch.position_embedding or position
+    cfg.patch.timestep_tokens = cfg.patch.timestep_tokens or timestep
+    cfg.validate()
+    bigger = TransfusionModel(cfg)
+    missing, unexpected = bigger.load_state_dict(model.state_dict(), strict=False)
+    new = {n for n in missing if n == "patch.pos_embed" or n.startswith("patch.time_proj.")}
+    if unexpected or set(missing) != new:
+        raise TrainError(f"adding patch conditioning: unexpected tensors {sorted(unexpected)}, "
+                         f"missing {sorted(set(missing) - new)}")
+    return bigger
+
 
 def train_transfusion(args) -> int:
     run = Run(args, "transfusion")
@@ -136,6 +180,8 @@ def train_transfusion(args) -> int:
         return 0
     src = previous_stage(args, "transfusion")
     cfg, model = load_checkpoint(src)
+    if args.only_vae:
+        model = fresh_except_vae(cfg, model, args.seed)
     tok = stage_tokenizer(src) if args.tokenizer is None else Path(args.tokenizer)
     d = cfg.diffusion
     if args.prediction:
@@ -144,15 +190,28 @@ def train_transfusion(args) -> int:
         d.schedule = args.schedule
     d.sampler, d.steps, d.guidance, d.guidance_distilled = "ddim", args.sample_steps, \
         args.guidance, False
+    model = with_patch_conditioning(cfg, model, args.position_embedding, args.timestep_tokens)
     cfg.validate()
     resolve_hparams(args, cfg, "transfusion")
     fp = fingerprint_of(args, ("prediction", "schedule", "lam", "image_first", "caption_drop",
-                               "caption_max_t", "ema"))
+                               "caption_max_t", "ema", "min_snr_gamma", "caption_diffusion",
+                               "position_embedding", "timestep_tokens"))
     fp["source"] = str(src.resolve())
+    fp["only_vae"] = bool(args.only_vae)
     state = run.load_state()
     check_resume(run, args, state, fp)
+    if state is not None and not state.get("finished"):
+        for key in ("position_embedding", "timestep_tokens"):
+            if state["fingerprint"].get(key, False) != fp[key]:
+                raise TrainError(f"--resume: the interrupted run has {key} = "
+                                 f"{state['fingerprint'].get(key, False)}, now {fp[key]}: "
+                                 "the architecture cannot change mid-run")
+    ctx = dist.current()
+    ctx.start()
     data = open_data(args, cfg, tok)
-    latents = cached_latents(model, data, cfg.image.size, Path(args.out) / "cache", log=log)
+    model.to(ctx.device)
+    latents = ctx.main_first(lambda: cached_latents(
+        model, data, cfg.image.size, Path(args.out) / "cache", log=log, write=ctx.is_main))
     log(f"[transfusion] latents {tuple(latents.shape)}: mean {latents.mean():.3f}, "
         f"std {latents.std():.3f}")
     for p in model.vae.parameters():
@@ -173,16 +232,22 @@ def train_transfusion(args) -> int:
         step = state["step"]
         log(f"[transfusion] resumed at step {step} from {run.state_path}")
     autocast = use_bf16(args.precision)
+    shard, tf_step = ctx.shard(args.batch), ctx.wrap(dist.compiled(model, ctx), transfusion_loss)
     n_params = sum(p.numel() for p in params)
     log(f"[transfusion] {cfg.name}: {n_params / 1e6:.2f}M trainable, {len(data)} samples, "
         f"batch {args.batch}, {args.steps} steps, lr {args.lr}, {d.schedule}/{d.prediction}, "
         f"lambda {args.lam}, image-first {args.image_first}, caption drop {args.caption_drop}, "
-        f"{'bf16 autocast' if autocast else 'fp32'}, {torch.get_num_threads()} threads "
-        f"-> {run.dir}")
+        f"min-SNR gamma {args.min_snr_gamma or 'off'}, "
+        f"captioning samples in L_diff: {args.caption_diffusion}, patch position embedding: "
+        f"{cfg.patch.position_embedding}, timestep tokens: {cfg.patch.timestep_tokens}, "
+        f"{'bf16 autocast' if autocast else 'fp32'}, {torch.get_num_threads()} threads, "
+        f"{dist.where(ctx)} -> {run.dir}")
 
     def save(step):
         run.save_state({"stage": "transfusion", "step": step, "finished": False,
-                        "fingerprint": fp, "model": model.state_dict(),
+                        "fingerprint": fp, "config": cfg.to_dict(),
+                        "tokenizer": str(tok.resolve()) if isinstance(tok, Path) else tok,
+                        "model": model.state_dict(),
                         "optimizer": opt.state_dict(), "ema": ema.shadow,
                         "rng": rng_state(gen)})
 
@@ -192,17 +257,20 @@ def train_transfusion(args) -> int:
         while step < args.steps:
             set_lr(opt, lr_at(step, args.steps, args.lr, warmup=min(200, args.steps // 10 + 1)))
             idx = batch_indices(len(data), args.batch, step, args.seed)
-            loss, parts = transfusion_loss(
-                model, schedule, latents[idx], captions_of(data, idx), gen, lam=args.lam,
+            loss, parts = tf_step(
+                schedule, latents[idx], captions_of(data, idx), gen, lam=args.lam,
                 image_first=args.image_first, drop=args.caption_drop,
-                caption_max_t=args.caption_max_t, autocast=autocast)
+                caption_max_t=args.caption_max_t, autocast=autocast,
+                min_snr_gamma=args.min_snr_gamma, caption_diffusion=args.caption_diffusion,
+                shard=shard)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             ema.update(step)
             step += 1
-            run.progress(step, args.steps, loss.item(), parts)
+            loss_v, parts = run.sync(loss.item(), parts)  # torchrun: the global batch's
+            run.progress(step, args.steps, loss_v, parts)
             if step < args.steps and run.checkpoint_due(step):
                 save(step)
                 run.maybe_stop(step)
@@ -210,6 +278,7 @@ def train_transfusion(args) -> int:
         ema.copy_to(params)
     write_checkpoint(model, cfg, run.dir, tok)
     finish(run, step, fp, {"final_loss": parts, "ema": args.ema})
+    ctx.barrier()
     return 0
 
 
@@ -230,18 +299,24 @@ def train_distill(args) -> int:
         for n in plan:
             D.check_nested(schedule.T, n)
     resolve_hparams(args, tcfg, "distill")
-    per_round = split_steps(args.steps, len(plan), args.round_steps)
+    per_round = D.split_steps(args.steps, len(plan), args.round_steps)
     fp = fingerprint_of(args, ("teacher_steps", "student_steps", "guidance", "lam",
                                "caption_frac", "caption_max_t", "student_prediction"))
     fp.update(source=str(src.resolve()), plan=plan, per_round=per_round, guidance=guidance)
     state = run.load_state()
     check_resume(run, args, state, fp)
+    ctx = dist.current()
+    ctx.start()
     data = open_data(args, tcfg, tok)
-    latents = cached_latents(teacher, data, tcfg.image.size, Path(args.out) / "cache", log=log)
+    dev, shard = ctx.device, ctx.shard(args.batch)
+    teacher = dist.compiled(teacher.to(dev), ctx)
+    latents = ctx.main_first(lambda: cached_latents(
+        teacher, data, tcfg.image.size, Path(args.out) / "cache", log=log, write=ctx.is_main))
     autocast = use_bf16(args.precision)
     log(f"[distill] progressive distillation {teacher_steps} -> {' -> '.join(map(str, plan))} "
         f"steps, guidance {guidance} folded in; {per_round} steps per round, batch "
-        f"{args.batch}, lr {args.lr}, {'bf16 autocast' if autocast else 'fp32'} -> {run.dir}")
+        f"{args.batch}, lr {args.lr}, {'bf16 autocast' if autocast else 'fp32'}, "
+        f"{dist.where(ctx)} -> {run.dir}")
 
     r, step_in_round, gen = 0, 0, torch.Generator().manual_seed(args.seed + 3)
     if state is not None:
@@ -270,12 +345,13 @@ def train_distill(args) -> int:
                 cur_teacher, t_guidance = teacher, guidance
             else:
                 _, cur_teacher = load_checkpoint(round_dir(plan[r - 1]))
+                cur_teacher = dist.compiled(cur_teacher.to(dev), ctx)
                 t_guidance = 1.0
             cur_teacher.eval()
             for p in cur_teacher.parameters():
                 p.requires_grad_(False)
             scfg = student_config(n)
-            student = TransfusionModel(scfg)
+            student = TransfusionModel(scfg).to(dev)
             student.load_state_dict(cur_teacher.state_dict())
             for p in student.vae.parameters():
                 p.requires_grad_(False)
@@ -288,6 +364,7 @@ def train_distill(args) -> int:
             state = None
             student.train()
             K = per_round[r]
+            distill_step = ctx.wrap(dist.compiled(student, ctx), D.distill_loss)
 
             def save(step_in_round):
                 run.save_state({"stage": "distill", "round": r, "step_in_round": step_in_round,
@@ -302,20 +379,22 @@ def train_distill(args) -> int:
                 set_lr(opt, lr)
                 g = sum(per_round[:r]) + step_in_round
                 idx = batch_indices(len(data), args.batch, g, args.seed)
-                loss, parts = D.distill_loss(
-                    student, cur_teacher, schedule, n, latents[idx], captions_of(data, idx), gen,
+                loss, parts = distill_step(
+                    cur_teacher, schedule, n, latents[idx], captions_of(data, idx), gen,
                     teacher_guidance=t_guidance, lam=args.lam, caption_frac=args.caption_frac,
-                    caption_max_t=args.caption_max_t, autocast=autocast)
+                    caption_max_t=args.caption_max_t, autocast=autocast, shard=shard)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
                 opt.step()
                 step_in_round += 1
-                run.progress(g + 1, total_steps, loss.item(), parts, f" round {n} steps")
+                loss_v, parts = run.sync(loss.item(), parts)
+                run.progress(g + 1, total_steps, loss_v, parts, f" round {n} steps")
                 if step_in_round < K and run.checkpoint_due(g + 1):
                     save(step_in_round)
                     run.maybe_stop(g + 1)
             write_checkpoint(student, scfg, round_dir(n), tok)
+            ctx.barrier()  # the next round's teacher is read back from round_dir(n)
             log(f"[distill] round {r + 1}/{len(plan)} done: {n}-step student in {round_dir(n)}")
             r, step_in_round = r + 1, 0
             if r < len(plan):
@@ -325,49 +404,28 @@ def train_distill(args) -> int:
                                               and sum(per_round[:r]) >= args.stop_at):
                     run.maybe_stop(sum(per_round[:r]))
 
+    if not ctx.is_main:  # rank 0 measures and writes the student
+        ctx.barrier()
+        return 0
     # The final student is the last round's; measure it against the CFG teacher.
     final = round_dir(plan[-1])
     scfg, student = load_checkpoint(final)
+    student.to(dev)
     write_checkpoint(student, scfg, run.dir, tok)
-    report = measure_student(args, teacher, student, data, latents, teacher_steps, guidance,
+    report = D.measure_student(args, teacher, student, data, latents, teacher_steps, guidance,
                              scfg, autocast)
     (run.dir / "distill_report.json").write_text(json.dumps(report, indent=2) + "\n")
     log(f"[distill] student vs teacher: {json.dumps(report)}")
     finish(run, total_steps, fp, {"plan": plan, "per_round": per_round, "report": report})
+    ctx.barrier()
     return 0
-
-
-def split_steps(total: int, rounds: int, explicit: str | None) -> list[int]:
-    if explicit:
-        steps = [int(s) for s in explicit.split(",")]
-        if len(steps) != rounds:
-            raise TrainError(f"--round-steps lists {len(steps)} rounds, the plan has {rounds}")
-        return steps
-    base = total // rounds
-    return [base + (1 if i < total - base * rounds else 0) for i in range(rounds)]
-
-
-def measure_student(args, teacher, student, data, latents, teacher_steps, guidance, scfg,
-                    autocast):
-    n = min(args.measure_samples, len(data))
-    if n == 0:
-        return {}
-    idx = torch.arange(n)
-    g = torch.Generator().manual_seed(1234)
-    noise = torch.randn((n,) + tuple(latents.shape[1:]), generator=g)
-    teacher.eval()
-    student.eval()
-    return D.measure(teacher, student, captions_of(data, idx), noise,
-                     reference_steps=args.reference_steps, guidance=guidance,
-                     teacher_steps=sorted({teacher_steps, scfg.diffusion.steps}, reverse=True),
-                     student_steps=scfg.diffusion.steps, student_sampler=scfg.diffusion.sampler,
-                     autocast=False)
 
 
 # ---- recipe, sample ---------------------------------------------------------------------
 
 def recipe(args) -> int:
     t0 = time.perf_counter()
+    check_recipe_batches(args)
     for stage, steps in (("vae", args.vae_steps), ("transfusion", args.transfusion_steps),
                          ("distill", args.distill_steps)):
         a = copy.copy(args)
@@ -379,53 +437,6 @@ def recipe(args) -> int:
     log(f"recipe done in {fmt_time(time.perf_counter() - t0)} (this invocation): "
         f"{Path(args.out) / 'student'}")
     return 0
-
-
-def sample_cmd(args) -> int:
-    cfg, model = load_checkpoint(args.checkpoint)
-    model.eval()
-    data = Shapes.open(args.data, limit=args.count)
-    idx = torch.arange(min(args.count, len(data)))
-    caps = captions_of(data, idx)
-    g = torch.Generator().manual_seed(args.seed)
-    noise = torch.randn((len(caps), cfg.vae.latent_channels, cfg.latent_size, cfg.latent_size),
-                        generator=g)
-    guidance = 1.0 if cfg.diffusion.guidance_distilled else (args.guidance or
-                                                           cfg.diffusion.guidance)
-    lat = D.sample(model, caps, noise, args.steps or cfg.diffusion.steps, guidance,
-                   cfg.diffusion.sampler if cfg.diffusion.sampler in ("ddim", "lcm") else "ddim",
-                   gen=g)
-    with torch.no_grad():
-        img = model.vae_decode(lat).clamp(-1, 1)
-    write_png_grid(img, Path(args.output), per_row=8)
-    words = data.header["vocab"]["tokens"]
-    for i, c in enumerate(caps):
-        print(f"{i}\t{' '.join(words[t] for t in c)}")
-    log(f"wrote {args.output}")
-    return 0
-
-
-def write_png_grid(images: torch.Tensor, path: Path, per_row: int = 8) -> None:
-    import struct
-    import zlib
-    B, _, H, W = images.shape
-    rows = (B + per_row - 1) // per_row
-    grid = torch.zeros(3, rows * H, per_row * W)
-    for i in range(B):
-        r, c = divmod(i, per_row)
-        grid[:, r * H:(r + 1) * H, c * W:(c + 1) * W] = images[i]
-    px = ((grid + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
-    raw = b"".join(b"\0" + px[y].tobytes() for y in range(px.shape[0]))
-
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(
-            ">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", px.shape[1], px.shape[0],
-                                                             8, 2, 0, 0, 0))
-    png += chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b"")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(png)
 
 
 STAGE_FN = {"vae": train_vae, "transfusion": train_transfusion, "distill": train_distill}
@@ -451,6 +462,9 @@ def parser() -> argparse.ArgumentParser:
         q.add_argument("--tokenizer", default=None, help="tokenizer.json to write with the "
                        "checkpoints (default: --init's, else built from the dataset vocabulary)")
         q.add_argument("--stop-at", type=int, default=None, help=argparse.SUPPRESS)
+        device_opts(q)
+        q.add_argument("--compile", action="store_true",
+                       help="torch.compile the decoder layers and ResBlocks (default off)")
         if stage is not None:
             q.add_argument("--steps", type=int, default=None)
             q.add_argument("--batch", type=int, default=None)
@@ -459,6 +473,11 @@ def parser() -> argparse.ArgumentParser:
                            default="auto",
                            help="bf16 autocast for the matrix products (auto: when the CPU "
                            "has native bf16)")
+
+    def device_opts(q):
+        q.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                       help="auto (default): CUDA when a GPU is usable, else the CPU; under "
+                       "torchrun each process takes the GPU of its LOCAL_RANK")
 
     def base(q):
         src = q.add_mutually_exclusive_group()
@@ -477,6 +496,16 @@ def parser() -> argparse.ArgumentParser:
                        help="noise cap of image-first samples (fraction of the schedule)")
         q.add_argument("--ema", type=float, default=0.999)
         q.add_argument("--weight-decay", type=float, default=0.01)
+        q.add_argument("--min-snr-gamma", type=float, default=0.0,
+                       help="Min-SNR-gamma weighting of the diffusion loss (0: unweighted)")
+        q.add_argument("--caption-diffusion", action=argparse.BooleanOptionalAction,
+                       default=True, help="image-first (captioning) samples in L_diff too")
+        q.add_argument("--position-embedding", action=argparse.BooleanOptionalAction,
+                       default=False, help="learned 2-D cell position of each patch vector "
+                       "(config format 2, tensor patch.pos_embed)")
+        q.add_argument("--timestep-tokens", action=argparse.BooleanOptionalAction,
+                       default=False, help="the timestep embedding added to each patch vector "
+                       "(config format 2, tensors patch.time_proj.*)")
         q.add_argument("--sample-steps", type=int, default=16,
                        help="the teacher's recommended steps (config diffusion.steps)")
         if not recipe:
@@ -506,6 +535,8 @@ def parser() -> argparse.ArgumentParser:
     q = sub.add_parser("transfusion", help="stage 2: L_LM + lambda L_diff -> RUN/teacher")
     common(q, "transfusion")
     q.add_argument("--from", dest="source", default=None, help="VAE checkpoint (default RUN/vae)")
+    q.add_argument("--only-vae", action="store_true",
+                   help="take only the VAE of --from; every other weight starts fresh from --seed")
     transfusion_opts(q)
 
     q = sub.add_parser("distill", help="stage 3: guidance + step distillation -> RUN/student")
@@ -530,7 +561,7 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--guidance", type=float, default=3.0)
     transfusion_opts(q, recipe=True)
     distill_opts(q)
-    q.set_defaults(source=None)
+    q.set_defaults(source=None, only_vae=False)
 
     q = sub.add_parser("sample", help="images of the first captions of a dataset (PNG grid)")
     q.add_argument("checkpoint")
@@ -541,6 +572,7 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--guidance", type=float, default=None)
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--threads", type=int, default=DEFAULT_THREADS)
+    device_opts(q)
     return p
 
 
@@ -548,6 +580,7 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     set_threads(args.threads)
     try:
+        dist.setup(args)  # --device, --compile, torchrun's ranks (README "GPUs")
         if args.command == "recipe":
             return recipe(args)
         if args.command == "sample":
@@ -556,8 +589,10 @@ def main(argv=None) -> int:
     except Stopped as s:
         return s.code
     except (TrainError, DataError, ConfigError, CheckpointError) as e:
-        log(f"error: {e}")
+        dist.log_error(f"error: {e}")
         return 1
+    finally:
+        dist.current().finish()
 
 
 if __name__ == "__main__":
