@@ -499,12 +499,12 @@ def parser() -> argparse.ArgumentParser:
         q.add_argument("--min-snr-gamma", type=float, default=0.0,
                        help="Min-SNR-gamma weighting of the diffusion loss (0: unweighted)")
         q.add_argument("--caption-diffusion", action=argparse.BooleanOptionalAction,
-                       default=True, help="image-first (captioning) samples in L_diff too")
+                       default=False, help="image-first (captioning) samples in L_diff too")
         q.add_argument("--position-embedding", action=argparse.BooleanOptionalAction,
-                       default=False, help="learned 2-D cell position of each patch vector "
+                       default=True, help="learned 2-D cell position of each patch vector "
                        "(config format 2, tensor patch.pos_embed)")
         q.add_argument("--timestep-tokens", action=argparse.BooleanOptionalAction,
-                       default=False, help="the timestep embedding added to each patch vector "
+                       default=True, help="the timestep embedding added to each patch vector "
                        "(config format 2, tensors patch.time_proj.*)")
         q.add_argument("--sample-steps", type=int, default=16,
                        help="the teacher's recommended steps (config diffusion.steps)")
