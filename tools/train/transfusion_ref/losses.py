@@ -181,13 +181,33 @@ def min_snr_weights(prediction: str, alpha: torch.Tensor, sigma: torch.Tensor,
     return w.float()
 
 
+def snr_cap_weights(prediction: str, alpha: torch.Tensor, sigma: torch.Tensor,
+                    cap: float) -> torch.Tensor:
+    """Weights `[B]` that cap the x0-space weight of the native loss at `cap` and leave every
+    weight below it as it is: `min(1, cap / w_native)`, with `w_native` = `SNR + 1` for v and
+    flow (`1/sigma^2`), `SNR` for epsilon (where this is Min-SNR-gamma), 1 for x0. Unlike
+    `min_snr_weights` with v-prediction, high-noise samples keep their full weight; only the
+    nearly clean ones, which dominate an unweighted v-loss, are turned down."""
+    a, s = alpha.double(), sigma.double().clamp_min(1e-12)
+    if prediction in ("v", "flow"):
+        native = 1.0 / s.square()
+    elif prediction == "epsilon":
+        native = (a / s).square()
+    elif prediction == "x0":
+        native = torch.ones_like(s)
+    else:
+        raise ValueError(prediction)
+    return torch.clamp(cap / native.clamp_min(1e-12), max=1.0).float()
+
+
 def transfusion_loss(model, schedule: Schedule, latents: torch.Tensor, captions: list[list[int]],
                      gen: torch.Generator, *, lam: float, image_first: float, drop: float,
                      caption_max_t: float, autocast: bool = False, min_snr_gamma: float = 0.0,
-                     caption_diffusion: bool = True, shard=None):
+                     caption_diffusion: bool = True, shard=None, snr_cap: float = 0.0):
     """`L_LM + lam * L_diff` on one batch. `caption_max_t` caps the noise of image-first
     samples (fraction of the schedule), so captioning learns from clean-ish images.
-    `min_snr_gamma > 0` weighs the diffusion loss per sample (`min_snr_weights`);
+    `min_snr_gamma > 0` weighs the diffusion loss per sample (`min_snr_weights`), and so
+    does `snr_cap > 0` (`snr_cap_weights`; at most one of the two);
     `caption_diffusion = False` leaves image-first (captioning) samples out of `L_diff`, so
     it is spent on images drawn from a caption or unconditionally.
     With `shard` (`dist.Shard`, data parallel) `latents` and `captions` are the global batch:
@@ -214,10 +234,16 @@ def transfusion_loss(model, schedule: Schedule, latents: torch.Tensor, captions:
     batch = build_sequences(model.cfg, captions, layouts).to(latents.device)
     with torch.autocast(latents.device.type, dtype=torch.bfloat16, enabled=autocast):
         pred, logits = run_sequence(model, batch, x_t, model_time)
-    if min_snr_gamma > 0 or not caption_diffusion:
+    if min_snr_gamma > 0 and snr_cap > 0:
+        raise ValueError("min_snr_gamma and snr_cap are two weightings: pass at most one")
+    if min_snr_gamma > 0 or snr_cap > 0 or not caption_diffusion:
         per_sample = (pred.float() - target).square().flatten(1).mean(1)
-        w = min_snr_weights(schedule.prediction, alpha, sigma, min_snr_gamma) \
-            if min_snr_gamma > 0 else torch.ones_like(per_sample)
+        if min_snr_gamma > 0:
+            w = min_snr_weights(schedule.prediction, alpha, sigma, min_snr_gamma)
+        elif snr_cap > 0:
+            w = snr_cap_weights(schedule.prediction, alpha, sigma, snr_cap)
+        else:
+            w = torch.ones_like(per_sample)
         if not caption_diffusion:
             keep = torch.tensor([l != IMAGE_FIRST for l in layouts], device=w.device)
             w = w * keep

@@ -178,6 +178,9 @@ def train_transfusion(args) -> int:
     run = Run(args, "transfusion")
     if skip_if_finished(run):
         return 0
+    if args.min_snr_gamma > 0 and args.snr_cap > 0:
+        raise TrainError("--min-snr-gamma and --snr-cap are two weightings of L_diff: "
+                         "pass at most one")
     src = previous_stage(args, "transfusion")
     cfg, model = load_checkpoint(src)
     if args.only_vae:
@@ -194,7 +197,8 @@ def train_transfusion(args) -> int:
     cfg.validate()
     resolve_hparams(args, cfg, "transfusion")
     fp = fingerprint_of(args, ("prediction", "schedule", "lam", "image_first", "caption_drop",
-                               "caption_max_t", "ema", "min_snr_gamma", "caption_diffusion",
+                               "caption_max_t", "ema", "min_snr_gamma", "snr_cap",
+                               "caption_diffusion",
                                "position_embedding", "timestep_tokens"))
     fp["source"] = str(src.resolve())
     fp["only_vae"] = bool(args.only_vae)
@@ -237,7 +241,7 @@ def train_transfusion(args) -> int:
     log(f"[transfusion] {cfg.name}: {n_params / 1e6:.2f}M trainable, {len(data)} samples, "
         f"batch {args.batch}, {args.steps} steps, lr {args.lr}, {d.schedule}/{d.prediction}, "
         f"lambda {args.lam}, image-first {args.image_first}, caption drop {args.caption_drop}, "
-        f"min-SNR gamma {args.min_snr_gamma or 'off'}, "
+        f"min-SNR gamma {args.min_snr_gamma or 'off'}, SNR cap {args.snr_cap or 'off'}, "
         f"captioning samples in L_diff: {args.caption_diffusion}, patch position embedding: "
         f"{cfg.patch.position_embedding}, timestep tokens: {cfg.patch.timestep_tokens}, "
         f"{'bf16 autocast' if autocast else 'fp32'}, {torch.get_num_threads()} threads, "
@@ -261,7 +265,8 @@ def train_transfusion(args) -> int:
                 schedule, latents[idx], captions_of(data, idx), gen, lam=args.lam,
                 image_first=args.image_first, drop=args.caption_drop,
                 caption_max_t=args.caption_max_t, autocast=autocast,
-                min_snr_gamma=args.min_snr_gamma, caption_diffusion=args.caption_diffusion,
+                min_snr_gamma=args.min_snr_gamma, snr_cap=args.snr_cap,
+                caption_diffusion=args.caption_diffusion,
                 shard=shard)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -498,6 +503,9 @@ def parser() -> argparse.ArgumentParser:
         q.add_argument("--weight-decay", type=float, default=0.01)
         q.add_argument("--min-snr-gamma", type=float, default=0.0,
                        help="Min-SNR-gamma weighting of the diffusion loss (0: unweighted)")
+        q.add_argument("--snr-cap", type=float, default=0.0,
+                       help="cap the x0-space weight of the diffusion loss at this value, "
+                       "leaving lower weights as they are (0: off; not with --min-snr-gamma)")
         q.add_argument("--caption-diffusion", action=argparse.BooleanOptionalAction,
                        default=False, help="image-first (captioning) samples in L_diff too")
         q.add_argument("--position-embedding", action=argparse.BooleanOptionalAction,
