@@ -154,10 +154,12 @@ def fresh_except_vae(cfg, model, seed: int):
     return fresh
 
 
-def with_patch_conditioning(cfg, model, position: bool, timestep: bool):
+def with_patch_conditioning(cfg, model, position: bool, timestep: bool, trained: bool = False):
     """`model` with the format-2 patch conditioning asked for (docs/checkpoint.md): the config
     becomes format 2 and the new tensors start at their initial values (`PatchLayers`); every
-    other weight is `model`'s. Returns `model` itself when nothing is added."""
+    other weight is `model`'s. `trained`: `model`'s transformer is already trained (a
+    continued run), so `patch.pos_embed` starts at zero too and the model starts as exactly
+    its format-1 self. Returns `model` itself when nothing is added."""
     if not (position or timestep) or (cfg.patch.position_embedding, cfg.patch.timestep_tokens) \
             == (position, timestep):
         return model
@@ -171,6 +173,9 @@ def with_patch_conditioning(cfg, model, position: bool, timestep: bool):
     if unexpected or set(missing) != new:
         raise TrainError(f"adding patch conditioning: unexpected tensors {sorted(unexpected)}, "
                          f"missing {sorted(set(missing) - new)}")
+    if trained and bigger.patch.pos_embed is not None and "patch.pos_embed" in new:
+        with torch.no_grad():
+            bigger.patch.pos_embed.zero_()
     return bigger
 
 
@@ -193,7 +198,9 @@ def train_transfusion(args) -> int:
         d.schedule = args.schedule
     d.sampler, d.steps, d.guidance, d.guidance_distilled = "ddim", args.sample_steps, \
         args.guidance, False
-    model = with_patch_conditioning(cfg, model, args.position_embedding, args.timestep_tokens)
+    # A checkpoint given with --from (without --only-vae) brings a trained transformer.
+    model = with_patch_conditioning(cfg, model, args.position_embedding, args.timestep_tokens,
+                                    trained=args.source is not None and not args.only_vae)
     cfg.validate()
     resolve_hparams(args, cfg, "transfusion")
     fp = fingerprint_of(args, ("prediction", "schedule", "lam", "image_first", "caption_drop",
