@@ -11,7 +11,9 @@
 //!
 //! Prompts come from a file in a loop (`--prompts FILE`), from standard input (`--stdin`), or
 //! from a file one press at a time (`--button /dev/gpiochip0:LINE`). Settings come from
-//! `--config kiosk.toml` with flags overriding it (`--check` prints what would run and exits).
+//! `--config kiosk.toml` with flags overriding it (`--check` prints what would run and the
+//! machine's preflight, then exits; `--warm-up` compiles the GPU kernels ahead of the first
+//! picture, see `kiosk/check.rs`).
 //!
 //! Threads: inference runs on its own thread and pushes frames to the board's `RenderThread`,
 //! which shows the newest one (a slow SPI panel only skips steps, it never slows sampling);
@@ -19,6 +21,8 @@
 //! cancel the current generation at the next step (`Control::Cancel`), a last "stopped" frame
 //! is drawn, the render thread shuts down (closing the device) and the process exits 0.
 
+#[path = "kiosk/check.rs"]
+mod check;
 mod common;
 #[path = "kiosk/config.rs"]
 mod config;
@@ -35,8 +39,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use transfusion_board::{Frame, ImageKind, RenderThread, Status};
 use transfusion_sdk::{
-    Control, Event, GenerateOptions, Model, PrecisionChoice, Request, RgbImage, SamplingOptions,
-    StopReason,
+    Control, Event, GenerateOptions, Model, Request, RgbImage, SamplingOptions, StopReason,
 };
 
 use config::{FileConfig, Overrides, Settings, Source};
@@ -79,7 +82,7 @@ struct Args {
     /// Threads for matrix products.
     #[arg(long)]
     threads: Option<usize>,
-    /// cpu, cuda or auto (cuda needs a build with a cuda-* feature of the SDK, issue #6).
+    /// cpu, cuda or auto (cuda: the CUDA variant, build.sh --cuda; auto falls back to the CPU).
     #[arg(long)]
     device: Option<String>,
     /// Base seed (default 0).
@@ -103,9 +106,18 @@ struct Args {
     /// Show 0 ms instead of elapsed times, so screenshots are identical across runs and machines.
     #[arg(long)]
     no_timings: bool,
-    /// Print the resolved settings and the prompt count, then exit (opens no device).
+    /// Print the resolved settings, the prompt count and the preflight (CPU features, CUDA
+    /// libraries and headers, GPU, Jetson power mode and sensors), then exit; opens no
+    /// display. Fails when device is cuda and CUDA can not run here.
     #[arg(long)]
     check: bool,
+    /// Compile the GPU kernels now instead of at the first picture: load the model on the
+    /// configured device, generate one picture without a display, stamp the cache and exit.
+    /// `if-stale` (the default) skips all that when the stamp matches this binary, model and
+    /// settings; `always` redoes it. Nothing to do on the CPU.
+    #[arg(long, value_name = "WHEN", num_args = 0..=1, default_missing_value = "if-stale",
+          conflicts_with = "check")]
+    warm_up: Option<check::WarmUp>,
 }
 
 impl Args {
@@ -151,16 +163,19 @@ fn run(args: Args) -> Result<ExitCode, String> {
         }
         None => FileConfig::default(),
     };
-    let check = args.check;
+    let check_only = args.check;
+    let warm_up = args.warm_up;
     let settings = Settings::resolve(file, args.overrides())?;
     // Read the prompts before touching any device: a bad file fails fast and says which.
     let prompts = match &settings.source {
         Source::File(path) | Source::Button { prompts: path, .. } => config::read_prompts(path)?,
         Source::Stdin => Vec::new(),
     };
-    if check {
-        print_check(&settings, &prompts);
-        return Ok(ExitCode::SUCCESS);
+    if check_only {
+        return check::print_check(&settings, &prompts);
+    }
+    if let Some(when) = warm_up {
+        return check::warm_up(&settings, &prompts, when);
     }
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -224,53 +239,6 @@ fn run(args: Args) -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
     }
-}
-
-/// `--check`: what would run.
-fn print_check(settings: &Settings, prompts: &[String]) {
-    println!("display: {:?}", settings.display);
-    match &settings.model {
-        Some(dir) => println!("model: {}", dir.display()),
-        None => println!("model: default ({})", common::DEFAULT_BUNDLE),
-    }
-    match &settings.source {
-        Source::File(path) => println!(
-            "prompts: {} ({} prompts, looped)",
-            path.display(),
-            prompts.len()
-        ),
-        Source::Stdin => println!("prompts: standard input"),
-        Source::Button {
-            spec,
-            prompts: path,
-        } => println!(
-            "prompts: {} ({} prompts), one per press of {}:{} ({:?} edge, {} ms debounce)",
-            path.display(),
-            prompts.len(),
-            spec.chip.display(),
-            spec.line,
-            spec.edge,
-            spec.debounce.as_millis()
-        ),
-    }
-    let precision = match settings.load.precision.backbone {
-        PrecisionChoice::Auto => "auto".to_owned(),
-        PrecisionChoice::Exact(p) => p.to_string(),
-    };
-    println!(
-        "load: precision {precision}, threads {:?}, device {:?}",
-        settings.load.threads, settings.load.device
-    );
-    println!(
-        "generate: steps {:?}, seed {:?}, max_tokens {}, temperature {}",
-        settings.steps, settings.seed, settings.max_tokens, settings.temperature
-    );
-    println!(
-        "loop: hold {} ms, max_prompts {:?}, show_timings {}",
-        settings.hold.as_millis(),
-        settings.max_prompts,
-        settings.show_timings
-    );
 }
 
 /// How the prompt loop ended.

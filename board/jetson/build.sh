@@ -5,7 +5,8 @@ set -euo pipefail
 
 usage() {
   cat <<'USAGE'
-Usage: board/jetson/build.sh [--features LIST] [--glibc VERSION] [--dev] [--target-dir DIR]
+Usage: board/jetson/build.sh [--cuda[=FEATURE]] [--features LIST] [--glibc VERSION] [--dev]
+                             [--target-dir DIR]
 
 Cross-builds the Transfusion kiosk for aarch64 Jetsons with cargo-zigbuild
 (target aarch64-unknown-linux-gnu.<glibc>) and prints the binary's path.
@@ -13,8 +14,11 @@ Installs what is missing: the rustup target, cargo-zigbuild (crates.io) and
 zig (PyPI `ziglang`, in a venv under ~/.cache/transfusion).
 
 Options:
-  --features LIST   passed to cargo as --features (e.g. a future CUDA build,
-                    issue #6: --features transfusion-sdk/cuda-12060)
+  --cuda[=FEATURE]  the CUDA kiosk (tract-cuda): --features transfusion-sdk/FEATURE,
+                    default cuda-12000, which runs on every JetPack 6 release
+                    (6.0 = CUDA 12.2, 6.1/6.2 = 12.6); cuda-12060 needs 6.1+.
+                    No CUDA toolkit is needed to build; deploy with deploy.sh --cuda
+  --features LIST   passed to cargo as --features
   --glibc VERSION   newest glibc the binary may need (default 2.31 = JetPack 5.1;
                     2.35 = JetPack 6 only)
   --dev             dev profile instead of --release (faster to build; the
@@ -33,11 +37,14 @@ root=$(cd "$here/../.." && pwd)
 . "$here/toolchain.sh"
 
 features=""
+cuda=""
 glibc=$TF_GLIBC
 profile=release
 target_dir=""
 while [ $# -gt 0 ]; do
   case "$1" in
+    --cuda) cuda="cuda-12000"; shift ;;
+    --cuda=*) cuda=${1#*=}; shift ;;
     --features) [ $# -ge 2 ] || { usage >&2; exit 2; }; features=$2; shift 2 ;;
     --features=*) features=${1#*=}; shift ;;
     --glibc) [ $# -ge 2 ] || { usage >&2; exit 2; }; glibc=$2; shift 2 ;;
@@ -50,6 +57,14 @@ while [ $# -gt 0 ]; do
     *) printf 'build.sh: unknown argument %q\n\n' "$1" >&2; usage >&2; exit 2 ;;
   esac
 done
+case "$cuda" in
+  ""|cuda-12000|cuda-12020|cuda-12060) ;;
+  cuda-13000) echo "build.sh: note: cuda-13000 needs a CUDA 13 driver (JetPack 7); JetPack 6 boards need cuda-12000" >&2 ;;
+  *) printf 'build.sh: --cuda=%q: expected cuda-12000 (JetPack 6), cuda-12020, cuda-12060 or cuda-13000\n' "$cuda" >&2; exit 2 ;;
+esac
+if [ -n "$cuda" ]; then
+  features="${features:+$features,}transfusion-sdk/$cuda"
+fi
 case "$glibc" in
   2.[0-9]|2.[0-9][0-9]) ;;
   *) printf 'build.sh: --glibc %q: expected a version like 2.31\n' "$glibc" >&2; exit 2 ;;
@@ -73,5 +88,5 @@ if [ ! -x "$bin" ]; then
   printf 'build.sh: cargo succeeded but %s is missing\n' "$bin" >&2
   exit 1
 fi
-printf '[build] %s profile, glibc <= %s, %s s\n' "$profile" "$glibc" "$(( $(date +%s) - start ))" >&2
+printf '[build] %s profile, glibc <= %s%s, %s s\n' "$profile" "$glibc" "${cuda:+, $cuda}" "$(( $(date +%s) - start ))" >&2
 printf '%s\n' "$bin"

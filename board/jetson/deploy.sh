@@ -19,6 +19,14 @@ user needs sudo) and starts it as transfusion-kiosk.service:
   /etc/systemd/system/transfusion-{kiosk,setup}.service
   /etc/udev/rules.d/99-transfusion.rules   gpiochip -> group gpio, spidev -> group spi
 
+With --cuda also /etc/systemd/system/transfusion-kiosk.service.d/cuda.conf (GPU
+device nodes, JIT, kernel cache in /var/cache/transfusion, CUDA_HOME, warm-up
+before each start) and /opt/transfusion/cuda-setup.sh, which installs the
+JetPack packages tract-cuda loads (cuda-cudart, cuda-cudart-dev, cuda-nvrtc,
+libcublas, cuda-cccl, libcudnn9 (JetPack 6.0: libcudnn8 + -dev) for the board's CUDA version).
+The preflight (kiosk --check) runs as the service user, then the restart runs
+the warm-up: the first one compiles the GPU kernels (minutes on an Orin).
+
 Options:
   --binary PATH    kiosk binary (default target/aarch64-unknown-linux-gnu/release/examples/kiosk;
                    built with build.sh when missing)
@@ -26,7 +34,10 @@ Options:
                    target/untrained-shapes64/bundle)
   --config FILE    config (default board/jetson/kiosk.toml)
   --prompts FILE   prompts (default board/jetson/prompts.txt)
-  --no-start       install and enable, but do not (re)start now
+  --cuda           the CUDA variant (binary from build.sh --cuda; built when missing)
+  --no-apt         with --cuda: only check the packages, fail listing missing ones
+  --no-start       install and enable, but do not (re)start now (with --cuda: still
+                   runs the warm-up once, as the service user)
   -n, --dry-run    stage the files locally and print what would be run; touch no host
   -h, --help       this help
 
@@ -41,6 +52,8 @@ model=""
 config="$here/kiosk.toml"
 prompts="$here/prompts.txt"
 start=yes
+cuda=no
+apt=yes
 dry_run=no
 host=""
 while [ $# -gt 0 ]; do
@@ -50,6 +63,8 @@ while [ $# -gt 0 ]; do
     --config) [ $# -ge 2 ] || { usage >&2; exit 2; }; config=$2; shift 2 ;;
     --prompts) [ $# -ge 2 ] || { usage >&2; exit 2; }; prompts=$2; shift 2 ;;
     --no-start) start=no; shift ;;
+    --cuda) cuda=yes; shift ;;
+    --no-apt) apt=no; shift ;;
     -n|--dry-run) dry_run=yes; shift ;;
     -h|--help) usage; exit 0 ;;
     -*) printf 'deploy.sh: unknown option %q\n\n' "$1" >&2; usage >&2; exit 2 ;;
@@ -65,13 +80,20 @@ fi
 . "$here/stage.sh"
 if [ -z "$model" ]; then model=$(tf_default_model "$root"); fi
 if [ ! -x "$binary" ]; then
-  echo "deploy.sh: $binary missing: building it with board/jetson/build.sh" >&2
-  binary=$("$here/build.sh")
+  if [ "$cuda" = yes ]; then
+    echo "deploy.sh: $binary missing: building it with board/jetson/build.sh --cuda" >&2
+    binary=$("$here/build.sh" --cuda)
+  else
+    echo "deploy.sh: $binary missing: building it with board/jetson/build.sh" >&2
+    binary=$("$here/build.sh")
+  fi
 fi
 
 staging=$(mktemp -d)
 trap 'rm -rf "$staging"' EXIT
-tf_stage "$staging/transfusion" "$binary" "$model" "$config" "$prompts"
+tf_stage "$staging/transfusion" "$binary" "$model" "$config" "$prompts" "$cuda"
+cuda_setup_args=""
+if [ "$apt" = no ]; then cuda_setup_args="--check"; fi
 
 remote_dir="/tmp/transfusion-deploy.$$"
 # Runs on the Jetson as root: install the staged tree, create the user, (re)start the service.
@@ -96,13 +118,49 @@ fi
 install -m 0644 "\$src/opt/transfusion/kiosk.toml" "\$src/opt/transfusion/prompts.txt" /opt/transfusion/
 install -m 0644 "\$src/etc/systemd/system/transfusion-kiosk.service" "\$src/etc/systemd/system/transfusion-setup.service" /etc/systemd/system/
 install -m 0644 "\$src/etc/udev/rules.d/99-transfusion.rules" /etc/udev/rules.d/
+dropin=/etc/systemd/system/transfusion-kiosk.service.d
+if [ "$cuda" = yes ]; then
+  install -m 0755 "\$src/opt/transfusion/cuda-setup.sh" /opt/transfusion/cuda-setup.sh
+  install -d -m 0755 "\$dropin"
+  install -m 0644 "\$src\$dropin/cuda.conf" "\$dropin/cuda.conf"
+else
+  # A CPU deployment after a CUDA one: no GPU drop-in.
+  rm -f "\$dropin/cuda.conf" "\$dropin/cuda-home.conf" /opt/transfusion/cuda-setup.sh
+fi
 /opt/transfusion/setup-user.sh
+if [ "$cuda" = yes ]; then
+  /opt/transfusion/cuda-setup.sh $cuda_setup_args
+fi
 udevadm control --reload
 udevadm trigger --subsystem-match=gpio --subsystem-match=spidev || true
 systemctl daemon-reload
 systemctl enable transfusion-kiosk.service
+if [ "$cuda" = yes ]; then
+  # The unit's environment, for the preflight and a warm-up outside the unit.
+  cache=/var/cache/transfusion
+  install -d -o transfusion -g transfusion -m 0700 "\$cache"
+  cuda_home=/usr/local/cuda
+  if [ -f "\$dropin/cuda-home.conf" ]; then
+    cuda_home=\$(sed -n 's/^Environment=CUDA_HOME=//p' "\$dropin/cuda-home.conf")
+  fi
+  as_kiosk=(runuser -u transfusion -- env XDG_CACHE_HOME="\$cache" CUDA_HOME="\$cuda_home"
+    LD_LIBRARY_PATH="\$cuda_home/lib64" RUST_LOG=warn /opt/transfusion/bin/kiosk
+    --config /opt/transfusion/kiosk.toml)
+  echo "--- preflight (kiosk --check, as transfusion) ---"
+  "\${as_kiosk[@]}" --check || echo "preflight failed: see above"
+  if [ "$start" = no ]; then
+    echo "--- warm-up (compiles the GPU kernels; minutes the first time) ---"
+    "\${as_kiosk[@]}" --warm-up
+  fi
+fi
 if [ "$start" = yes ]; then
-  systemctl restart transfusion-kiosk.service
+  if [ "$cuda" = yes ]; then
+    echo "restarting: the unit's warm-up compiles the GPU kernels first (minutes the first time)"
+  fi
+  if ! systemctl restart transfusion-kiosk.service; then
+    journalctl -u transfusion-kiosk --no-pager -n 60 || true
+    exit 1
+  fi
   sleep 3
 fi
 systemctl --no-pager --full status transfusion-kiosk.service || true

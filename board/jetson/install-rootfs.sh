@@ -27,6 +27,13 @@ Options:
   --prompts FILE    prompts (default board/jetson/prompts.txt)
   --headless-boot   also make multi-user.target the default (no desktop holding the DRM master:
                     needed for drm: on HDMI)
+  --cuda            the CUDA variant (binary from build.sh --cuda): also stages the unit's
+                    CUDA drop-in (transfusion-kiosk.service.d/cuda.conf) and cuda-setup.sh,
+                    and checks the rootfs's dpkg database for the JetPack packages
+                    tract-cuda loads (failing with the list and how to add them). The
+                    GPU kernels are compiled at first boot, by the unit's warm-up.
+  --no-package-check  with --cuda: stage even when packages are missing (install them on
+                    the board later: sudo /opt/transfusion/cuda-setup.sh)
   --uninstall       remove what this script staged (a --headless-boot default.target stays)
   -h, --help        this help
 USAGE
@@ -39,6 +46,8 @@ model=""
 config="$here/kiosk.toml"
 prompts="$here/prompts.txt"
 headless=no
+cuda=no
+package_check=yes
 uninstall=no
 rootfs=""
 while [ $# -gt 0 ]; do
@@ -48,6 +57,8 @@ while [ $# -gt 0 ]; do
     --config) [ $# -ge 2 ] || { usage >&2; exit 2; }; config=$2; shift 2 ;;
     --prompts) [ $# -ge 2 ] || { usage >&2; exit 2; }; prompts=$2; shift 2 ;;
     --headless-boot) headless=yes; shift ;;
+    --cuda) cuda=yes; shift ;;
+    --no-package-check) package_check=no; shift ;;
     --uninstall) uninstall=yes; shift ;;
     -h|--help) usage; exit 0 ;;
     -*) printf 'install-rootfs.sh: unknown option %q\n\n' "$1" >&2; usage >&2; exit 2 ;;
@@ -77,6 +88,7 @@ if [ "$uninstall" = yes ]; then
     "$rootfs/etc/systemd/system/transfusion-setup.service" \
     "$rootfs/etc/udev/rules.d/99-transfusion.rules" \
     "$wants/transfusion-kiosk.service"
+  rm -rf "$rootfs/etc/systemd/system/transfusion-kiosk.service.d"
   echo "removed the kiosk from $rootfs"
   exit 0
 fi
@@ -85,14 +97,23 @@ fi
 . "$here/stage.sh"
 if [ -z "$model" ]; then model=$(tf_default_model "$root"); fi
 if [ ! -x "$binary" ]; then
-  echo "install-rootfs.sh: $binary missing: building it with board/jetson/build.sh" >&2
-  binary=$("$here/build.sh")
+  build_args=()
+  if [ "$cuda" = yes ]; then build_args=(--cuda); fi
+  echo "install-rootfs.sh: $binary missing: building it with board/jetson/build.sh ${build_args[*]}" >&2
+  binary=$("$here/build.sh" "${build_args[@]}")
+fi
+if [ "$cuda" = yes ] && [ "$package_check" = yes ]; then
+  echo "checking $rootfs for the CUDA packages:"
+  if ! bash "$here/cuda-setup.sh" --root "$rootfs"; then
+    echo "install-rootfs.sh: CUDA packages missing in $rootfs (see above); or pass --no-package-check" >&2
+    exit 1
+  fi
 fi
 
 staging=$(mktemp -d)
 trap 'rm -rf "$staging"' EXIT
-tf_stage "$staging" "$binary" "$model" "$config" "$prompts"
-rm -rf "$rootfs/opt/transfusion"
+tf_stage "$staging" "$binary" "$model" "$config" "$prompts" "$cuda"
+rm -rf "$rootfs/opt/transfusion" "$rootfs/etc/systemd/system/transfusion-kiosk.service.d/cuda.conf"
 cp -r "$staging/." "$rootfs/"
 mkdir -p "$wants"
 ln -sfn /etc/systemd/system/transfusion-kiosk.service "$wants/transfusion-kiosk.service"
@@ -102,6 +123,7 @@ if [ "$headless" = yes ]; then
 fi
 echo "staged into $rootfs:"
 (cd "$rootfs" && find opt/transfusion etc/systemd/system/transfusion-*.service \
+  etc/systemd/system/transfusion-kiosk.service.d \
   etc/systemd/system/multi-user.target.wants/transfusion-kiosk.service \
   etc/udev/rules.d/99-transfusion.rules -maxdepth 2 2>/dev/null | sort)
 echo "next: flash as usual (e.g. sudo ./flash.sh <board> internal, or l4t_initrd_flash.sh); the kiosk starts on first boot"

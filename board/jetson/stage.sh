@@ -28,9 +28,18 @@ tf_is_aarch64_elf() {
     [ "$(od -An -tx1 -j18 -N2 "$file" | tr -d ' \n')" = b700 ]
 }
 
-# tf_stage DEST BINARY MODEL CONFIG PROMPTS
+# Succeeds when FILE links tract-cuda (a kiosk built with build.sh --cuda): its panic locations
+# name the crate's sources (.../tract-cuda-0.23.9/src/...), which no CPU-only build contains.
+tf_has_cuda() {
+  grep -q -a 'tract-cuda-0\.' "$1"
+}
+
+# tf_stage DEST BINARY MODEL CONFIG PROMPTS [CUDA]
+# CUDA=yes also stages the unit's CUDA drop-in and cuda-setup.sh, checks that the binary has
+# CUDA, and turns a config's `device = "cpu"` into "auto" (GPU when the preflight passes,
+# else the CPU with the reason logged).
 tf_stage() {
-  local dest=$1 binary=$2 model=$3 config=$4 prompts=$5
+  local dest=$1 binary=$2 model=$3 config=$4 prompts=$5 cuda=${6:-no}
   local here
   here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
   [ -f "$binary" ] || { echo "kiosk binary $binary not found (board/jetson/build.sh builds it)" >&2; return 1; }
@@ -53,4 +62,19 @@ tf_stage() {
   install -m 0644 "$here/transfusion-kiosk.service" "$here/transfusion-setup.service" \
     "$dest/etc/systemd/system/"
   install -m 0644 "$here/99-transfusion.rules" "$dest/etc/udev/rules.d/"
+  if [ "$cuda" = yes ]; then
+    tf_has_cuda "$binary" || {
+      echo "$binary was built without CUDA: build it with board/jetson/build.sh --cuda" >&2
+      return 1
+    }
+    install -d -m 0755 "$dest/etc/systemd/system/transfusion-kiosk.service.d"
+    install -m 0644 "$here/transfusion-kiosk.service.d/cuda.conf" \
+      "$dest/etc/systemd/system/transfusion-kiosk.service.d/cuda.conf"
+    install -m 0755 "$here/cuda-setup.sh" "$dest/opt/transfusion/cuda-setup.sh"
+    if grep -q '^device = "cpu"' "$dest/opt/transfusion/kiosk.toml"; then
+      sed -i 's/^device = "cpu"/device = "auto"  # set by --cuda: the GPU, else the CPU (reason logged)/' \
+        "$dest/opt/transfusion/kiosk.toml"
+      echo "config: device = \"auto\" (was \"cpu\"); set \"cuda\" to fail instead of falling back" >&2
+    fi
+  fi
 }

@@ -110,6 +110,10 @@ impl Graph {
                     .set_symbols(&subs)
                     .map_err(|e| fail("tract could not bind its symbols", e))?;
             }
+            let replaced = crate::fused::apply(&mut typed);
+            if replaced > 0 {
+                log::debug!("{name}: {replaced} nodes on the SDK's faster operators");
+            }
             let runnable = runtime.prepare(typed).map_err(|e| {
                 fail(
                     &format!("tract's `{}` runtime could not prepare it", runtime.name()),

@@ -32,6 +32,7 @@ extern crate tract_cuda; // links tract-cuda so its `cuda` runtime registers its
 pub mod config;
 pub mod diffusion;
 pub mod error;
+pub mod fused;
 pub mod generate;
 pub mod graph;
 pub mod image;
@@ -39,6 +40,7 @@ pub mod limits;
 pub mod manifest;
 pub mod model;
 pub mod options;
+pub mod platform;
 pub mod sampling;
 pub mod session;
 pub mod text;

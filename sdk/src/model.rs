@@ -119,6 +119,13 @@ pub struct Model {
 /// untrained models overflowing FP16, docs/jetson.md); `fp16` can be asked for explicitly.
 const AUTO_FP16_ON_CPU: bool = false;
 
+/// Whether `auto` picks the INT8 file of a graph that runs integer kernels on CPUs. Off:
+/// with tract 0.23.9 every INT8 graph measured so far is slower than its FP32 file on the CPU
+/// (x86 with VNNI: a 4-step image 67 ms against 52 ms at one thread, docs/performance.md — the
+/// activations' dynamic quantization runs scalar and the i32 → f32 rescale is a separate
+/// pass). `int8` can be asked for explicitly, for its smaller files.
+const AUTO_INT8_ON_CPU: bool = false;
+
 /// Whether this CPU does FP16 arithmetic natively (aarch64 `asimdhp`, reported as `fp16`).
 pub fn native_fp16() -> bool {
     #[cfg(target_arch = "aarch64")]
@@ -164,7 +171,7 @@ fn choose(
                 .is_some_and(|f| f.int8_ops);
             if on_gpu && entry.files.contains_key(&Precision::Fp16) {
                 Ok(Precision::Fp16)
-            } else if int8 && !on_gpu {
+            } else if AUTO_INT8_ON_CPU && int8 && !on_gpu {
                 Ok(Precision::Int8)
             } else if AUTO_FP16_ON_CPU
                 && native_fp16()
@@ -188,19 +195,23 @@ fn choose(
 }
 
 /// The GPU runtime `device` asks for: `None` for the CPU. `Cuda` fails with the reason when
-/// tract-cuda can not start; `Auto` falls back to the CPU and logs the reason.
-fn gpu_runtime(device: Device) -> Result<Option<&'static dyn Runtime>> {
+/// tract-cuda can not start; `Auto` falls back to the CPU and logs the reason (warning).
+///
+/// The reason comes from the [preflight](crate::platform::preflight) first. tract-cuda 0.23.9's
+/// own check probes the driver and the libraries but stops at the first missing one and names
+/// no package, and it checks neither NVRTC's headers nor its kernel cache: its CUDA context,
+/// created when the first graph is prepared, compiles kernels into that cache and *panics*
+/// when the headers are missing or the cache can not be written (caught by the graph loader,
+/// but as an unhelpful "tract panicked" error). So tract-cuda is asked only when every
+/// library, header, device node and the cache are in order, and a refusal names each missing
+/// piece and its package. tract-cuda's check then runs with panics caught.
+pub fn gpu_runtime(device: Device) -> Result<Option<&'static dyn Runtime>> {
     if device == Device::Cpu {
         return Ok(None);
     }
-    let reason = if cfg!(feature = "cuda") {
-        match tract_onnx::tract_core::runtime::runtime_for_name("cuda") {
-            Ok(Some(rt)) => return Ok(Some(rt)),
-            Ok(None) => "tract's cuda runtime is not registered".to_string(),
-            Err(e) => format!("{e:#}"),
-        }
-    } else {
-        "this build of the SDK has no CUDA support (build with a `cuda-*` feature)".to_string()
+    let reason = match cuda_runtime() {
+        Ok(rt) => return Ok(Some(rt)),
+        Err(reason) => reason,
     };
     if device == Device::Auto {
         log::warn!("no usable GPU ({reason}); running on the CPU");
@@ -210,6 +221,55 @@ fn gpu_runtime(device: Device) -> Result<Option<&'static dyn Runtime>> {
         name: "device".into(),
         message: format!("cuda is unavailable: {reason}; use `cpu`, or `auto` to fall back"),
     })
+}
+
+/// tract-cuda's runtime, or why not.
+fn cuda_runtime() -> std::result::Result<&'static dyn Runtime, String> {
+    if !cfg!(feature = "cuda") {
+        return Err(
+            "this build of the SDK has no CUDA support (build with a `cuda-*` feature: \
+                    `cuda-12000` for JetPack 6, docs/jetson.md)"
+                .to_string(),
+        );
+    }
+    // No commands (nvidia-smi can take seconds without persistence mode): files only.
+    let env = crate::platform::HostEnv {
+        run_commands: false,
+        ..crate::platform::HostEnv::from_process()
+    };
+    let preflight = crate::platform::preflight(Path::new("/"), &env);
+    let problems = preflight.cuda_problems();
+    if !problems.is_empty() {
+        return Err(format!("preflight: {}", problems.join("; ")));
+    }
+    for warning in preflight.cuda.warnings() {
+        log::warn!("cuda: {warning}");
+    }
+    let found =
+        crate::error::catch_panic(|| tract_onnx::tract_core::runtime::runtime_for_name("cuda"));
+    let gpu = preflight
+        .cuda
+        .gpu
+        .as_ref()
+        .map(|g| {
+            format!(
+                " (GPU {}, driver {})",
+                g.name,
+                preflight.cuda.driver.version.as_deref().unwrap_or("?")
+            )
+        })
+        .unwrap_or_default();
+    match found {
+        Ok(Ok(Some(rt))) => {
+            log::info!("cuda: tract-cuda started{gpu}");
+            Ok(rt)
+        }
+        Ok(Ok(None)) => {
+            Err("tract's cuda runtime is not registered (tract-cuda not linked)".into())
+        }
+        Ok(Err(e)) => Err(format!("tract-cuda's check failed{gpu}: {e:#}")),
+        Err(panic) => Err(format!("tract-cuda panicked starting{gpu}: {panic}")),
+    }
 }
 
 impl Model {

@@ -11,6 +11,7 @@ mod measure;
 mod ort;
 pub mod profile;
 mod stats;
+pub mod sustained;
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -150,7 +151,14 @@ pub struct BenchReport {
     pub bundle: String,
     /// The manifest's model name.
     pub model: String,
+    /// Described before the first load: CPU, GPU, the Jetson's power mode and clock pinning,
+    /// and the sensors at the start.
     pub machine: Machine,
+    /// Clocks, temperatures and power rails after the last measurement (compare with
+    /// `machine.telemetry`: a board that heated up may have throttled during the run).
+    pub telemetry_end: transfusion_sdk::platform::Telemetry,
+    /// Where tract ran the graphs (`cpu`, `cuda`, `auto`).
+    pub device: String,
     pub runs: usize,
     pub warmup: usize,
     pub prompt_tokens: usize,
@@ -229,6 +237,10 @@ fn merge_ort(rows: &mut [BenchRow], ort: std::result::Result<&OrtReport, &str>) 
 /// Runs the benchmark on the bundle in `bundle`.
 pub fn bench(bundle: &Path, options: &BenchOptions) -> Result<BenchReport> {
     options.validate()?;
+    let machine = Machine::detect();
+    if let Some(power) = machine.power_state() {
+        log::info!("bench on {power}");
+    }
     let bar = bar(options)?;
     let mut results = Vec::new();
     let mut peak_rss_per_config = true;
@@ -324,7 +336,9 @@ pub fn bench(bundle: &Path, options: &BenchOptions) -> Result<BenchReport> {
     Ok(BenchReport {
         bundle: bundle.display().to_string(),
         model: name,
-        machine: Machine::detect(),
+        machine,
+        telemetry_end: transfusion_sdk::platform::sensors::read_host(),
+        device: format!("{:?}", options.device).to_lowercase(),
         runs: options.runs,
         warmup: options.warmup,
         prompt_tokens: options.prompt_tokens,
@@ -347,6 +361,12 @@ impl BenchReport {
         let mut s = String::new();
         let _ = writeln!(s, "bundle {} ({})", self.bundle, self.model);
         let _ = writeln!(s, "machine: {}", self.machine.describe());
+        let _ = writeln!(
+            s,
+            "device: {}; sensors at the end: {}",
+            self.device,
+            self.telemetry_end.describe()
+        );
         let _ = writeln!(
             s,
             "prompt {} tokens, {} runs (+{} warm-up) per figure, DDIM; times in ms (p50 unless \

@@ -14,6 +14,7 @@
 pub mod bench;
 pub mod checkpoint;
 pub mod convert;
+pub mod devices;
 pub mod error;
 pub mod eval;
 pub mod init;

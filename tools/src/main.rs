@@ -1,4 +1,4 @@
-//! `transfusion`: host-side CLI — init, convert, inspect, verify, bench, dataset, eval.
+//! `transfusion`: host-side CLI — init, convert, inspect, verify, bench, doctor, dataset, eval.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -55,12 +55,17 @@ enum Command {
         #[arg(long)]
         kernels: bool,
     },
-    /// Run every graph in tract on reference inputs and compare with the PyTorch outputs.
+    /// Run every graph in tract on reference inputs and compare with the PyTorch outputs; or,
+    /// with `--device cuda` and no `--reference`, run every graph on the GPU and on the CPU on
+    /// the same seeded inputs and compare the two.
     Verify {
         bundle: PathBuf,
         /// `reference.safetensors` written by `python -m transfusion_ref.reference`.
-        #[arg(long)]
-        reference: PathBuf,
+        #[arg(long, required_unless_present = "device")]
+        reference: Option<PathBuf>,
+        /// Compare this device's outputs with the CPU's instead (cuda; needs a `cuda-*` build).
+        #[arg(long, conflicts_with_all = ["reference", "dump_outputs"])]
+        device: Option<transfusion_sdk::Device>,
         /// Only these precisions (default: all in the bundle).
         #[arg(long, value_delimiter = ',')]
         precision: Option<Vec<Precision>>,
@@ -109,6 +114,39 @@ enum Command {
         /// SDK runs (first precision and thread count; --runs, --warmup, --prompt-tokens apply).
         #[arg(long)]
         profile: bool,
+        /// With --profile: keep the files' symbolic batch instead of planning at batch 1.
+        #[arg(long, requires = "profile")]
+        symbolic_batch: bool,
+        /// Sustained mode instead of the figures: generate images back to back for this many
+        /// seconds (first precision, thread count and step count) and report throughput,
+        /// clocks, temperatures and power per interval, showing thermal throttling.
+        #[arg(long, value_name = "SECONDS", conflicts_with_all = ["profile", "ort"])]
+        duration: Option<f64>,
+        /// With --duration: seconds per reported interval.
+        #[arg(
+            long,
+            value_name = "SECONDS",
+            default_value_t = 10.0,
+            requires = "duration"
+        )]
+        interval: f64,
+    },
+    /// Check this machine for the runtime: the CPU features tract uses, every library, header
+    /// and device node CUDA needs (naming the package for each missing one), the GPU, and on
+    /// a Jetson the power mode, clocks, temperatures and power rails.
+    Doctor {
+        /// One JSON document on stdout instead of the report.
+        #[arg(long)]
+        json: bool,
+        /// Read the files under this root instead of `/` (an L4T rootfs, a copy of a board's
+        /// files), with the kiosk's CUDA unit environment (CUDA_HOME=/usr/local/cuda,
+        /// LD_LIBRARY_PATH=/usr/local/cuda/lib64, XDG_CACHE_HOME=/var/cache/transfusion) and
+        /// no commands run.
+        #[arg(long, default_value = "/")]
+        sysroot: PathBuf,
+        /// Exit with status 1 unless CUDA is usable.
+        #[arg(long)]
+        require_cuda: bool,
     },
     /// Generate a synthetic training dataset: `shapes` (format in docs/dataset.md).
     Dataset {
@@ -224,12 +262,25 @@ fn run(cli: Cli) -> Result<bool> {
         Command::Verify {
             bundle,
             reference,
+            device,
             precision,
             dump_outputs,
             json,
         } => {
             let mut dump = dump_outputs.as_ref().map(|_| HashMap::new());
-            let results = verify::verify(&bundle, &reference, precision.as_deref(), dump.as_mut())?;
+            let results = match (&reference, device) {
+                (_, Some(device)) => {
+                    transfusion_tools::devices::compare(&bundle, device, precision.as_deref())?
+                }
+                (Some(reference), None) => {
+                    verify::verify(&bundle, reference, precision.as_deref(), dump.as_mut())?
+                }
+                (None, None) => {
+                    return Err(Error::Invalid(
+                        "verify needs --reference FILE or --device cuda".into(),
+                    ))
+                }
+            };
             if let (Some(path), Some(dump)) = (&dump_outputs, &dump) {
                 verify::write_dump(path, dump)?;
             }
@@ -274,7 +325,26 @@ fn run(cli: Cli) -> Result<bool> {
             ort,
             device,
             profile,
+            symbolic_batch,
+            duration,
+            interval,
         } => {
+            if let Some(seconds) = duration {
+                use transfusion_tools::bench::sustained::{sustained, SustainedOptions};
+                let options = SustainedOptions {
+                    precision: precision.first().copied().unwrap_or(Precision::Fp32),
+                    threads: threads.first().copied().unwrap_or(1),
+                    steps: steps.first().copied().unwrap_or(4),
+                    prompt_tokens,
+                    device,
+                    duration: seconds,
+                    interval,
+                    progress: !json,
+                };
+                let report = sustained(&bundle, &options)?;
+                print_report(json, &report, || report.to_text())?;
+                return Ok(true);
+            }
             if profile {
                 use transfusion_tools::bench::profile::{profile, to_text, ProfileOptions};
                 if ort || device != transfusion_sdk::Device::Cpu {
@@ -289,6 +359,7 @@ fn run(cli: Cli) -> Result<bool> {
                     runs,
                     warmup,
                     prompt_tokens,
+                    batch_1: !symbolic_batch,
                     ..ProfileOptions::default()
                 };
                 let report = profile(&bundle, &options)?;
@@ -309,6 +380,39 @@ fn run(cli: Cli) -> Result<bool> {
             };
             let report = bench(&bundle, &options)?;
             print_report(json, &report, || report.to_text())?;
+        }
+        Command::Doctor {
+            json,
+            sysroot,
+            require_cuda,
+        } => {
+            use transfusion_sdk::platform::{preflight, HostEnv};
+            let env = if sysroot == std::path::Path::new("/") {
+                HostEnv::from_process()
+            } else {
+                HostEnv {
+                    cuda_home: Some("/usr/local/cuda".into()),
+                    ld_library_path: vec!["/usr/local/cuda/lib64".into()],
+                    cache_home: Some("/var/cache/transfusion".into()),
+                    ..HostEnv::default()
+                }
+            };
+            if !sysroot.is_dir() {
+                return Err(Error::Invalid(format!(
+                    "doctor --sysroot {}: not a directory",
+                    sysroot.display()
+                )));
+            }
+            let report = preflight(&sysroot, &env);
+            let ready = report.cuda_ready();
+            let document = serde_json::json!({
+                "preflight": &report,
+                "cuda_ready": ready,
+                "cuda_problems": report.cuda_problems(),
+                "cuda_warnings": report.cuda.warnings(),
+            });
+            print_report(json, &document, || report.to_text())?;
+            return Ok(ready || !require_cuda);
         }
         Command::Dataset {
             name,

@@ -330,9 +330,13 @@ mod tests {
         // proj_in 2, proj_out 2, mid_out 10, up.0 (upsample 2 + res with skip 12), norm/conv_out 4
         // VAE encoder: conv_in 2, res 8 + ds 2, res 10 + ds 2, res 8, mid 8, norm_out 2, conv_out 2
         // VAE decoder: conv_in 2, mid 8, up.2 8 + 2, up.1 8 + 2, up.0 10, norm_out 2, conv_out 2
+        // Format 2 (the presets): pos_embed 1, time_proj 2.
         let unet = 2 + 12 + 10 + 2 + 2 + 10 + 14 + 4;
         let vae = (2 + 10 + 12 + 8 + 8 + 2 + 2) + (2 + 8 + 10 + 10 + 10 + 2 + 2);
-        assert_eq!(m.len(), 2 + 18 + 1 + 4 + unet + vae);
+        assert_eq!(m.len(), 2 + 18 + 1 + 4 + unet + 3 + vae);
+        assert_eq!(shape(&m, "patch.pos_embed"), [16, 64]);
+        assert_eq!(shape(&m, "patch.time_proj.weight"), [64, 64]);
+        assert_eq!(shape(&m, "patch.time_proj.bias"), [64]);
     }
 
     #[test]
@@ -376,8 +380,21 @@ mod tests {
         let m = by_name(&config);
         assert_eq!(shape(&m, "patch.in_proj.weight"), [64, 16]);
         assert_eq!(shape(&m, "patch.out_proj.bias"), [16]);
-        assert_eq!(m.values().filter(|s| s.part == Part::Patch).count(), 4);
+        // in_proj, out_proj 4 + format 2's pos_embed 1, time_proj 2.
+        assert_eq!(m.values().filter(|s| s.part == Part::Patch).count(), 7);
         assert!(!m.keys().any(|k| k.starts_with("patch.unet")));
+    }
+
+    #[test]
+    fn format_1_has_no_patch_conditioning_tensors() {
+        let mut config = preset("tiny").unwrap();
+        config.format_version = 1;
+        config.patch.position_embedding = None;
+        config.patch.timestep_tokens = None;
+        config.validate().unwrap();
+        let m = by_name(&config);
+        assert!(!m.contains_key("patch.pos_embed"));
+        assert!(!m.keys().any(|k| k.starts_with("patch.time_proj")));
     }
 
     #[test]

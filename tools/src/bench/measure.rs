@@ -127,7 +127,7 @@ pub fn images(job: &ImageJob, variant: Variant, bar: &ProgressBar) -> Result<Ima
 }
 
 /// One image through [`Model::generate`] (DDIM, no previews, no text after the image).
-fn image_generate(job: &ImageJob, seed: u64) -> Result<(Duration, Timings)> {
+pub(crate) fn image_generate(job: &ImageJob, seed: u64) -> Result<(Duration, Timings)> {
     let options = GenerateOptions {
         seed,
         max_tokens: 0,

@@ -32,6 +32,9 @@ pub struct ProfileOptions {
     pub prompt_tokens: usize,
     /// Slowest nodes listed per case.
     pub top: usize,
+    /// Plan at batch 1 as the SDK does (`false`: keep the file's symbolic batch, to measure
+    /// what the specialisation buys).
+    pub batch_1: bool,
 }
 
 impl Default for ProfileOptions {
@@ -43,6 +46,7 @@ impl Default for ProfileOptions {
             warmup: 2,
             prompt_tokens: 32,
             top: 10,
+            batch_1: true,
         }
     }
 }
@@ -190,8 +194,8 @@ pub fn profile(dir: &Path, options: &ProfileOptions) -> Result<Vec<CaseProfile>>
         })?;
         let path = Manifest::bundle_file(dir, &file.path)?;
         let cpu = tract_onnx::tract_core::runtime::DefaultRuntime;
-        let graph =
-            Graph::load_specialized(name, &path, &cpu, &[("B", 1)])?.with_threads(options.threads);
+        let bind: &[(&str, i64)] = if options.batch_1 { &[("B", 1)] } else { &[] };
+        let graph = Graph::load_specialized(name, &path, &cpu, bind)?.with_threads(options.threads);
         let model = graph.model().ok_or_else(|| {
             Error::Invalid(format!("{name}: the runtime exposes no plan to profile"))
         })?;

@@ -1,8 +1,11 @@
 //! Small measurement helpers: percentiles, the machine description, peak resident memory.
 
+use std::path::Path;
 use std::time::Duration;
 
 use serde::Serialize;
+use transfusion_sdk::platform::cuda::Gpu;
+use transfusion_sdk::platform::{self, HostEnv, JetsonReport, Telemetry};
 
 /// Milliseconds of `d` as a float.
 pub fn ms(d: Duration) -> f64 {
@@ -54,6 +57,14 @@ pub struct Machine {
     pub cpu_flags: Vec<String>,
     pub os: String,
     pub arch: String,
+    /// The GPU `--device cuda` runs on (`nvidia-smi`, or the Jetson's device tree).
+    pub gpu: Option<Gpu>,
+    /// On a Jetson: board, L4T/JetPack release, nvpmodel power mode and whether
+    /// `jetson_clocks` pinned the clocks. Orin figures mean nothing without them.
+    pub jetson: Option<JetsonReport>,
+    /// Clocks, temperatures and power rails when the machine was described (the start of the
+    /// run; reports keep an end snapshot too).
+    pub telemetry: Telemetry,
 }
 
 /// CPU flags worth reporting (x86 `flags`, aarch64 `Features`).
@@ -77,11 +88,27 @@ const INTERESTING_FLAGS: &[&str] = &[
 ];
 
 impl Machine {
-    /// Describes this machine from `/proc/cpuinfo` (Linux) and the standard library.
+    /// Describes this machine: `/proc/cpuinfo`, the standard library, and the preflight's GPU,
+    /// Jetson power state and sensors (`transfusion_sdk::platform`).
     pub fn detect() -> Self {
+        Self::detect_with(platform::preflight_host(), Path::new("/"))
+    }
+
+    /// [`Machine::detect`] from the files under `sysroot` (tests: a fake Jetson), running no
+    /// commands.
+    pub fn detect_in(sysroot: &Path) -> Self {
+        Self::detect_with(platform::preflight(sysroot, &HostEnv::default()), sysroot)
+    }
+
+    fn detect_with(preflight: platform::Preflight, sysroot: &Path) -> Self {
         let parallelism = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        Self::from_cpuinfo(&cpuinfo, parallelism)
+        let cpuinfo = std::fs::read_to_string(sysroot.join("proc/cpuinfo")).unwrap_or_default();
+        Machine {
+            gpu: preflight.cuda.gpu,
+            jetson: preflight.jetson,
+            telemetry: preflight.telemetry,
+            ..Self::from_cpuinfo(&cpuinfo, parallelism)
+        }
     }
 
     /// Parses the text of `/proc/cpuinfo` (empty when unavailable).
@@ -126,7 +153,36 @@ impl Machine {
             cpu_flags,
             os: std::env::consts::OS.to_string(),
             arch: std::env::consts::ARCH.to_string(),
+            gpu: None,
+            jetson: None,
+            telemetry: Telemetry::default(),
         }
+    }
+
+    /// The Jetson's power state in one line (`None` off a Jetson): board, L4T, power mode,
+    /// clock pinning.
+    pub fn power_state(&self) -> Option<String> {
+        let j = self.jetson.as_ref()?;
+        let mode = j.power_mode.as_ref().map_or_else(
+            || "power mode unknown".to_string(),
+            |m| {
+                format!(
+                    "power mode {} ({})",
+                    m.id,
+                    m.name.as_deref().unwrap_or("unnamed")
+                )
+            },
+        );
+        let clocks = match j.jetson_clocks.pinned {
+            Some(true) => "clocks pinned (jetson_clocks)",
+            Some(false) => "clocks scaling (no jetson_clocks)",
+            None => "clock pinning unknown",
+        };
+        Some(format!(
+            "{}, L4T {}, {mode}, {clocks}",
+            j.model.as_deref().unwrap_or("Jetson"),
+            j.l4t.as_deref().unwrap_or("?")
+        ))
     }
 
     /// One line for the human report.
@@ -136,7 +192,7 @@ impl Machine {
             .as_ref()
             .map(|i| format!(" ({i})"))
             .unwrap_or_default();
-        format!(
+        let mut line = format!(
             "{}{id}, {} logical CPUs ({} available), {}/{}, flags: {}",
             self.cpu_model,
             self.logical_cpus,
@@ -148,7 +204,16 @@ impl Machine {
             } else {
                 self.cpu_flags.join(" ")
             }
-        )
+        );
+        if let Some(gpu) = &self.gpu {
+            let sm = gpu.sm.map(|sm| format!(" sm_{sm}")).unwrap_or_default();
+            line.push_str(&format!("; GPU {}{sm}", gpu.name));
+        }
+        if let Some(power) = self.power_state() {
+            line.push_str(&format!("; {power}"));
+        }
+        line.push_str(&format!("; {}", self.telemetry.describe()));
+        line
     }
 }
 
