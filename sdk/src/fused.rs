@@ -105,7 +105,8 @@ impl EvalOp for DynamicQuantizeU8 {
         let (scale, zero_point) = scale_and_zero_point(lo, hi);
         let mut ys = vec![0u8; xs.len()];
         quantize(xs, scale, zero_point, &mut ys);
-        let y = Tensor::from_shape(input.shape(), &ys)?;
+        // The buffer becomes the tensor's storage: no second copy per call.
+        let y = tract_ndarray::ArrayD::from_shape_vec(input.shape(), ys)?.into_tensor();
         Ok(tvec!(
             y.into_tvalue(),
             tensor0(scale).into_tvalue(),

@@ -160,43 +160,36 @@ def choose_layouts(n: int, gen: torch.Generator, image_first: float, drop: float
     return out
 
 
+def native_x0_weights(prediction: str, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """`[B]` float64: the weight an unweighted loss of `prediction` puts on each sample's x0
+    error — `SNR + 1` (`1/sigma^2`) for v and flow, `SNR` for epsilon, 1 for x0."""
+    a, s = alpha.double(), sigma.double().clamp_min(1e-12)
+    if prediction in ("v", "flow"):
+        return 1.0 / s.square()
+    if prediction == "epsilon":
+        return (a / s).square()
+    if prediction == "x0":
+        return torch.ones_like(s)
+    raise ValueError(prediction)
+
+
 def min_snr_weights(prediction: str, alpha: torch.Tensor, sigma: torch.Tensor,
                     gamma: float) -> torch.Tensor:
     """Min-SNR-gamma loss weights (Hang et al. 2023) `[B]` for the native loss of
     `prediction`: the weight that turns it into `min(SNR, gamma) * |x0_hat - x0|^2`.
-    An unweighted v- or flow-loss weighs each sample's x0 error by `1/sigma^2` (`SNR + 1`),
-    so nearly clean samples dominate; the clamp moves the signal to the noise levels that
-    decide an image's layout and shapes."""
-    a, s = alpha.double(), sigma.double().clamp_min(1e-12)
-    snr = (a / s).square()
-    clamped = torch.clamp(snr, max=gamma)
-    if prediction in ("v", "flow"):
-        w = clamped * s.square()
-    elif prediction == "epsilon":
-        w = clamped / snr.clamp_min(1e-12)
-    elif prediction == "x0":
-        w = clamped
-    else:
-        raise ValueError(prediction)
-    return w.float()
+    With v-prediction this also lowers high-noise samples (the weight falls to 0 with SNR)."""
+    snr = (alpha.double() / sigma.double().clamp_min(1e-12)).square()
+    native = native_x0_weights(prediction, alpha, sigma)
+    return (torch.clamp(snr, max=gamma) / native.clamp_min(1e-12)).float()
 
 
 def snr_cap_weights(prediction: str, alpha: torch.Tensor, sigma: torch.Tensor,
                     cap: float) -> torch.Tensor:
     """Weights `[B]` that cap the x0-space weight of the native loss at `cap` and leave every
-    weight below it as it is: `min(1, cap / w_native)`, with `w_native` = `SNR + 1` for v and
-    flow (`1/sigma^2`), `SNR` for epsilon (where this is Min-SNR-gamma), 1 for x0. Unlike
-    `min_snr_weights` with v-prediction, high-noise samples keep their full weight; only the
-    nearly clean ones, which dominate an unweighted v-loss, are turned down."""
-    a, s = alpha.double(), sigma.double().clamp_min(1e-12)
-    if prediction in ("v", "flow"):
-        native = 1.0 / s.square()
-    elif prediction == "epsilon":
-        native = (a / s).square()
-    elif prediction == "x0":
-        native = torch.ones_like(s)
-    else:
-        raise ValueError(prediction)
+    weight below it as it is: `min(1, cap / native)` (for epsilon this is Min-SNR-gamma).
+    High-noise samples keep their full weight; only the nearly clean ones, which dominate an
+    unweighted v-loss, are turned down."""
+    native = native_x0_weights(prediction, alpha, sigma)
     return torch.clamp(cap / native.clamp_min(1e-12), max=1.0).float()
 
 
