@@ -32,19 +32,22 @@ struct Args {
 }
 
 fn run(args: Args) -> Result<(), String> {
-    let image = RgbImage::load_png(&args.image).map_err(|e| e.to_string())?;
-    let dir = common::model_dir(args.model)?;
+    // Everything the caller can get wrong is checked before the model loads.
+    let options = GenerateOptions {
+        max_tokens: Some(args.max_tokens),
+        max_images: 0,
+        ..Default::default()
+    };
+    options.validate().map_err(|e| e.to_string())?;
     let load = LoadOptions {
         precision: PartPrecisions::all(args.precision),
         threads: args.threads,
         ..Default::default()
     };
+    load.validate().map_err(|e| e.to_string())?;
+    let image = RgbImage::load_png(&args.image).map_err(|e| e.to_string())?;
+    let dir = common::model_dir(args.model)?;
     let model = Model::load(&dir, &load).map_err(|e| e.to_string())?;
-    let options = GenerateOptions {
-        max_tokens: args.max_tokens,
-        max_images: 0,
-        ..Default::default()
-    };
     let out = model
         .generate(Request::Caption { image: &image }, &options, |event| {
             if let Event::Token { text, .. } = event {

@@ -15,8 +15,8 @@ use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use transfusion_sdk::config::SamplerKind;
 use transfusion_sdk::{
-    Control, Device, Event, GenerateOptions, LoadOptions, Model, PartPrecisions, PrecisionChoice,
-    Request, SamplingOptions, Segment,
+    Control, Device, Event, GenerateOptions, GraphId, LoadOptions, Model, PartPrecisions,
+    PrecisionChoice, Request, SamplingOptions, Segment, UnknownWords,
 };
 
 #[derive(Parser)]
@@ -50,29 +50,19 @@ struct Args {
     /// cpu or cuda.
     #[arg(long, default_value = "cpu")]
     device: Device,
-    /// Text tokens to generate after the image (0: image only).
-    #[arg(long, default_value_t = 0)]
-    max_tokens: usize,
+    /// Text tokens to generate after the image (default: none, the image only).
+    #[arg(long)]
+    max_tokens: Option<usize>,
+    /// Prompt words the model does not know: warn, error or allow.
+    #[arg(long, default_value = "warn")]
+    unknown_words: UnknownWords,
     /// Sampling temperature for text (0: greedy).
     #[arg(long, default_value_t = 0.0)]
     temperature: f32,
 }
 
 fn run(args: Args) -> Result<(), String> {
-    let dir = common::model_dir(args.model)?;
-    let load = LoadOptions {
-        precision: PartPrecisions::all(args.precision),
-        threads: args.threads,
-        device: args.device,
-        ..Default::default()
-    };
-    let model = Model::load(&dir, &load).map_err(|e| e.to_string())?;
-    eprintln!(
-        "loaded {} in {} ms ({})",
-        dir.display(),
-        model.load_time().as_millis(),
-        model.precisions_line()
-    );
+    // Everything the caller can get wrong is checked before the model loads (about a second).
     let options = GenerateOptions {
         seed: args.seed,
         max_tokens: args.max_tokens,
@@ -83,8 +73,25 @@ fn run(args: Args) -> Result<(), String> {
         steps: args.steps,
         sampler: args.sampler,
         guidance: args.guidance,
+        unknown_words: args.unknown_words,
         ..Default::default()
     };
+    options.validate().map_err(|e| e.to_string())?;
+    let load = LoadOptions {
+        precision: PartPrecisions::all(args.precision),
+        threads: args.threads,
+        device: args.device,
+        ..Default::default()
+    };
+    load.validate().map_err(|e| e.to_string())?;
+    let dir = common::model_dir(args.model)?;
+    let model = Model::load(&dir, &load).map_err(|e| e.to_string())?;
+    eprintln!(
+        "loaded {} in {} ms ({})",
+        dir.display(),
+        model.load_time().as_millis(),
+        model.precisions_line()
+    );
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template("{prefix} [{bar:30}] step {pos}/{len} {elapsed}")
@@ -106,7 +113,13 @@ fn run(args: Args) -> Result<(), String> {
                     }
                     Event::Step { index, .. } => bar.set_position(index as u64 + 1),
                     Event::Image { .. } => bar.finish_and_clear(),
-                    Event::Token { .. } | Event::Done { .. } => {}
+                    Event::UnknownWords { words } => bar.suspend(|| {
+                        eprintln!(
+                            "warning: the model does not know {} (drawn as its unknown token)",
+                            words.join(", ")
+                        )
+                    }),
+                    _ => {}
                 }
                 Control::Continue
             },
@@ -139,10 +152,10 @@ fn run(args: Args) -> Result<(), String> {
     eprintln!(
         "timings: total {:.1} ms | backbone {:.1} | patch {:.1} | vae {:.1} | text {:.1} | host {:.1}",
         ms(t.total),
-        ms(t.backbone),
-        ms(t.patch_in + t.patch_out),
-        ms(t.vae_decoder + t.vae_encoder),
-        ms(t.text_embed + t.lm_head),
+        ms(t.graph(GraphId::Backbone)),
+        ms(t.graph(GraphId::PatchIn) + t.graph(GraphId::PatchOut)),
+        ms(t.graph(GraphId::VaeDecoder) + t.graph(GraphId::VaeEncoder)),
+        ms(t.graph(GraphId::TextEmbed) + t.graph(GraphId::LmHead)),
         ms(t.host)
     );
     Ok(())

@@ -440,7 +440,7 @@ impl Kiosk<'_> {
     fn generate(&mut self, model: &Model, prompt: &str, seed: u64) -> Result<bool, String> {
         let options = GenerateOptions {
             seed,
-            max_tokens: self.settings.max_tokens,
+            max_tokens: Some(self.settings.max_tokens),
             sampling: SamplingOptions {
                 temperature: self.settings.temperature,
                 ..Default::default()
@@ -506,7 +506,9 @@ impl Kiosk<'_> {
                     }
                     total
                 }
-                Event::Done { .. } => return Control::Continue,
+                // Unknown words are logged by the SDK (the kiosk's journal); anything else
+                // changes nothing on screen.
+                _ => return Control::Continue,
             };
             current.status = Status::Generating {
                 step,

@@ -134,9 +134,9 @@ pub fn warm_up(settings: &Settings, prompts: &[String], when: WarmUp) -> Result<
         );
         return Ok(ExitCode::SUCCESS);
     }
-    match transfusion_sdk::model::gpu_runtime(settings.load.device) {
-        Ok(Some(_)) => {}
-        Ok(None) => {
+    match settings.load.device.resolve() {
+        Ok(Device::Cuda) => {}
+        Ok(_) => {
             println!("warm-up: no usable GPU (reason logged): the kiosk will run on the CPU");
             return Ok(ExitCode::SUCCESS);
         }
@@ -170,7 +170,7 @@ pub fn warm_up(settings: &Settings, prompts: &[String], when: WarmUp) -> Result<
     let prompt = prompts.first().map_or("warm-up", String::as_str);
     let options = GenerateOptions {
         seed: 0,
-        max_tokens: settings.max_tokens.min(4),
+        max_tokens: Some(settings.max_tokens.min(4)),
         steps: settings.steps,
         previews: true,
         ..Default::default()

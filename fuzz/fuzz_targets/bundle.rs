@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use transfusion_sdk::graph::Graph;
+use transfusion_sdk::engine::Graph;
 use transfusion_sdk::{LoadOptions, Model, PartPrecisions, Precision, PrecisionChoice};
 
 struct Bundle {

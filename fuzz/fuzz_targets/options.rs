@@ -46,7 +46,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let options = GenerateOptions {
         seed: u64::from_le_bytes(r.bytes()),
-        max_tokens: r.usize(),
+        max_tokens: (r.u8() & 1 == 1).then(|| r.usize()),
         sampling,
         steps: Some(r.usize()),
         sampler: None,

@@ -37,6 +37,10 @@ pub enum Error {
     /// fails to encode/decode; `path` is the tokenizer file.
     #[error("tokenizer {path}: {message}")]
     Tokenizer { path: PathBuf, message: String },
+    /// Prompt words outside the model's vocabulary, with
+    /// [`UnknownWords::Error`](crate::options::UnknownWords::Error).
+    #[error("the prompt has words the model does not know: {}", words.join(", "))]
+    UnknownWords { words: Vec<String> },
     /// An image could not be built, decoded or encoded. `path` names the file, or the origin the
     /// caller gave (an upload name, `RgbImage::from_chw`, ...) for in-memory images.
     #[error("image {path}: {message}")]

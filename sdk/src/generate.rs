@@ -10,7 +10,7 @@ use crate::diffusion::{guide, Sampler, SamplerOptions};
 use crate::error::{Error, Result};
 use crate::image::RgbImage;
 use crate::model::Model;
-use crate::options::GenerateOptions;
+use crate::options::{GenerateOptions, UnknownWords, DEFAULT_MAX_TOKENS};
 use crate::sampling::sample_token_masked;
 use crate::session::{Session, Timings};
 
@@ -19,20 +19,28 @@ use crate::session::{Session, Timings};
 pub enum Request<'a> {
     /// Text after the prompt; the model may open images itself (BOI), up to `max_images`.
     Text { prompt: &'a str },
-    /// An image of the prompt (BOI is appended after it), then text up to `max_tokens`.
+    /// An image of the prompt (BOI is appended after it); text after it only when
+    /// [`GenerateOptions::max_tokens`] asks for some.
     Image { prompt: &'a str },
     /// Text about an image (the image first, clean, then text): captioning.
     Caption { image: &'a RgbImage },
-    /// A new image from an image and an instruction.
+    /// A new image from an image and an instruction; text after it only when
+    /// [`GenerateOptions::max_tokens`] asks for some.
     Edit {
         image: &'a RgbImage,
         instruction: &'a str,
     },
 }
 
-/// What happens during generation, in order.
+/// What happens during generation, in order. New kinds of event may be added: match with a
+/// `_` arm.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Event<'a> {
+    /// Words of the prompt the model's vocabulary lacks (each once, in order), with
+    /// [`UnknownWords::Warn`]: they reach the model as its unknown token. Comes before any
+    /// graph runs.
+    UnknownWords { words: &'a [String] },
     /// A text token was generated; `text` is its piece (empty for tokens without text).
     Token { id: u32, text: &'a str },
     /// An image block opened (index among this generation's images).
@@ -64,8 +72,9 @@ pub enum Segment {
     Image(RgbImage),
 }
 
-/// Why generation stopped.
+/// Why generation stopped. New reasons may be added: match with a `_` arm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
 pub enum StopReason {
     /// The model emitted EOS.
     EndOfSequence,
@@ -75,6 +84,8 @@ pub enum StopReason {
     ContextFull,
     /// The callback cancelled.
     Cancelled,
+    /// The image of an image or edit request is done and no text was asked after it.
+    Complete,
 }
 
 /// The result of a generation.
@@ -142,18 +153,19 @@ impl Model {
             pending_text: Vec::new(),
             images: 0,
         };
-        let stop = run.go(request)?;
+        let max_tokens = options.max_tokens.unwrap_or(match request {
+            Request::Text { .. } | Request::Caption { .. } => DEFAULT_MAX_TOKENS,
+            Request::Image { .. } | Request::Edit { .. } => 0,
+        });
+        let image_only = matches!(request, Request::Image { .. } | Request::Edit { .. });
+        let stop = match run.go(request, max_tokens)? {
+            StopReason::MaxTokens if image_only && max_tokens == 0 => StopReason::Complete,
+            stop => stop,
+        };
         run.flush_text()?;
         let mut timings = run.session.timings;
         timings.total = start.elapsed();
-        let graphs = timings.text_embed
-            + timings.backbone
-            + timings.lm_head
-            + timings.patch_in
-            + timings.patch_out
-            + timings.vae_encoder
-            + timings.vae_decoder;
-        timings.host = timings.total.saturating_sub(graphs);
+        timings.host = timings.total.saturating_sub(timings.graphs_total());
         // The final event cannot cancel anything any more.
         let _ = (run.on_event)(Event::Done { timings: &timings });
         Ok(Output {
@@ -161,6 +173,55 @@ impl Model {
             timings,
             stop,
         })
+    }
+}
+
+impl Model {
+    /// The image of `prompt`: [`Model::generate`] of a [`Request::Image`] without a callback
+    /// (the [`GenerateOptions::max_tokens`] and `max_images` of `options` are not used).
+    ///
+    /// ```no_run
+    /// # use transfusion_sdk::{GenerateOptions, LoadOptions, Model};
+    /// let model = Model::load("models/shapes64/bundle", &LoadOptions::default())?;
+    /// let image = model.generate_image("a red circle above a blue square", &GenerateOptions::default())?;
+    /// image.save_png("generated.png")?;
+    /// # Ok::<(), transfusion_sdk::Error>(())
+    /// ```
+    pub fn generate_image(&self, prompt: &str, options: &GenerateOptions) -> Result<RgbImage> {
+        let options = GenerateOptions {
+            max_tokens: Some(0),
+            ..options.clone()
+        };
+        let out = self.generate(Request::Image { prompt }, &options, |_| Control::Continue)?;
+        out.segments
+            .into_iter()
+            .find_map(|s| match s {
+                Segment::Image(image) => Some(image),
+                Segment::Text(_) => None,
+            })
+            .ok_or_else(|| Error::Numerical {
+                what: "generate_image".into(),
+                message: format!("generation stopped ({:?}) before the image", out.stop),
+            })
+    }
+
+    /// A caption of `image`: [`Model::generate`] of a [`Request::Caption`] without a callback,
+    /// text only (the model may not open images of its own; `max_images` is not used).
+    ///
+    /// ```no_run
+    /// # use transfusion_sdk::{GenerateOptions, LoadOptions, Model, RgbImage};
+    /// let model = Model::load("models/shapes64/bundle", &LoadOptions::default())?;
+    /// let image = RgbImage::load_png("scene.png")?;
+    /// println!("{}", model.caption(&image, &GenerateOptions::default())?);
+    /// # Ok::<(), transfusion_sdk::Error>(())
+    /// ```
+    pub fn caption(&self, image: &RgbImage, options: &GenerateOptions) -> Result<String> {
+        let options = GenerateOptions {
+            max_images: 0,
+            ..options.clone()
+        };
+        let out = self.generate(Request::Caption { image }, &options, |_| Control::Continue)?;
+        Ok(out.text())
     }
 }
 
@@ -176,13 +237,30 @@ impl Run<'_, '_> {
         self.model.manifest().special_tokens
     }
 
-    /// Encodes `text`, failing on an empty prompt.
-    fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let ids = self.model.tokenizer().encode(text)?;
+    /// Encodes `text`, failing on an empty prompt; unknown words are handled as
+    /// [`GenerateOptions::unknown_words`] says. `None`: the callback cancelled.
+    fn encode(&mut self, text: &str) -> Result<Option<Vec<u32>>> {
+        let (ids, unknown) = self.model.tokenizer().encode_with_unknown(text)?;
         if ids.is_empty() {
             return Err(empty_prompt());
         }
-        Ok(ids)
+        if !unknown.is_empty() {
+            match self.options.unknown_words {
+                UnknownWords::Allow => {}
+                UnknownWords::Error => return Err(Error::UnknownWords { words: unknown }),
+                UnknownWords::Warn => {
+                    log::warn!(
+                        "prompt words the model does not know (read as its unknown token): {}",
+                        unknown.join(", ")
+                    );
+                    let event = Event::UnknownWords { words: &unknown };
+                    if (self.on_event)(event) == Control::Cancel {
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+        Ok(Some(ids))
     }
 
     /// Fits a prefix into the context, keeping `reserve` positions free after it.
@@ -212,19 +290,25 @@ impl Run<'_, '_> {
         self.model.manifest().geometry.num_patches + 2
     }
 
-    fn go(&mut self, request: Request) -> Result<StopReason> {
+    fn go(&mut self, request: Request, max_tokens: usize) -> Result<StopReason> {
         let sp = self.special();
         let block = self.image_room();
         let hidden = match request {
             Request::Text { prompt } => {
+                let Some(ids) = self.encode(prompt)? else {
+                    return Ok(StopReason::Cancelled);
+                };
                 let mut prefix = vec![sp.bos];
-                prefix.extend(self.encode(prompt)?);
+                prefix.extend(ids);
                 let prefix = self.fit(prefix, 1)?;
                 self.session.append_tokens(&prefix)?
             }
             Request::Image { prompt } => {
+                let Some(ids) = self.encode(prompt)? else {
+                    return Ok(StopReason::Cancelled);
+                };
                 let mut prefix = vec![sp.bos];
-                prefix.extend(self.encode(prompt)?);
+                prefix.extend(ids);
                 prefix.push(sp.boi);
                 let prefix = self.fit(prefix, block - 1)?;
                 self.session.append_tokens(&prefix)?;
@@ -238,7 +322,9 @@ impl Run<'_, '_> {
                 self.context_image(image)?
             }
             Request::Edit { image, instruction } => {
-                let ids = self.encode(instruction)?;
+                let Some(ids) = self.encode(instruction)? else {
+                    return Ok(StopReason::Cancelled);
+                };
                 self.session.append_tokens(&[sp.bos, sp.boi])?;
                 self.context_image(image)?;
                 let mut rest = ids;
@@ -260,7 +346,7 @@ impl Run<'_, '_> {
                 }
             }
         };
-        self.text(hidden)
+        self.text(hidden, max_tokens)
     }
 
     /// Puts a clean image into the context (BOI already appended); returns the hidden at EOI.
@@ -292,10 +378,10 @@ impl Run<'_, '_> {
     }
 
     /// Text generation from `hidden` until EOS, `max_tokens`, a full context or cancellation.
-    fn text(&mut self, mut hidden: Vec<f32>) -> Result<StopReason> {
+    fn text(&mut self, mut hidden: Vec<f32>, max_tokens: usize) -> Result<StopReason> {
         let sp = self.special();
         let mut scratch = Vec::new();
-        for _ in 0..self.options.max_tokens {
+        for _ in 0..max_tokens {
             if self.session.remaining() == 0 {
                 return Ok(StopReason::ContextFull);
             }

@@ -36,12 +36,14 @@ impl std::fmt::Debug for Graph {
 impl Graph {
     /// Loads the ONNX file at `path` and optimises it for tract's CPU kernels; `name` labels
     /// errors and timings.
+    #[cfg_attr(not(feature = "engine"), allow(dead_code))]
     pub fn load(name: &str, path: &Path) -> Result<Self> {
         Self::load_on(name, path, &tract_onnx::tract_core::runtime::DefaultRuntime)
     }
 
     /// Loads the ONNX file at `path` and prepares it for `runtime` (tract's CPU runtime, or a
     /// GPU one such as tract-cuda's).
+    #[cfg_attr(not(feature = "engine"), allow(dead_code))]
     pub fn load_on(name: &str, path: &Path, runtime: &dyn Runtime) -> Result<Self> {
         Self::load_specialized(name, path, runtime, &[])
     }
@@ -186,6 +188,7 @@ impl Graph {
     }
 
     /// The graph's name.
+    #[cfg_attr(not(feature = "engine"), allow(dead_code))]
     pub fn name(&self) -> &str {
         &self.name
     }

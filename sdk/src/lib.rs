@@ -31,14 +31,17 @@ extern crate tract_cuda; // links tract-cuda so its `cuda` runtime registers its
 
 pub mod config;
 pub mod diffusion;
+#[cfg(feature = "engine")]
+pub mod engine;
 pub mod error;
-pub mod fused;
+mod fused;
 pub mod generate;
-pub mod graph;
+mod graph;
+pub mod graph_id;
 pub mod image;
 pub mod limits;
 pub mod manifest;
-pub mod model;
+mod model;
 pub mod options;
 pub mod platform;
 pub mod sampling;
@@ -48,9 +51,13 @@ pub mod text;
 pub use config::Config;
 pub use error::{Error, Result};
 pub use generate::{Control, Event, Output, Request, Segment, StopReason};
+pub use graph::KernelSummary;
+pub use graph_id::{GraphId, ModelPart, PerGraph};
 pub use image::RgbImage;
 pub use manifest::Precision;
-pub use model::Model;
-pub use options::{Device, GenerateOptions, LoadOptions, PartPrecisions, PrecisionChoice};
+pub use model::{native_fp16, Model};
+pub use options::{
+    Device, GenerateOptions, LoadOptions, PartPrecisions, PrecisionChoice, UnknownWords,
+};
 pub use sampling::SamplingOptions;
 pub use session::{Session, Timings};

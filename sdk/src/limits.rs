@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::graph_id::GraphId;
 use crate::manifest::{Manifest, Precision};
 
 /// Default [`LoadOptions::memory_cap`](crate::LoadOptions): 4 GiB, half of an 8 GB Jetson Orin
@@ -42,18 +43,18 @@ impl MemoryPlan {
     /// `manifest`. Fails when a file is missing or smaller than the config's dimensions need.
     pub fn for_bundle(
         manifest: &Manifest,
-        files: &[(&str, Precision, PathBuf)],
+        files: &[(GraphId, Precision, PathBuf)],
         tokenizer: &Path,
     ) -> Result<Self> {
         let config = &manifest.config;
         let mut weights = file_size(tokenizer)?;
-        for (name, precision, path) in files {
+        for (id, precision, path) in files {
             let size = file_size(path)?;
-            let params = min_params(config, name);
+            let params = min_params(config, *id);
             let need = params.saturating_mul(weight_bytes(*precision));
             if size < need {
                 return Err(Error::Graph {
-                    graph: name.to_string(),
+                    graph: id.name().to_string(),
                     path: path.clone(),
                     message: format!(
                         "file is {size} bytes, but the config's dimensions need at least {need} \
@@ -125,17 +126,19 @@ fn weight_bytes(precision: Precision) -> u64 {
     }
 }
 
-/// A lower bound on the weights of graph `name` implied by the config: the matrices every
+/// A lower bound on the weights of graph `id` implied by the config: the matrices every
 /// conforming graph stores (embeddings, attention and SwiGLU projections). The patch and VAE
 /// graphs depend on their block layout and count as 0.
-fn min_params(config: &Config, name: &str) -> u64 {
+fn min_params(config: &Config, id: GraphId) -> u64 {
     let b = &config.backbone;
     let [vocab, dim, ffn, layers] =
         [config.text.vocab_size, b.dim, b.ffn_dim, b.n_layers].map(|v| v as u64);
-    match name {
-        "text_embed" | "lm_head" => mul(&[vocab, dim]),
-        "backbone" => mul(&[layers, dim, mul(&[4, dim]).saturating_add(mul(&[3, ffn]))]),
-        _ => 0,
+    match id {
+        GraphId::TextEmbed | GraphId::LmHead => mul(&[vocab, dim]),
+        GraphId::Backbone => {
+            mul(&[layers, dim, mul(&[4, dim]).saturating_add(mul(&[3, ffn]))])
+        }
+        GraphId::PatchIn | GraphId::PatchOut | GraphId::VaeEncoder | GraphId::VaeDecoder => 0,
     }
 }
 

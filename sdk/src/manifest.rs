@@ -9,20 +9,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, DiffusionConfig, Geometry, SpecialTokens};
 use crate::error::{Error, Result};
+use crate::graph_id::GraphId;
 
 /// Bundle format version this code reads and writes.
 pub const MANIFEST_FORMAT_VERSION: u32 = 1;
-
-/// The graphs of a bundle, in the order they are listed.
-pub const GRAPH_NAMES: [&str; 7] = [
-    "text_embed",
-    "backbone",
-    "lm_head",
-    "patch_in",
-    "patch_out",
-    "vae_encoder",
-    "vae_decoder",
-];
 
 /// Numeric precision of a graph file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -204,7 +194,8 @@ impl Manifest {
         if manifest.precisions.is_empty() {
             return Err(bad("`precisions` is empty".into()));
         }
-        for name in GRAPH_NAMES {
+        for id in GraphId::ALL {
+            let name = id.name();
             let graph = manifest
                 .graphs
                 .get(name)
@@ -260,11 +251,11 @@ impl Manifest {
         Ok(path)
     }
 
-    /// The entry of graph `name`.
-    pub fn graph(&self, name: &str) -> Result<&GraphEntry> {
-        self.graphs.get(name).ok_or_else(|| Error::Manifest {
+    /// The entry of graph `id` (present in every manifest [`Manifest::from_json`] accepted).
+    pub fn graph(&self, id: GraphId) -> Result<&GraphEntry> {
+        self.graphs.get(id.name()).ok_or_else(|| Error::Manifest {
             path: "manifest.json".into(),
-            message: format!("graph `{name}` is missing"),
+            message: format!("graph `{id}` is missing"),
         })
     }
 }

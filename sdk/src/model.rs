@@ -10,22 +10,22 @@ use crate::error::{Error, Result};
 use crate::graph::{tensor_to_f32, Graph};
 use crate::image::RgbImage;
 use crate::limits::MemoryPlan;
-use crate::manifest::{FloatDtype, Manifest, Precision, GRAPH_NAMES};
+use crate::graph_id::{GraphId, PerGraph};
+use crate::manifest::{FloatDtype, Manifest, Precision};
 use crate::options::{Device, LoadOptions, PrecisionChoice};
 use crate::text::Tokenizer;
 use tract_onnx::tract_core::runtime::Runtime;
 
-/// Reads one graph file of a bundle for [`Model::load_with`]: graph name, file, and the GPU
-/// runtime it goes to (`None`: the CPU). Hidden with it: a harness hook, not app API.
-#[doc(hidden)]
-pub type GraphLoader<'a> = dyn FnMut(&str, &Path, Option<&dyn Runtime>) -> Result<Graph> + 'a;
+/// Reads one graph file of a bundle for `Model::load_with`: graph, file, and the GPU runtime
+/// it goes to (`None`: the CPU). A harness hook of the `engine` feature, not app API.
+pub type GraphLoader<'a> = dyn FnMut(GraphId, &Path, Option<&dyn Runtime>) -> Result<Graph> + 'a;
 
 /// One graph at its chosen precision.
 #[derive(Debug, Clone)]
-pub struct Part {
-    pub graph: Graph,
-    pub precision: Precision,
-    pub float: FloatDtype,
+pub(crate) struct Part {
+    pub(crate) graph: Graph,
+    pub(crate) precision: Precision,
+    pub(crate) float: FloatDtype,
 }
 
 impl Part {
@@ -98,19 +98,14 @@ pub fn output_f32(outputs: &TVec<TValue>, index: usize, what: &str) -> Result<Ve
     Ok(tensor_to_f32(value, what)?.1)
 }
 
-/// A loaded model.
+/// A loaded model: `Send + Sync`, shared by reference between threads; each generation runs
+/// on its own [`Session`](crate::Session).
 #[derive(Debug)]
 pub struct Model {
     dir: PathBuf,
     manifest: Manifest,
     tokenizer: Tokenizer,
-    pub(crate) text_embed: Part,
-    pub(crate) backbone: Part,
-    pub(crate) lm_head: Part,
-    pub(crate) patch_in: Part,
-    pub(crate) patch_out: Part,
-    pub(crate) vae_encoder: Part,
-    pub(crate) vae_decoder: Part,
+    parts: PerGraph<Part>,
     load_time: Duration,
 }
 
@@ -140,11 +135,12 @@ pub fn native_fp16() -> bool {
 
 fn choose(
     manifest: &Manifest,
-    name: &str,
+    id: GraphId,
     choice: PrecisionChoice,
     on_gpu: bool,
 ) -> Result<Precision> {
-    let entry = manifest.graph(name)?;
+    let name = id.name();
+    let entry = manifest.graph(id)?;
     match choice {
         PrecisionChoice::Exact(p) => {
             if entry.files.contains_key(&p) {
@@ -223,6 +219,19 @@ pub fn gpu_runtime(device: Device) -> Result<Option<&'static dyn Runtime>> {
     })
 }
 
+impl Device {
+    /// The device graphs asked to run on `self` would run on, found as [`Model::load`] finds
+    /// it: [`Device::Cpu`], or [`Device::Cuda`] when tract-cuda can start. `Auto` without a
+    /// usable GPU is `Cpu` (the reason logged); `Cuda` without one is an error naming each
+    /// missing piece and its package.
+    pub fn resolve(self) -> Result<Device> {
+        Ok(match gpu_runtime(self)? {
+            Some(_) => Device::Cuda,
+            None => Device::Cpu,
+        })
+    }
+}
+
 /// tract-cuda's runtime, or why not.
 fn cuda_runtime() -> std::result::Result<&'static dyn Runtime, String> {
     if !cfg!(feature = "cuda") {
@@ -273,109 +282,99 @@ fn cuda_runtime() -> std::result::Result<&'static dyn Runtime, String> {
 }
 
 impl Model {
-    /// Loads the bundle in `dir`: reads and checks the manifest, the tokenizer, and every graph
-    /// (interface checked against the manifest, optimised once by tract).
+    /// Loads the bundle in `dir`: checks `options`, reads and checks the manifest, the
+    /// tokenizer, and every graph (interface checked against the manifest, optimised once by
+    /// tract). Errors name `dir` as given, or the file inside it.
     pub fn load(dir: impl AsRef<Path>, options: &LoadOptions) -> Result<Self> {
         // The SDK runs every graph at batch 1 (a guidance pass is a second session, not a
         // second batch row): tract plans each graph for that size.
         let batch_1 = [("B", 1)];
         let cpu = tract_onnx::tract_core::runtime::DefaultRuntime;
-        Self::load_with(dir, options, &mut |name, path, runtime| {
-            Graph::load_specialized(name, path, runtime.unwrap_or(&cpu), &batch_1)
+        Self::load_inner(dir.as_ref(), options, &mut |id, path, runtime| {
+            Graph::load_specialized(id.name(), path, runtime.unwrap_or(&cpu), &batch_1)
         })
     }
 
-    /// [`Model::load`] with the caller reading each graph file (`name`, its path inside the
-    /// bundle, the GPU runtime it goes to or `None` for the CPU). Every check of the bundle
+    /// [`Model::load`] with the caller reading each graph file (which graph, its path inside
+    /// the bundle, the GPU runtime it goes to or `None` for the CPU). Every check of the bundle
     /// still runs, interfaces included. For harnesses: the bundle fuzz target hands back
     /// graphs it already read for files it did not change, so it can afford a million runs.
-    #[doc(hidden)]
+    #[cfg(feature = "engine")]
     pub fn load_with(
         dir: impl AsRef<Path>,
         options: &LoadOptions,
         load_graph: &mut GraphLoader<'_>,
     ) -> Result<Self> {
+        Self::load_inner(dir.as_ref(), options, load_graph)
+    }
+
+    fn load_inner(
+        dir: &Path,
+        options: &LoadOptions,
+        load_graph: &mut GraphLoader<'_>,
+    ) -> Result<Self> {
         let start = Instant::now();
-        let dir = dir.as_ref();
+        options.validate()?;
         let gpu = gpu_runtime(options.device)?;
-        if let Some(n) = options.threads {
-            if n == 0 || n > 1024 {
-                return Err(Error::InvalidOption {
-                    name: "threads".into(),
-                    message: format!("must be in 1..=1024, got {n}"),
-                });
-            }
-        }
         let manifest = Manifest::load(dir)?;
         // Every graph's precision and file first: the memory plan is checked before reading any.
-        let mut chosen = Vec::with_capacity(GRAPH_NAMES.len());
-        for name in GRAPH_NAMES {
-            let on_gpu = gpu.is_some() && !options.cpu_graphs.iter().any(|g| g == name);
-            let precision = choose(&manifest, name, options.precision.for_graph(name), on_gpu)?;
-            let file =
-                manifest
-                    .graph(name)?
-                    .files
-                    .get(&precision)
-                    .ok_or_else(|| Error::Manifest {
-                        path: dir.join("manifest.json"),
-                        message: format!("graph `{name}` has no {precision} file"),
-                    })?;
-            chosen.push((name, precision, file, on_gpu));
-        }
+        let chosen = PerGraph::try_from_fn(|id| {
+            let on_gpu = gpu.is_some() && !options.cpu_graphs.contains(&id);
+            let precision = choose(&manifest, id, options.precision.for_graph(id), on_gpu)?;
+            let file = manifest
+                .graph(id)?
+                .files
+                .get(&precision)
+                .ok_or_else(|| Error::Manifest {
+                    path: dir.join("manifest.json"),
+                    message: format!("graph `{id}` has no {precision} file"),
+                })?;
+            let path = Manifest::bundle_file(dir, &file.path)?;
+            Ok::<_, Error>((precision, file, on_gpu, path))
+        })?;
         let tokenizer_path = Manifest::bundle_file(dir, &manifest.tokenizer)?;
-        let files = chosen
+        let files: Vec<_> = chosen
             .iter()
-            .map(|(name, precision, file, _)| {
-                Ok((*name, *precision, Manifest::bundle_file(dir, &file.path)?))
-            })
-            .collect::<Result<Vec<_>>>()?;
+            .map(|(id, (precision, _, _, path))| (id, *precision, path.clone()))
+            .collect();
         let plan = MemoryPlan::for_bundle(&manifest, &files, &tokenizer_path)?;
         if let Some(cap) = options.memory_cap {
             plan.check(cap, dir)?;
         }
         log::debug!("memory plan of {}: {plan:?}", dir.display());
         let tokenizer = Tokenizer::from_file(&tokenizer_path, manifest.special_tokens)?;
-        let mut parts = Vec::with_capacity(GRAPH_NAMES.len());
-        for ((name, precision, file, on_gpu), (_, _, path)) in chosen.into_iter().zip(files) {
-            let entry = manifest.graph(name)?;
-            let runtime = gpu.filter(|_| on_gpu);
-            let mut graph = load_graph(name, &path, runtime)?;
+        let parts = PerGraph::try_from_fn(|id| {
+            let (precision, file, on_gpu, path) = &chosen[id];
+            let entry = manifest.graph(id)?;
+            let runtime = gpu.filter(|_| *on_gpu);
+            let mut graph = load_graph(id, path, runtime)?;
             if let Some(n) = options.threads {
                 graph = graph.with_threads(n);
             }
             graph.check_interface(entry, file.float)?;
             log::info!(
-                "loaded {name} ({precision}, {}) from {}",
+                "loaded {id} ({precision}, {}) from {}",
                 graph.runtime(),
                 path.display()
             );
-            parts.push(Part {
+            Ok::<_, Error>(Part {
                 graph,
-                precision,
+                precision: *precision,
                 float: file.float,
-            });
-        }
-        let mut parts = parts.into_iter();
-        let mut next = || {
-            parts.next().ok_or_else(|| Error::Manifest {
-                path: dir.join("manifest.json"),
-                message: "missing graph".into(),
             })
-        };
+        })?;
         Ok(Model {
             dir: dir.to_path_buf(),
             tokenizer,
-            text_embed: next()?,
-            backbone: next()?,
-            lm_head: next()?,
-            patch_in: next()?,
-            patch_out: next()?,
-            vae_encoder: next()?,
-            vae_decoder: next()?,
+            parts,
             manifest,
             load_time: start.elapsed(),
         })
+    }
+
+    /// Graph `id` at its chosen precision.
+    pub(crate) fn part(&self, id: GraphId) -> &Part {
+        &self.parts[id]
     }
 
     /// The bundle's manifest.
@@ -398,25 +397,20 @@ impl Model {
         self.load_time
     }
 
-    /// The precision each graph runs at, in bundle order.
-    pub fn precisions(&self) -> Vec<(&'static str, Precision)> {
-        GRAPH_NAMES
-            .iter()
-            .copied()
-            .zip(
-                [
-                    &self.text_embed,
-                    &self.backbone,
-                    &self.lm_head,
-                    &self.patch_in,
-                    &self.patch_out,
-                    &self.vae_encoder,
-                    &self.vae_decoder,
-                ]
-                .iter()
-                .map(|p| p.precision),
-            )
-            .collect()
+    /// The precision each graph runs at.
+    pub fn precisions(&self) -> PerGraph<Precision> {
+        self.parts.map(|_, part| part.precision)
+    }
+
+    /// Where graph `id` runs: tract's runtime name (`cpu`, `cuda`).
+    pub fn runtime(&self, id: GraphId) -> &str {
+        self.parts[id].graph.runtime()
+    }
+
+    /// The matrix-product kernels tract's optimised plan of graph `id` runs (integer or float,
+    /// and their names): how to check that an INT8 graph really runs integer kernels.
+    pub fn kernel_summary(&self, id: GraphId) -> crate::graph::KernelSummary {
+        self.parts[id].graph.kernel_summary()
     }
 
     /// Encodes `image` to a latent with the bundle's `vae_encoder` and decodes that latent back
@@ -455,7 +449,7 @@ impl Model {
     pub fn precisions_line(&self) -> String {
         self.precisions()
             .iter()
-            .map(|(graph, precision)| format!("{graph} {precision}"))
+            .map(|(id, precision)| format!("{id} {precision}"))
             .collect::<Vec<_>>()
             .join(", ")
     }

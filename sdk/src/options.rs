@@ -2,6 +2,7 @@
 
 use crate::config::SamplerKind;
 use crate::error::{Error, Result};
+use crate::graph_id::{GraphId, ModelPart};
 use crate::manifest::Precision;
 use crate::sampling::SamplingOptions;
 
@@ -52,13 +53,13 @@ impl PartPrecisions {
         }
     }
 
-    /// The choice for graph `name`.
-    pub fn for_graph(&self, name: &str) -> PrecisionChoice {
-        match name {
-            "backbone" => self.backbone,
-            "patch_in" | "patch_out" => self.patch,
-            "vae_encoder" | "vae_decoder" => self.vae,
-            _ => self.text,
+    /// The choice for graph `id`.
+    pub fn for_graph(&self, id: GraphId) -> PrecisionChoice {
+        match id.part() {
+            ModelPart::Text => self.text,
+            ModelPart::Backbone => self.backbone,
+            ModelPart::Patch => self.patch,
+            ModelPart::Vae => self.vae,
         }
     }
 }
@@ -95,14 +96,16 @@ impl std::str::FromStr for Device {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoadOptions {
     pub precision: PartPrecisions,
-    /// Threads for this model's matrix products (`None`: tract's process-wide default, one
-    /// thread unless the app set another). Each model keeps its own pool: loading one never
-    /// changes another's.
+    /// Threads for this model's matrix products, 1..=1024 (`None`: one). The count belongs to
+    /// the model: its graph runs set it on the calling thread for the duration of the run, so
+    /// loading or running one model never changes another's, and nothing process-wide is set.
+    /// More than one thread runs the products on a pool of that size, created on first use
+    /// and kept for the process (tract caches one pool per thread count).
     pub threads: Option<usize>,
     pub device: Device,
     /// Graphs kept on the CPU when the device is a GPU (default: `text_embed`, a table lookup
     /// not worth a device round trip).
-    pub cpu_graphs: Vec<String>,
+    pub cpu_graphs: Vec<GraphId>,
     /// Most bytes the model may need (weights, KV cache at `max_seq_len`, largest activations;
     /// [`MemoryPlan`](crate::limits::MemoryPlan)); a bundle planning more is refused before any
     /// graph is read. `None`: no cap. Default [`DEFAULT_MEMORY_CAP`](crate::limits::DEFAULT_MEMORY_CAP).
@@ -115,8 +118,61 @@ impl Default for LoadOptions {
             precision: PartPrecisions::default(),
             threads: None,
             device: Device::Cpu,
-            cpu_graphs: vec!["text_embed".to_string()],
+            cpu_graphs: vec![GraphId::TextEmbed],
             memory_cap: Some(crate::limits::DEFAULT_MEMORY_CAP),
+        }
+    }
+}
+
+/// Most matrix-product threads a model may ask for.
+pub const MAX_THREADS: usize = 1024;
+
+impl LoadOptions {
+    /// Checks the values a caller can get wrong, before anything is read; errors name the
+    /// option. [`Model::load`](crate::Model::load) calls it first.
+    pub fn validate(&self) -> Result<()> {
+        if let Some(n) = self.threads {
+            if n == 0 || n > MAX_THREADS {
+                return Err(Error::InvalidOption {
+                    name: "threads".into(),
+                    message: format!("must be in 1..={MAX_THREADS}, got {n}"),
+                });
+            }
+        }
+        if self.memory_cap == Some(0) {
+            return Err(Error::InvalidOption {
+                name: "memory_cap".into(),
+                message: "must be more than 0 bytes (`None` for no cap)".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// What to do with prompt words the model's vocabulary does not have (they reach the model as
+/// its unknown token, which it was never trained to draw).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UnknownWords {
+    /// Go on, and report them: an [`Event::UnknownWords`](crate::Event::UnknownWords) before
+    /// anything runs, and a logged warning.
+    #[default]
+    Warn,
+    /// Fail with [`Error::UnknownWords`](crate::Error::UnknownWords) before anything runs.
+    Error,
+    /// Go on silently.
+    Allow,
+}
+
+impl std::str::FromStr for UnknownWords {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "warn" => Ok(UnknownWords::Warn),
+            "error" => Ok(UnknownWords::Error),
+            "allow" => Ok(UnknownWords::Allow),
+            other => Err(format!(
+                "unknown setting `{other}` (expected warn, error or allow)"
+            )),
         }
     }
 }
@@ -126,8 +182,11 @@ impl Default for LoadOptions {
 pub struct GenerateOptions {
     /// Seed of every random draw (noise, token sampling): same seed, same output.
     pub seed: u64,
-    /// Text tokens to generate at most (0: stop after the prompt / image).
-    pub max_tokens: usize,
+    /// Text tokens to generate at most. `None` (the default): [`DEFAULT_MAX_TOKENS`] for text
+    /// and captions, none after the image of [`Request::Image`](crate::Request::Image) and
+    /// [`Request::Edit`](crate::Request::Edit). `Some(n)` asks for up to `n` in every case
+    /// (`Some(0)`: stop after the prompt or the image).
+    pub max_tokens: Option<usize>,
     pub sampling: SamplingOptions,
     /// Diffusion steps (default: the manifest's recommendation).
     pub steps: Option<usize>,
@@ -144,13 +203,19 @@ pub struct GenerateOptions {
     pub truncate_prompt: bool,
     /// Compute a preview for every diffusion step (cheap: a linear map of the latent).
     pub previews: bool,
+    /// Prompt words outside the vocabulary: reported (default), an error, or allowed.
+    pub unknown_words: UnknownWords,
 }
+
+/// Text tokens generated at most for text and caption requests when
+/// [`GenerateOptions::max_tokens`] is `None`.
+pub const DEFAULT_MAX_TOKENS: usize = 64;
 
 impl Default for GenerateOptions {
     fn default() -> Self {
         GenerateOptions {
             seed: 0,
-            max_tokens: 64,
+            max_tokens: None,
             sampling: SamplingOptions::default(),
             steps: None,
             sampler: None,
@@ -159,14 +224,19 @@ impl Default for GenerateOptions {
             max_images: 1,
             truncate_prompt: false,
             previews: true,
+            unknown_words: UnknownWords::default(),
         }
     }
 }
 
 impl GenerateOptions {
-    /// Checks the values a caller can get wrong; errors name the option.
+    /// Checks the values a caller can get wrong; errors name the option. It needs no model:
+    /// apps call it before loading one so a bad option fails at once.
+    /// [`Model::generate`](crate::Model::generate) calls it too, and checks what depends on the
+    /// model (the sampler's steps against its schedule) before running anything.
     pub fn validate(&self) -> Result<()> {
         self.sampling.validate()?;
+
         if let Some(steps) = self.steps {
             if steps == 0 || steps > 1000 {
                 return Err(Error::InvalidOption {

@@ -12,18 +12,14 @@ use serde::Serialize;
 use tract_onnx::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::model::{output_f32, Model, Part};
+use crate::graph_id::{GraphId, PerGraph};
+use crate::model::{output_f32, Model};
 
-/// Time spent per part of the model.
+/// Where the time of a generation (or of a session's calls) went.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct Timings {
-    pub text_embed: Duration,
-    pub backbone: Duration,
-    pub lm_head: Duration,
-    pub patch_in: Duration,
-    pub patch_out: Duration,
-    pub vae_encoder: Duration,
-    pub vae_decoder: Duration,
+    /// Time inside each graph (serialised as a map from graph name).
+    pub graphs: PerGraph<Duration>,
     /// Sampler updates, previews and token sampling (everything outside the graphs).
     pub host: Duration,
     /// Wall time of the whole generation.
@@ -31,26 +27,24 @@ pub struct Timings {
 }
 
 impl Timings {
+    /// Time inside graph `id`.
+    pub fn graph(&self, id: GraphId) -> Duration {
+        self.graphs[id]
+    }
+
+    /// Time inside all graphs together.
+    pub fn graphs_total(&self) -> Duration {
+        self.graphs.iter().map(|(_, d)| *d).sum()
+    }
+
     /// Adds `other` into `self`.
     pub fn add(&mut self, other: &Timings) {
-        self.text_embed += other.text_embed;
-        self.backbone += other.backbone;
-        self.lm_head += other.lm_head;
-        self.patch_in += other.patch_in;
-        self.patch_out += other.patch_out;
-        self.vae_encoder += other.vae_encoder;
-        self.vae_decoder += other.vae_decoder;
+        for id in GraphId::ALL {
+            self.graphs[id] += other.graphs[id];
+        }
         self.host += other.host;
         self.total += other.total;
     }
-}
-
-/// Runs `part` and adds the time to `slot`.
-fn timed(part: &Part, slot: &mut Duration, inputs: TVec<TValue>) -> Result<TVec<TValue>> {
-    let start = Instant::now();
-    let out = part.run(inputs);
-    *slot += start.elapsed();
-    out
 }
 
 /// The additive mask rows of `s` new positions after `past` cached ones: causal, except that
@@ -117,7 +111,7 @@ impl<'m> Session<'m> {
     pub fn new(model: &'m Model) -> Result<Self> {
         let g = &model.manifest().geometry;
         let empty = model
-            .backbone
+            .part(GraphId::Backbone)
             .float_tensor(&[1, g.n_heads, 0, g.head_dim], &[])?;
         Ok(Session {
             model,
@@ -154,6 +148,14 @@ impl<'m> Session<'m> {
             .saturating_sub(self.len)
     }
 
+    /// Runs graph `id` and adds its time to [`Session::timings`].
+    fn run(&mut self, id: GraphId, inputs: TVec<TValue>) -> Result<TVec<TValue>> {
+        let start = Instant::now();
+        let out = self.model.part(id).run(inputs);
+        self.timings.graphs[id] += start.elapsed();
+        out
+    }
+
     fn check_room(&self, s: usize) -> Result<()> {
         let max = self.model.manifest().geometry.max_seq_len;
         if self.len + s > max {
@@ -176,11 +178,7 @@ impl<'m> Session<'m> {
                 message: e.to_string(),
             })?
             .into_tensor();
-        let out = timed(
-            &self.model.text_embed,
-            &mut self.timings.text_embed,
-            tvec![t.into()],
-        )?;
+        let out = self.run(GraphId::TextEmbed, tvec![t.into()])?;
         output_f32(&out, 0, "embeddings")
     }
 
@@ -207,7 +205,7 @@ impl<'m> Session<'m> {
                 let g = &self.model.manifest().geometry;
                 let empty = self
                     .model
-                    .backbone
+                    .part(GraphId::Backbone)
                     .float_tensor(&[1, g.n_heads, 0, g.head_dim], &[])?;
                 let past: Vec<TValue> = (0..2 * g.n_layers).map(|_| empty.clone().into()).collect();
                 (0, all, past)
@@ -217,7 +215,7 @@ impl<'m> Session<'m> {
         let total_new = new.len() / d;
         let positions: Vec<i64> = (past_len..past_len + total_new).map(|p| p as i64).collect();
         let mask = attention_mask(past_len, total_new, &blocks);
-        let bb = &self.model.backbone;
+        let bb = self.model.part(GraphId::Backbone);
         let mut inputs: TVec<TValue> = tvec![
             bb.float_tensor(&[1, total_new, d], &new)?.into(),
             tract_ndarray::Array1::from_vec(positions)
@@ -227,7 +225,7 @@ impl<'m> Session<'m> {
                 .into(),
         ];
         inputs.extend(past);
-        let mut out = timed(bb, &mut self.timings.backbone, inputs)?;
+        let mut out = self.run(GraphId::Backbone, inputs)?;
         let hidden = output_f32(&out, 0, "hidden")?;
         if commit {
             out.remove(0);
@@ -261,9 +259,9 @@ impl<'m> Session<'m> {
 
     /// Next-token logits from a hidden state (`[D]` → `[V]`).
     pub fn logits(&mut self, hidden: &[f32]) -> Result<Vec<f32>> {
-        let lm = &self.model.lm_head;
+        let lm = self.model.part(GraphId::LmHead);
         let t = lm.float_tensor(&[1, 1, hidden.len()], hidden)?;
-        let out = timed(lm, &mut self.timings.lm_head, tvec![t.into()])?;
+        let out = self.run(GraphId::LmHead, tvec![t.into()])?;
         output_f32(&out, 0, "logits")
     }
 
@@ -272,12 +270,12 @@ impl<'m> Session<'m> {
         check_latent(latent)?;
         let g = &self.model.manifest().geometry;
         let shape = [1, g.latent_channels, g.latent_size, g.latent_size];
-        let p = &self.model.patch_in;
+        let p = self.model.part(GraphId::PatchIn);
         let inputs = tvec![
             p.float_tensor(&shape, latent)?.into(),
             p.float_tensor(&[1], &[t])?.into(),
         ];
-        let mut out = timed(p, &mut self.timings.patch_in, inputs)?;
+        let mut out = self.run(GraphId::PatchIn, inputs)?;
         let patches = output_f32(&out, 0, "patches")?;
         out.remove(0);
         Ok((patches, out))
@@ -290,11 +288,11 @@ impl<'m> Session<'m> {
         let (patches, skips) = self.patch_in(latent, t)?;
         let hidden = self.backbone(&patches, Some(0..n), false)?;
         let d = self.model.manifest().geometry.dim;
-        let po = &self.model.patch_out;
+        let po = self.model.part(GraphId::PatchOut);
         let mut inputs: TVec<TValue> = tvec![po.float_tensor(&[1, n, d], &hidden)?.into()];
         for skip in skips {
             // Skips come out of patch_in in its float type; patch_out may run another one.
-            let value = if po.float == self.model.patch_in.float {
+            let value = if po.float == self.model.part(GraphId::PatchIn).float {
                 skip
             } else {
                 let (shape, data) = crate::graph::tensor_to_f32(&skip, "skip")?;
@@ -303,7 +301,7 @@ impl<'m> Session<'m> {
             inputs.push(value);
         }
         inputs.push(po.float_tensor(&[1], &[t])?.into());
-        let out = timed(po, &mut self.timings.patch_out, inputs)?;
+        let out = self.run(GraphId::PatchOut, inputs)?;
         output_f32(&out, 0, "prediction")
     }
 
@@ -323,9 +321,9 @@ impl<'m> Session<'m> {
     pub fn encode_image(&mut self, chw: &[f32]) -> Result<Vec<f32>> {
         let g = &self.model.manifest().geometry;
         let shape = [1, g.image_channels, g.image_size, g.image_size];
-        let v = &self.model.vae_encoder;
+        let v = self.model.part(GraphId::VaeEncoder);
         let inputs = tvec![v.float_tensor(&shape, chw)?.into()];
-        let out = timed(v, &mut self.timings.vae_encoder, inputs)?;
+        let out = self.run(GraphId::VaeEncoder, inputs)?;
         output_f32(&out, 0, "latent")
     }
 
@@ -334,9 +332,9 @@ impl<'m> Session<'m> {
         check_latent(latent)?;
         let g = &self.model.manifest().geometry;
         let shape = [1, g.latent_channels, g.latent_size, g.latent_size];
-        let v = &self.model.vae_decoder;
+        let v = self.model.part(GraphId::VaeDecoder);
         let inputs = tvec![v.float_tensor(&shape, latent)?.into()];
-        let out = timed(v, &mut self.timings.vae_decoder, inputs)?;
+        let out = self.run(GraphId::VaeDecoder, inputs)?;
         output_f32(&out, 0, "image")
     }
 }

@@ -100,6 +100,31 @@ impl Tokenizer {
         Ok(encoding.get_ids().to_vec())
     }
 
+    /// [`encode`](Self::encode), and the words of `text` that became the unknown token, in
+    /// order (each once): what a prompt asks that this model never saw.
+    pub fn encode_with_unknown(&self, text: &str) -> Result<(Vec<u32>, Vec<String>)> {
+        let encoding = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| self.error(format!("encoding {} bytes of text: {e}", text.len())))?;
+        let mut unknown: Vec<String> = Vec::new();
+        for ((&id, token), &(start, end)) in encoding
+            .get_ids()
+            .iter()
+            .zip(encoding.get_tokens())
+            .zip(encoding.get_offsets())
+        {
+            if id != self.special.unk {
+                continue;
+            }
+            let word = text.get(start..end).unwrap_or(token).to_string();
+            if !unknown.contains(&word) {
+                unknown.push(word);
+            }
+        }
+        Ok((encoding.get_ids().to_vec(), unknown))
+    }
+
     /// The text of `ids`, with special tokens (BOS, EOS, BOI, ...) left out. An id outside the
     /// vocabulary is an error rather than silently dropped: it means the logits and the
     /// tokenizer disagree about the vocabulary.

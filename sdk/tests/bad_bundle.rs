@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use common::{bundle_copy, fixture_checkpoint, tiny_bundle};
 use serde_json::Value;
-use transfusion_sdk::{
+use transfusion_sdk::{GraphId, 
     Control, Error, GenerateOptions, LoadOptions, Model, PartPrecisions, Precision,
     PrecisionChoice, Request,
 };
@@ -414,7 +414,7 @@ fn model_is_send_sync_and_loads_twice_in_parallel() {
                     prompt: "a red circle",
                 },
                 &GenerateOptions {
-                    max_tokens: 3,
+                    max_tokens: Some(3),
                     ..Default::default()
                 },
                 |_| Control::Continue,
@@ -521,19 +521,19 @@ fn load_with_reads_each_graph_once_in_bundle_order_and_stops_at_its_first_error(
         &mut |name, path, gpu| {
             assert!(gpu.is_none(), "a CPU load hands graphs no GPU runtime");
             assert_eq!(path, tiny_bundle().join(format!("fp32/{name}.onnx")));
-            seen.push(name.to_string());
-            if name == "patch_in" {
+            seen.push(name);
+            if name == GraphId::PatchIn {
                 return Err(Error::InvalidOption {
                     name: "test".into(),
                     message: "refused by the caller".into(),
                 });
             }
-            transfusion_sdk::graph::Graph::load(name, path)
+            transfusion_sdk::engine::Graph::load(name.name(), path)
         },
     )
     .unwrap_err();
     assert!(err.to_string().contains("refused by the caller"), "{err}");
-    let order = transfusion_sdk::manifest::GRAPH_NAMES;
-    let stop = order.iter().position(|g| *g == "patch_in").unwrap();
+    let order = GraphId::ALL;
+    let stop = order.iter().position(|g| *g == GraphId::PatchIn).unwrap();
     assert_eq!(seen, order[..=stop]);
 }

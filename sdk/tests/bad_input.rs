@@ -16,7 +16,7 @@ use transfusion_sdk::{
 /// Short runs: a few text tokens after the prompt or image.
 fn options() -> GenerateOptions {
     GenerateOptions {
-        max_tokens: 3,
+        max_tokens: Some(3),
         ..Default::default()
     }
 }
@@ -38,6 +38,8 @@ fn run(
             Event::Step { .. } => "step",
             Event::Image { .. } => "image",
             Event::Done { .. } => "done",
+            Event::UnknownWords { .. } => "unknown",
+            _ => "other",
         });
         Control::Continue
     });
@@ -395,7 +397,7 @@ fn nan_weighted_vae_decoder_gives_a_numerical_error_not_an_image() {
         .unwrap();
     weight.data[0] = f32::NAN;
     let graph = build_graph(
-        "vae_decoder",
+        transfusion_sdk::GraphId::VaeDecoder,
         &checkpoint,
         Precision::Fp32,
         Default::default(),
@@ -420,7 +422,7 @@ fn nan_weighted_vae_decoder_gives_a_numerical_error_not_an_image() {
 
 fn options_no_text() -> GenerateOptions {
     GenerateOptions {
-        max_tokens: 0,
+        max_tokens: Some(0),
         ..Default::default()
     }
 }
@@ -449,7 +451,7 @@ fn extreme_but_legal_values_end_at_the_context_not_in_a_panic() {
     let max = model.manifest().geometry.max_seq_len;
     let options = GenerateOptions {
         seed: u64::MAX,
-        max_tokens: usize::MAX,
+        max_tokens: Some(usize::MAX),
         max_images: usize::MAX,
         sampling: SamplingOptions {
             temperature: 1e30,

@@ -30,7 +30,7 @@ fn model(precision: Precision) -> Model {
 fn job(model: &Model, k: usize) -> Outcome {
     let options = GenerateOptions {
         seed: k as u64,
-        max_tokens: 6,
+        max_tokens: Some(6),
         sampling: SamplingOptions {
             temperature: 0.9,
             ..Default::default()

@@ -58,7 +58,7 @@ fn denoising_from_the_cache_equals_recomputing_the_prefix() {
 fn options(seed: u64) -> GenerateOptions {
     GenerateOptions {
         seed,
-        max_tokens: 4,
+        max_tokens: Some(4),
         sampling: SamplingOptions {
             temperature: 1.0,
             ..Default::default()
@@ -100,6 +100,7 @@ fn image_then_text_is_interleaved_and_streams_events() {
                     }
                     Event::Image { .. } => "image",
                     Event::Done { .. } => "done",
+                    _ => "other",
                 });
                 Control::Continue
             },
@@ -121,8 +122,8 @@ fn image_then_text_is_interleaved_and_streams_events() {
         assert_eq!(tokens, 4);
         assert!(matches!(out.segments.last(), Some(Segment::Text(_))));
     }
-    assert!(out.timings.backbone > std::time::Duration::ZERO);
-    assert!(out.timings.vae_decoder > std::time::Duration::ZERO);
+    assert!(out.timings.graph(transfusion_sdk::GraphId::Backbone) > std::time::Duration::ZERO);
+    assert!(out.timings.graph(transfusion_sdk::GraphId::VaeDecoder) > std::time::Duration::ZERO);
 }
 
 #[test]
@@ -186,7 +187,7 @@ fn caption_and_edit_take_images_of_any_size() {
                 instruction: "make it blue",
             },
             &GenerateOptions {
-                max_tokens: 0,
+                max_tokens: Some(0),
                 ..options(5)
             },
             |_| Control::Continue,

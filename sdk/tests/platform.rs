@@ -559,16 +559,15 @@ fn the_configured_default_mode_is_reported_as_such() {
 }
 
 #[test]
-fn gpu_runtime_refuses_or_falls_back_with_the_reason() {
+fn a_device_without_gpu_refuses_cuda_or_falls_back_with_the_reason() {
     if Path::new("/dev/nvidia0").exists() || Path::new("/dev/nvmap").exists() {
         eprintln!("a GPU is present: the refusal path is not what runs here");
         return;
     }
-    use transfusion_sdk::model::gpu_runtime;
     use transfusion_sdk::Device;
-    assert!(gpu_runtime(Device::Cpu).unwrap().is_none());
-    assert!(gpu_runtime(Device::Auto).unwrap().is_none());
-    let message = gpu_runtime(Device::Cuda).err().unwrap().to_string();
+    assert_eq!(Device::Cpu.resolve().unwrap(), Device::Cpu);
+    assert_eq!(Device::Auto.resolve().unwrap(), Device::Cpu);
+    let message = Device::Cuda.resolve().err().unwrap().to_string();
     assert!(message.contains("cuda is unavailable"), "{message}");
     if cfg!(feature = "cuda") {
         assert!(message.contains("preflight: "), "{message}");

@@ -49,7 +49,7 @@ fn generate(models: &[Model], image: &RgbImage, k: usize) -> bool {
     let model = &models[(k / KINDS) % models.len()];
     let options = GenerateOptions {
         seed: k as u64,
-        max_tokens: 8,
+        max_tokens: Some(8),
         sampling: SamplingOptions {
             temperature: 1.0,
             ..Default::default()

@@ -7,9 +7,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
 use tract_onnx::prelude::*;
-use transfusion_sdk::graph::{tensor_to_f32, Graph as TractGraph};
+use transfusion_sdk::GraphId;
+use transfusion_sdk::engine::{tensor_to_f32, Graph as TractGraph};
 use transfusion_sdk::manifest::{
-    GraphEntry, GraphFile, Manifest, Precision, Preview, GRAPH_NAMES, MANIFEST_FORMAT_VERSION,
+    GraphEntry, GraphFile, Manifest, Precision, Preview, MANIFEST_FORMAT_VERSION,
 };
 
 pub use transfusion_sdk::manifest::Precision as BundlePrecision;
@@ -64,7 +65,7 @@ fn write_bundle(
     options: &ConvertOptions,
 ) -> Result<Manifest> {
     let bar = if options.progress {
-        let bar = ProgressBar::new((precisions.len() * GRAPH_NAMES.len()) as u64);
+        let bar = ProgressBar::new((precisions.len() * GraphId::ALL.len()) as u64);
         bar.set_style(
             ProgressStyle::with_template("{prefix:>8} [{bar:30}] {pos}/{len} {msg}")
                 .map_err(|e| Error::Invalid(e.to_string()))?
@@ -78,9 +79,10 @@ fn write_bundle(
     let mut graphs: BTreeMap<String, GraphEntry> = BTreeMap::new();
     for &precision in precisions {
         let sub = dir.join(precision.name());
-        for name in GRAPH_NAMES {
+        for id in GraphId::ALL {
+            let name = id.name();
             bar.set_message(format!("{precision} {name}"));
-            let graph = build_graph(name, ckpt, precision, options.int8)?;
+            let graph = build_graph(id, ckpt, precision, options.int8)?;
             let bytes = graph.built.bytes;
             // An INT8 graph with nothing quantized is byte-identical to its FP32 twin (written
             // first: precisions are sorted) and points at it instead of being stored twice.

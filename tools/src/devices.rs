@@ -15,9 +15,10 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::runtime::Runtime;
-use transfusion_sdk::graph::{tensor_to_f32, Graph};
-use transfusion_sdk::manifest::{IoDtype, Manifest, Precision, TensorInfo, GRAPH_NAMES};
-use transfusion_sdk::model::{float_tensor, gpu_runtime};
+use transfusion_sdk::engine::{tensor_to_f32, Graph};
+use transfusion_sdk::manifest::{IoDtype, Manifest, Precision, TensorInfo};
+use transfusion_sdk::GraphId;
+use transfusion_sdk::engine::{float_tensor, gpu_runtime};
 use transfusion_sdk::Device;
 
 use crate::error::{Error, Result};
@@ -57,9 +58,10 @@ pub fn compare_on(
     let manifest = Manifest::load(bundle)?;
     let mut results = Vec::new();
     for &precision in precisions.unwrap_or(&manifest.precisions) {
-        for (index, name) in GRAPH_NAMES.iter().enumerate() {
+        for (index, id) in GraphId::ALL.iter().enumerate() {
+            let name = id.name();
             let case = format!("{name}@{gpu_name}");
-            match compare_graph(bundle, &manifest, other, precision, (index, name)) {
+            match compare_graph(bundle, &manifest, other, precision, (index, *id)) {
                 Ok(found) => results.extend(found),
                 // One graph the GPU runtime can not prepare or run must not hide the others:
                 // it is a failed row naming the error, and the next graph is compared.
@@ -88,12 +90,13 @@ fn compare_graph(
     manifest: &Manifest,
     other: &dyn Runtime,
     precision: Precision,
-    (index, name): (usize, &str),
+    (index, id): (usize, GraphId),
 ) -> Result<Vec<Comparison>> {
     let gpu_name = other.name().to_string();
     let cpu = tract_onnx::tract_core::runtime::DefaultRuntime;
     let batch = [("B", 1i64)];
-    let entry = manifest.graph(name)?;
+    let name = id.name();
+    let entry = manifest.graph(id)?;
     let file = entry.files.get(&precision).ok_or_else(|| {
         Error::Invalid(format!(
             "{}: the bundle has no {precision} file for `{name}`",

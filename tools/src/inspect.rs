@@ -11,8 +11,9 @@ use serde::Serialize;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::Cost;
 use transfusion_sdk::config::Config;
-use transfusion_sdk::graph::{Graph, KernelSummary};
-use transfusion_sdk::manifest::{Manifest, Precision, TensorInfo, GRAPH_NAMES};
+use transfusion_sdk::engine::Graph;
+use transfusion_sdk::manifest::{Manifest, Precision, TensorInfo};
+use transfusion_sdk::{GraphId, KernelSummary};
 
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
@@ -112,15 +113,15 @@ fn inspect_checkpoint(path: &Path) -> Result<Report> {
         ("fp16".to_string(), total as u64 * 2),
     ]);
     let mut graphs = BTreeMap::new();
-    for name in GRAPH_NAMES {
-        let g = build_graph(name, &ckpt, Precision::Fp32, Int8Parts::default())?;
-        graphs.insert(name.to_string(), g.built.bytes);
+    for id in GraphId::ALL {
+        let g = build_graph(id, &ckpt, Precision::Fp32, Int8Parts::default())?;
+        graphs.insert(id, g.built.bytes);
     }
-    let flops = flops(&ckpt.config, |name| {
+    let flops = flops(&ckpt.config, |id| {
         graphs
-            .get(name)
+            .get(&id)
             .cloned()
-            .ok_or_else(|| Error::Invalid(format!("graph `{name}` missing")))
+            .ok_or_else(|| Error::Invalid(format!("graph `{id}` missing")))
     })?;
     Ok(Report {
         kind: "checkpoint",
@@ -140,8 +141,9 @@ fn inspect_bundle(path: &Path, kernels: bool) -> Result<Report> {
     let (parameters, total) = parameters(&manifest.config);
     let mut bytes: BTreeMap<String, u64> = BTreeMap::new();
     let mut graphs = Vec::new();
-    for name in GRAPH_NAMES {
-        let entry = manifest.graph(name)?;
+    for id in GraphId::ALL {
+        let name = id.name();
+        let entry = manifest.graph(id)?;
         let mut files = Vec::new();
         for (precision, file) in &entry.files {
             let full = path.join(&file.path);
@@ -180,13 +182,13 @@ fn inspect_bundle(path: &Path, kernels: bool) -> Result<Report> {
             files,
         });
     }
-    let float_file = |name: &str| -> Result<Vec<u8>> {
-        let entry = manifest.graph(name)?;
+    let float_file = |id: GraphId| -> Result<Vec<u8>> {
+        let entry = manifest.graph(id)?;
         let file = entry
             .files
             .get(&Precision::Fp32)
             .or_else(|| entry.files.values().next())
-            .ok_or_else(|| Error::Invalid(format!("graph `{name}` has no file")))?;
+            .ok_or_else(|| Error::Invalid(format!("graph `{id}` has no file")))?;
         let full = path.join(&file.path);
         std::fs::read(&full).map_err(|e| Error::io(&full, e))
     };
@@ -235,16 +237,16 @@ fn graph_macs(onnx: &[u8], dims: &[(&str, i64)]) -> Result<u64> {
     Ok(total)
 }
 
-fn flops(config: &Config, graph: impl Fn(&str) -> Result<Vec<u8>>) -> Result<Flops> {
+fn flops(config: &Config, graph: impl Fn(GraphId) -> Result<Vec<u8>>) -> Result<Flops> {
     let n = config.geometry().num_patches as i64;
     let (prompt, ctx) = (FLOPS_PROMPT_LEN as i64, FLOPS_CONTEXT_LEN as i64);
-    let token = graph_macs(&graph("text_embed")?, &[("S", 1)])?
-        + graph_macs(&graph("backbone")?, &[("S", 1), ("P", ctx)])?
-        + graph_macs(&graph("lm_head")?, &[("S", 1)])?;
-    let step = graph_macs(&graph("patch_in")?, &[("B", 1)])?
-        + graph_macs(&graph("backbone")?, &[("S", n), ("P", prompt)])?
-        + graph_macs(&graph("patch_out")?, &[("B", 1)])?;
-    let decode = graph_macs(&graph("vae_decoder")?, &[("B", 1)])?;
+    let token = graph_macs(&graph(GraphId::TextEmbed)?, &[("S", 1)])?
+        + graph_macs(&graph(GraphId::Backbone)?, &[("S", 1), ("P", ctx)])?
+        + graph_macs(&graph(GraphId::LmHead)?, &[("S", 1)])?;
+    let step = graph_macs(&graph(GraphId::PatchIn)?, &[("B", 1)])?
+        + graph_macs(&graph(GraphId::Backbone)?, &[("S", n), ("P", prompt)])?
+        + graph_macs(&graph(GraphId::PatchOut)?, &[("B", 1)])?;
+    let decode = graph_macs(&graph(GraphId::VaeDecoder)?, &[("B", 1)])?;
     let steps = config.diffusion.steps;
     Ok(Flops {
         per_text_token: 2 * token,

@@ -7,7 +7,8 @@ use std::path::Path;
 
 use serde::Serialize;
 use tract_onnx::prelude::*;
-use transfusion_sdk::graph::{tensor_to_f32, Graph};
+use transfusion_sdk::GraphId;
+use transfusion_sdk::engine::{tensor_to_f32, Graph};
 use transfusion_sdk::manifest::{IoDtype, Manifest, Precision};
 
 use crate::error::{Error, Result};
@@ -150,7 +151,10 @@ pub fn verify(
         let mut loaded: HashMap<String, Graph> = HashMap::new();
         for (case, tensors) in &cases {
             let graph_name = case.split('.').next().unwrap_or(case);
-            let entry = manifest.graph(graph_name)?;
+            let id: GraphId = graph_name.parse().map_err(|e| {
+                Error::Invalid(format!("{}: case `{case}`: {e}", reference.display()))
+            })?;
+            let entry = manifest.graph(id)?;
             let file = entry.files.get(&precision).ok_or_else(|| {
                 Error::Invalid(format!("bundle has no {precision} file for `{graph_name}`"))
             })?;

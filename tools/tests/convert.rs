@@ -5,8 +5,9 @@
 use std::path::{Path, PathBuf};
 
 use tract_onnx::prelude::*;
-use transfusion_sdk::graph::{tensor_to_f32, Graph};
+use transfusion_sdk::engine::{tensor_to_f32, Graph};
 use transfusion_sdk::manifest::{Manifest, Precision};
+use transfusion_sdk::GraphId;
 use transfusion_tools::convert::{convert, ConvertOptions};
 use transfusion_tools::error::Error;
 use transfusion_tools::onnx::{build_graph, Int8Parts};
@@ -100,21 +101,26 @@ fn manifest_describes_the_bundle() {
     let m = Manifest::load(&bundle).unwrap();
     assert_eq!(m.geometry.num_patches, 16);
     assert_eq!(m.precisions, Precision::ALL.to_vec());
-    let backbone = m.graph("backbone").unwrap();
+    let backbone = m.graph(GraphId::Backbone).unwrap();
     let mask = backbone
         .inputs
         .iter()
         .find(|t| t.name == "attention_mask")
         .unwrap();
     assert_eq!(mask.shape, vec!["S".to_string(), "P+S".to_string()]);
-    for name in ["backbone", "lm_head", "patch_in", "patch_out"] {
+    for name in [
+        GraphId::Backbone,
+        GraphId::LmHead,
+        GraphId::PatchIn,
+        GraphId::PatchOut,
+    ] {
         assert!(
             m.graph(name).unwrap().files[&Precision::Int8].int8_ops,
             "{name}"
         );
     }
     // Not quantized by default: the INT8 entry reuses the FP32 file.
-    let enc = &m.graph("vae_encoder").unwrap().files;
+    let enc = &m.graph(GraphId::VaeEncoder).unwrap().files;
     assert_eq!(enc[&Precision::Int8].path, enc[&Precision::Fp32].path);
     assert!(bundle.join("tokenizer.json").is_file());
     assert_eq!(m.preview.weight.len(), 3);
@@ -124,10 +130,15 @@ fn manifest_describes_the_bundle() {
 fn int8_graphs_run_integer_kernels() {
     let (_dir, bundle) = converted();
     let m = Manifest::load(&bundle).unwrap();
-    for name in ["backbone", "lm_head", "patch_in", "patch_out"] {
+    for name in [
+        GraphId::Backbone,
+        GraphId::LmHead,
+        GraphId::PatchIn,
+        GraphId::PatchOut,
+    ] {
         let files = &m.graph(name).unwrap().files;
         let int8 = &files[&Precision::Int8];
-        let graph = Graph::load(name, &bundle.join(&int8.path)).unwrap();
+        let graph = Graph::load(name.name(), &bundle.join(&int8.path)).unwrap();
         let k = graph.kernel_summary();
         assert!(k.integer_matmuls > 0, "{name}: {k:?}");
         assert!(
@@ -142,7 +153,12 @@ fn int8_graphs_run_integer_kernels() {
 #[test]
 fn shapes64_int8_files_are_at_most_30_percent_of_fp32() {
     let ckpt = transfusion_tools::init::init_checkpoint("shapes64", 0).unwrap();
-    for name in ["backbone", "lm_head", "patch_in", "patch_out"] {
+    for name in [
+        GraphId::Backbone,
+        GraphId::LmHead,
+        GraphId::PatchIn,
+        GraphId::PatchOut,
+    ] {
         let size = |p| {
             build_graph(name, &ckpt, p, Int8Parts::default())
                 .unwrap()
@@ -213,7 +229,7 @@ fn run_backbone(graph: &Graph, m: &Manifest, embeddings: Tensor, case: &str) -> 
 fn kv_cache_and_bidirectional_image_block_in_tract() {
     let (_dir, bundle) = converted();
     let m = Manifest::load(&bundle).unwrap();
-    let file = &m.graph("backbone").unwrap().files[&Precision::Fp32];
+    let file = &m.graph(GraphId::Backbone).unwrap().files[&Precision::Fp32];
     let graph = Graph::load("backbone", &bundle.join(&file.path)).unwrap();
     let d = m.geometry.dim;
     let n = m.geometry.num_patches;

@@ -203,7 +203,7 @@ fn device_comparison_of_the_cpu_with_itself_is_exact() {
     let cpu = tract_onnx::tract_core::runtime::DefaultRuntime;
     let results = transfusion_tools::devices::compare_on(&bundle, &cpu, None).unwrap();
     // 7 graphs × 3 precisions, every float output (the backbone's KV cache included).
-    for graph in transfusion_sdk::manifest::GRAPH_NAMES {
+    for graph in transfusion_sdk::GraphId::ALL {
         for precision in Precision::ALL {
             assert!(
                 results

@@ -222,7 +222,15 @@ impl RgbImage {
             std::process::id(),
             SAVE_COUNTER.fetch_add(1, Ordering::Relaxed)
         ));
-        let result = write_synced(&temp, &bytes).and_then(|()| {
+        // Errors name the file the caller asked for, not the temporary one.
+        let asked = |e: Error| match e {
+            Error::Io { source, .. } => Error::Io {
+                path: path.to_path_buf(),
+                source,
+            },
+            other => other,
+        };
+        let result = write_synced(&temp, &bytes).map_err(asked).and_then(|()| {
             fs::rename(&temp, path).map_err(|source| Error::Io {
                 path: path.to_path_buf(),
                 source,
@@ -267,6 +275,17 @@ mod tests {
         assert!(RgbImage::decode_png_limited(&bytes, "mem", 16).is_ok());
         let err = RgbImage::decode_png_limited(&bytes, "mem", 15).unwrap_err();
         assert!(err.to_string().contains("above the limit of 15"), "{err}");
+    }
+
+    #[test]
+    fn a_failed_save_names_the_path_asked_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let asked = dir.path().join("missing-dir/out.png");
+        let image = RgbImage::filled(1, 1, [0, 0, 0]).unwrap();
+        let err = image.save_png(&asked).unwrap_err().to_string();
+        assert!(err.starts_with(&asked.display().to_string()), "{err}");
+        assert!(!err.contains(".out.png."), "names the temporary file: {err}");
+        assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none());
     }
 
     #[test]

@@ -13,7 +13,7 @@
 //! are plain file reads that a test can stage. The only other inputs are in [`HostEnv`]: the
 //! environment variables the loaders honour and, when allowed, the output of `nvpmodel -q`
 //! and `nvidia-smi`. Used by `transfusion doctor`, the kiosk's `--check`, the bench's machine
-//! record, and [`crate::model::gpu_runtime`] (which refuses the GPU, with these findings as
+//! record, and [`Device::resolve`](crate::Device::resolve) (which refuses the GPU, with these findings as
 //! the reason, rather than let tract-cuda fail halfway).
 
 pub mod cpu;

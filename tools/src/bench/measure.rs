@@ -10,7 +10,9 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use transfusion_sdk::config::SamplerKind;
 use transfusion_sdk::diffusion::{Sampler, SamplerOptions};
-use transfusion_sdk::{Control, GenerateOptions, Model, Request, RgbImage, Session, Timings};
+use transfusion_sdk::{
+    Control, GenerateOptions, GraphId, Model, Request, RgbImage, Session, Timings,
+};
 
 use super::stats::{ms, p50};
 use crate::error::{Error, Result};
@@ -74,19 +76,13 @@ pub struct ImageSamples {
 
 impl ImageSamples {
     fn push(&mut self, wall: Duration, t: &Timings) {
-        let graphs = t.text_embed
-            + t.backbone
-            + t.lm_head
-            + t.patch_in
-            + t.patch_out
-            + t.vae_encoder
-            + t.vae_decoder;
         self.total.push(ms(wall));
-        self.text_embed.push(ms(t.text_embed));
-        self.backbone.push(ms(t.backbone));
-        self.patch.push(ms(t.patch_in + t.patch_out));
-        self.vae_decode.push(ms(t.vae_decoder));
-        self.host.push(ms(wall.saturating_sub(graphs)));
+        self.text_embed.push(ms(t.graph(GraphId::TextEmbed)));
+        self.backbone.push(ms(t.graph(GraphId::Backbone)));
+        self.patch
+            .push(ms(t.graph(GraphId::PatchIn) + t.graph(GraphId::PatchOut)));
+        self.vae_decode.push(ms(t.graph(GraphId::VaeDecoder)));
+        self.host.push(ms(wall.saturating_sub(t.graphs_total())));
     }
 }
 
@@ -130,7 +126,7 @@ pub fn images(job: &ImageJob, variant: Variant, bar: &ProgressBar) -> Result<Ima
 pub(crate) fn image_generate(job: &ImageJob, seed: u64) -> Result<(Duration, Timings)> {
     let options = GenerateOptions {
         seed,
-        max_tokens: 0,
+        max_tokens: Some(0),
         steps: Some(job.steps),
         sampler: Some(SamplerKind::Ddim),
         previews: false,

@@ -356,7 +356,7 @@ fn caption_set(
         let image = RgbImage::new(IMAGE_SIZE, IMAGE_SIZE, render(&s.scene))?;
         let generate = GenerateOptions {
             seed: index,
-            max_tokens: CAPTION_TOKENS,
+            max_tokens: Some(CAPTION_TOKENS),
             sampling: SamplingOptions::greedy(),
             max_images: 0,
             previews: false,
@@ -434,7 +434,7 @@ pub fn evaluate(bundle: &std::path::Path, options: &EvalOptions) -> Result<EvalR
         for seed in 0..options.seeds as u64 {
             let generate = GenerateOptions {
                 seed,
-                max_tokens: 0,
+                max_tokens: Some(0),
                 steps: Some(steps),
                 sampler: Some(sampler),
                 guidance: Some(guidance),
@@ -495,7 +495,7 @@ pub fn evaluate(bundle: &std::path::Path, options: &EvalOptions) -> Result<EvalR
         },
         graph_precisions: model
             .precisions()
-            .into_iter()
+            .iter()
             .map(|(g, p)| (g.to_string(), p.name().to_string()))
             .collect(),
         model_image_size: size,

@@ -266,7 +266,7 @@ pub fn vae_roundtrip(bundle: &Path, options: &VaeOptions) -> Result<VaeReport> {
         },
         graph_precisions: model
             .precisions()
-            .into_iter()
+            .iter()
             .map(|(g, p)| (g.to_string(), p.name().to_string()))
             .collect(),
         model_image_size: size,

@@ -2,6 +2,7 @@
 
 use transfusion_sdk::config::{Config, PatchKind};
 use transfusion_sdk::manifest::{IoDtype, Precision};
+use transfusion_sdk::GraphId;
 
 use super::builder::{Attr, BuiltGraph, Dim};
 use super::layers::Net;
@@ -17,7 +18,7 @@ pub struct Graph {
 
 /// Builds graph `name` at `precision`; `int8` selects the quantized groups for `Int8`.
 pub fn build_graph(
-    name: &str,
+    id: GraphId,
     ckpt: &Checkpoint,
     precision: Precision,
     int8: Int8Parts,
@@ -25,19 +26,18 @@ pub fn build_graph(
     let quant = (precision == Precision::Int8).then_some(int8);
     let mut net = Net::new(ckpt, precision.float_dtype(), quant);
     let c = &ckpt.config;
-    match name {
-        "text_embed" => text_embed(&mut net, c)?,
-        "backbone" => backbone(&mut net, c)?,
-        "lm_head" => lm_head(&mut net, c)?,
-        "patch_in" => patch_in(&mut net, c)?,
-        "patch_out" => patch_out(&mut net, c)?,
-        "vae_encoder" => vae_encoder(&mut net, c)?,
-        "vae_decoder" => vae_decoder(&mut net, c)?,
-        other => return Err(Error::Invalid(format!("unknown graph `{other}`"))),
+    match id {
+        GraphId::TextEmbed => text_embed(&mut net, c)?,
+        GraphId::Backbone => backbone(&mut net, c)?,
+        GraphId::LmHead => lm_head(&mut net, c)?,
+        GraphId::PatchIn => patch_in(&mut net, c)?,
+        GraphId::PatchOut => patch_out(&mut net, c)?,
+        GraphId::VaeEncoder => vae_encoder(&mut net, c)?,
+        GraphId::VaeDecoder => vae_decoder(&mut net, c)?,
     }
     let int8_ops = net.used_int8;
     Ok(Graph {
-        built: net.b.finish(name, env!("CARGO_PKG_VERSION")),
+        built: net.b.finish(id.name(), env!("CARGO_PKG_VERSION")),
         int8_ops,
     })
 }
