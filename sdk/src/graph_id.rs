@@ -185,10 +185,16 @@ mod tests {
         );
         for id in GraphId::ALL {
             assert_eq!(id.name().parse::<GraphId>(), Ok(id));
-            assert_eq!(id.index(), GraphId::ALL.iter().position(|g| *g == id).unwrap());
+            assert_eq!(
+                id.index(),
+                GraphId::ALL.iter().position(|g| *g == id).unwrap()
+            );
         }
         let err = "vae".parse::<GraphId>().unwrap_err();
-        assert!(err.contains("unknown graph `vae`") && err.contains("vae_decoder"), "{err}");
+        assert!(
+            err.contains("unknown graph `vae`") && err.contains("vae_decoder"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -198,9 +204,17 @@ mod tests {
         assert_eq!(t[GraphId::Backbone], 8);
         assert_eq!(t[GraphId::LmHead], 0);
         let json = serde_json::to_string(&t).unwrap();
-        assert!(json.starts_with("{\"text_embed\":10,\"backbone\":8,\"lm_head\":0"), "{json}");
-        let failed: Result<PerGraph<u8>, GraphId> =
-            PerGraph::try_from_fn(|id| if id == GraphId::PatchIn { Err(id) } else { Ok(1) });
+        assert!(
+            json.starts_with("{\"text_embed\":10,\"backbone\":8,\"lm_head\":0"),
+            "{json}"
+        );
+        let failed: Result<PerGraph<u8>, GraphId> = PerGraph::try_from_fn(|id| {
+            if id == GraphId::PatchIn {
+                Err(id)
+            } else {
+                Ok(1)
+            }
+        });
         assert_eq!(failed, Err(GraphId::PatchIn));
     }
 }

@@ -135,9 +135,7 @@ fn min_params(config: &Config, id: GraphId) -> u64 {
         [config.text.vocab_size, b.dim, b.ffn_dim, b.n_layers].map(|v| v as u64);
     match id {
         GraphId::TextEmbed | GraphId::LmHead => mul(&[vocab, dim]),
-        GraphId::Backbone => {
-            mul(&[layers, dim, mul(&[4, dim]).saturating_add(mul(&[3, ffn]))])
-        }
+        GraphId::Backbone => mul(&[layers, dim, mul(&[4, dim]).saturating_add(mul(&[3, ffn]))]),
         GraphId::PatchIn | GraphId::PatchOut | GraphId::VaeEncoder | GraphId::VaeDecoder => 0,
     }
 }

@@ -8,9 +8,9 @@ use tract_onnx::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::graph::{tensor_to_f32, Graph};
+use crate::graph_id::{GraphId, PerGraph};
 use crate::image::RgbImage;
 use crate::limits::MemoryPlan;
-use crate::graph_id::{GraphId, PerGraph};
 use crate::manifest::{FloatDtype, Manifest, Precision};
 use crate::options::{Device, LoadOptions, PrecisionChoice};
 use crate::text::Tokenizer;
@@ -321,14 +321,15 @@ impl Model {
         let chosen = PerGraph::try_from_fn(|id| {
             let on_gpu = gpu.is_some() && !options.cpu_graphs.contains(&id);
             let precision = choose(&manifest, id, options.precision.for_graph(id), on_gpu)?;
-            let file = manifest
-                .graph(id)?
-                .files
-                .get(&precision)
-                .ok_or_else(|| Error::Manifest {
-                    path: dir.join("manifest.json"),
-                    message: format!("graph `{id}` has no {precision} file"),
-                })?;
+            let file =
+                manifest
+                    .graph(id)?
+                    .files
+                    .get(&precision)
+                    .ok_or_else(|| Error::Manifest {
+                        path: dir.join("manifest.json"),
+                        message: format!("graph `{id}` has no {precision} file"),
+                    })?;
             let path = Manifest::bundle_file(dir, &file.path)?;
             Ok::<_, Error>((precision, file, on_gpu, path))
         })?;

@@ -14,7 +14,9 @@ fn an_image_request_generates_no_text_unless_asked() {
     let model = tiny_model();
     let out = model
         .generate(
-            Request::Image { prompt: "a red circle" },
+            Request::Image {
+                prompt: "a red circle",
+            },
             &GenerateOptions::default(),
             |_| Control::Continue,
         )
@@ -28,9 +30,13 @@ fn an_image_request_generates_no_text_unless_asked() {
         ..Default::default()
     };
     let out = model
-        .generate(Request::Image { prompt: "a red circle" }, &asked, |_| {
-            Control::Continue
-        })
+        .generate(
+            Request::Image {
+                prompt: "a red circle",
+            },
+            &asked,
+            |_| Control::Continue,
+        )
         .unwrap();
     assert_ne!(out.stop, StopReason::Complete);
 }
@@ -41,9 +47,13 @@ fn one_call_image_and_caption_match_generate() {
     let options = GenerateOptions::default();
     let image = model.generate_image("two blue squares", &options).unwrap();
     let out = model
-        .generate(Request::Image { prompt: "two blue squares" }, &options, |_| {
-            Control::Continue
-        })
+        .generate(
+            Request::Image {
+                prompt: "two blue squares",
+            },
+            &options,
+            |_| Control::Continue,
+        )
         .unwrap();
     assert_eq!(&image, out.images()[0]);
     let size = model.manifest().geometry.image_size as u32;
@@ -80,7 +90,10 @@ fn unknown_prompt_words_are_reported_refused_or_allowed() {
             },
         )
         .unwrap();
-    assert_eq!(reported, [vec!["zeppelin".to_string(), "blorp".to_string()]]);
+    assert_eq!(
+        reported,
+        [vec!["zeppelin".to_string(), "blorp".to_string()]]
+    );
     assert_eq!(warned.images().len(), 1);
 
     let refuse = GenerateOptions {
@@ -117,7 +130,9 @@ fn unknown_prompt_words_are_reported_refused_or_allowed() {
     let mut saw = false;
     model
         .generate(
-            Request::Image { prompt: "a red circle" },
+            Request::Image {
+                prompt: "a red circle",
+            },
             &GenerateOptions::default(),
             |event| {
                 saw |= matches!(event, Event::UnknownWords { .. });
@@ -157,7 +172,9 @@ fn per_graph_reports_name_every_graph() {
     }
     let out = model
         .generate(
-            Request::Image { prompt: "a red circle" },
+            Request::Image {
+                prompt: "a red circle",
+            },
             &GenerateOptions::default(),
             |_| Control::Continue,
         )

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use common::{bundle_copy, fixture_checkpoint, tiny_bundle};
 use serde_json::Value;
-use transfusion_sdk::{GraphId, 
-    Control, Error, GenerateOptions, LoadOptions, Model, PartPrecisions, Precision,
+use transfusion_sdk::{
+    Control, Error, GenerateOptions, GraphId, LoadOptions, Model, PartPrecisions, Precision,
     PrecisionChoice, Request,
 };
 use transfusion_tools::convert::{convert, BundlePrecision, ConvertOptions};

@@ -7,11 +7,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
 use tract_onnx::prelude::*;
-use transfusion_sdk::GraphId;
 use transfusion_sdk::engine::{tensor_to_f32, Graph as TractGraph};
 use transfusion_sdk::manifest::{
     GraphEntry, GraphFile, Manifest, Precision, Preview, MANIFEST_FORMAT_VERSION,
 };
+use transfusion_sdk::GraphId;
 
 pub use transfusion_sdk::manifest::Precision as BundlePrecision;
 

@@ -15,11 +15,11 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::runtime::Runtime;
+use transfusion_sdk::engine::{float_tensor, gpu_runtime};
 use transfusion_sdk::engine::{tensor_to_f32, Graph};
 use transfusion_sdk::manifest::{IoDtype, Manifest, Precision, TensorInfo};
-use transfusion_sdk::GraphId;
-use transfusion_sdk::engine::{float_tensor, gpu_runtime};
 use transfusion_sdk::Device;
+use transfusion_sdk::GraphId;
 
 use crate::error::{Error, Result};
 use crate::verify::{compare as max_error, tolerance, Comparison};

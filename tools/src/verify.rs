@@ -7,9 +7,9 @@ use std::path::Path;
 
 use serde::Serialize;
 use tract_onnx::prelude::*;
-use transfusion_sdk::GraphId;
 use transfusion_sdk::engine::{tensor_to_f32, Graph};
 use transfusion_sdk::manifest::{IoDtype, Manifest, Precision};
+use transfusion_sdk::GraphId;
 
 use crate::error::{Error, Result};
 

@@ -284,7 +284,10 @@ mod tests {
         let image = RgbImage::filled(1, 1, [0, 0, 0]).unwrap();
         let err = image.save_png(&asked).unwrap_err().to_string();
         assert!(err.starts_with(&asked.display().to_string()), "{err}");
-        assert!(!err.contains(".out.png."), "names the temporary file: {err}");
+        assert!(
+            !err.contains(".out.png."),
+            "names the temporary file: {err}"
+        );
         assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none());
     }
 

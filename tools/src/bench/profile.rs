@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::plan::{eval, SimplePlan, SimpleState};
+use transfusion_sdk::engine::float_tensor;
 use transfusion_sdk::engine::Graph;
 use transfusion_sdk::manifest::{FloatDtype, GraphEntry, IoDtype, Manifest, Precision};
-use transfusion_sdk::engine::float_tensor;
 
 use crate::error::{Error, Result};
 
