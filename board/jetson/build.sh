@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Cross-builds the kiosk (examples/kiosk.rs) for a Jetson: aarch64, glibc <= 2.31, so one binary
+# Cross-builds the kiosk (the transfusion-kiosk crate, kiosk/) for a Jetson: aarch64, glibc <= 2.31, so one binary
 # runs on JetPack 5.1 (L4T 35) and JetPack 6 (L4T 36). Prints the binary's path on stdout.
 set -euo pipefail
 
@@ -26,7 +26,7 @@ Options:
   --target-dir DIR  cargo target directory (default: the workspace's target/)
   -h, --help        this help
 
-Output: target/aarch64-unknown-linux-gnu/{release,debug}/examples/kiosk
+Output: target/aarch64-unknown-linux-gnu/{release,debug}/kiosk
 Next:   board/jetson/deploy.sh HOST   or   board/jetson/install-rootfs.sh ROOTFS
 USAGE
 }
@@ -72,7 +72,7 @@ esac
 
 tf_ensure_cross_toolchain
 
-args=(zigbuild --target "$TF_RUST_TARGET.$glibc" -p transfusion --example kiosk)
+args=(zigbuild --target "$TF_RUST_TARGET.$glibc" -p transfusion-kiosk --bin kiosk)
 if [ "$profile" = release ]; then args+=(--release); fi
 if [ -n "$features" ]; then args+=(--features "$features"); fi
 if [ -n "$target_dir" ]; then args+=(--target-dir "$target_dir"); fi
@@ -83,7 +83,7 @@ printf '[build] cargo %s\n' "${args[*]}" >&2
 cargo "${args[@]}" >&2
 out_dir=${target_dir:-$root/target}
 case "$profile" in release) sub=release ;; *) sub=debug ;; esac
-bin="$out_dir/$TF_RUST_TARGET/$sub/examples/kiosk"
+bin="$out_dir/$TF_RUST_TARGET/$sub/kiosk"
 if [ ! -x "$bin" ]; then
   printf 'build.sh: cargo succeeded but %s is missing\n' "$bin" >&2
   exit 1

@@ -28,7 +28,7 @@ The preflight (kiosk --check) runs as the service user, then the restart runs
 the warm-up: the first one compiles the GPU kernels (minutes on an Orin).
 
 Options:
-  --binary PATH    kiosk binary (default target/aarch64-unknown-linux-gnu/release/examples/kiosk;
+  --binary PATH    kiosk binary (default target/aarch64-unknown-linux-gnu/release/kiosk;
                    built with build.sh when missing)
   --model DIR      bundle (default models/shapes64/bundle, else the untrained fallback
                    target/untrained-shapes64/bundle)
@@ -47,7 +47,7 @@ USAGE
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
-binary="$root/target/aarch64-unknown-linux-gnu/release/examples/kiosk"
+binary="$root/target/aarch64-unknown-linux-gnu/release/kiosk"
 model=""
 config="$here/kiosk.toml"
 prompts="$here/prompts.txt"

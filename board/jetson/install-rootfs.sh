@@ -20,7 +20,7 @@ setup-user.sh before the kiosk), not in the rootfs's passwd: L4T's first-boot
 configuration still owns those files, and groups such as gpio may appear later.
 
 Options:
-  --binary PATH     kiosk binary (default target/aarch64-unknown-linux-gnu/release/examples/kiosk;
+  --binary PATH     kiosk binary (default target/aarch64-unknown-linux-gnu/release/kiosk;
                     built with build.sh when missing)
   --model DIR       bundle (default models/shapes64/bundle, else the untrained fallback)
   --config FILE     config (default board/jetson/kiosk.toml)
@@ -41,7 +41,7 @@ USAGE
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
-binary="$root/target/aarch64-unknown-linux-gnu/release/examples/kiosk"
+binary="$root/target/aarch64-unknown-linux-gnu/release/kiosk"
 model=""
 config="$here/kiosk.toml"
 prompts="$here/prompts.txt"

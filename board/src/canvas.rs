@@ -11,7 +11,7 @@ use core::convert::Infallible;
 use embedded_graphics::pixelcolor::{Rgb888, RgbColor};
 use embedded_graphics::prelude::*;
 use embedded_graphics::primitives::Rectangle;
-use transfusion_sdk::image::RgbImage;
+use transfusion_image::RgbImage;
 
 use crate::error::{Error, Result};
 

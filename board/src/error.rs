@@ -78,9 +78,9 @@ pub enum Error {
         /// The driver's error, formatted.
         message: String,
     },
-    /// An image operation of the SDK failed (PNG encoding, size overflow).
+    /// An image operation failed (PNG encoding or writing, size overflow).
     #[error(transparent)]
-    Image(#[from] transfusion_sdk::Error),
+    Image(#[from] transfusion_image::Error),
     /// The render thread panicked; the display it owned has been dropped.
     #[error("the render thread panicked")]
     RenderThreadPanicked,

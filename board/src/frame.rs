@@ -5,7 +5,7 @@
 //! fixed-capacity buffers: a runaway generation cannot grow a frame without bound, and copying
 //! text in truncates at a `char` boundary instead of panicking.
 
-use transfusion_sdk::image::RgbImage;
+use transfusion_image::RgbImage;
 
 use crate::text::{push_truncated, truncated};
 

@@ -16,7 +16,7 @@ use embedded_graphics::pixelcolor::Rgb888;
 use embedded_graphics::prelude::*;
 use embedded_graphics::primitives::Rectangle;
 use embedded_graphics::text::{Baseline, Text};
-use transfusion_sdk::image::RgbImage;
+use transfusion_image::RgbImage;
 
 use crate::frame::{Frame, ImageKind, Status};
 use crate::text::{fit_line, wrap, TruncatingWriter};

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use embedded_graphics::pixelcolor::{Rgb565, Rgb888};
 use embedded_graphics::prelude::*;
 use transfusion_board::{render, Canvas, Display, Frame, ImageKind, PngDisplay, Status};
-use transfusion_sdk::image::RgbImage;
+use transfusion_image::RgbImage;
 
 const PROMPT: &str = "a watercolor fox in a snowy forest at dusk";
 const CAPTION: &str = "A small red fox sits in deep snow between tall pine trees; soft blue \

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use embedded_graphics::prelude::Size;
 use transfusion_board::{Display, Error, Frame, ImageKind, RenderThread, Result, Status};
-use transfusion_sdk::image::RgbImage;
+use transfusion_image::RgbImage;
 
 /// A display that takes `delay` per frame (like a slow SPI panel) and records what it showed.
 struct SlowDisplay {

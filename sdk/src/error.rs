@@ -47,6 +47,18 @@ pub enum Error {
     Image { path: String, message: String },
 }
 
+impl From<transfusion_image::Error> for Error {
+    fn from(e: transfusion_image::Error) -> Self {
+        match e {
+            transfusion_image::Error::Io { path, source } => Error::Io { path, source },
+            transfusion_image::Error::Image { path, message } => Error::Image { path, message },
+            transfusion_image::Error::NotFinite { what, message } => {
+                Error::Numerical { what, message }
+            }
+        }
+    }
+}
+
 /// Result with the SDK's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

@@ -467,10 +467,9 @@ impl Run<'_, '_> {
             let preview = match (self.options.previews, sampler.x0_estimate()) {
                 (true, Some(x0)) => Some(RgbImage::preview_from_latent(
                     x0,
-                    g.latent_channels,
-                    g.latent_size,
-                    g.latent_size,
-                    &m.preview,
+                    [g.latent_channels, g.latent_size, g.latent_size],
+                    &m.preview.weight,
+                    &m.preview.bias,
                 )?),
                 _ => None,
             };

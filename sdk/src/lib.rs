@@ -3,16 +3,31 @@
 //! patches, captioning and editing.
 //!
 //! ```no_run
-//! use transfusion_sdk::{GenerateOptions, LoadOptions, Model, Request, Control};
+//! use transfusion_sdk::{Control, Event, GenerateOptions, LoadOptions, Model, Request};
 //! let model = Model::load("models/shapes64/bundle", &LoadOptions::default())?;
+//! // One call per image:
+//! model
+//!     .generate_image("a red circle above a blue square", &GenerateOptions::default())?
+//!     .save_png("generated.png")?;
+//! // Or streamed, with progress and cancellation:
 //! let out = model.generate(
-//!     Request::Image { prompt: "a red circle above a blue square" },
+//!     Request::Image { prompt: "three green squares" },
 //!     &GenerateOptions::default(),
-//!     |_event| Control::Continue,
+//!     |event| {
+//!         if let Event::Step { index, total, .. } = event {
+//!             eprintln!("step {}/{total}", index + 1);
+//!         }
+//!         Control::Continue
+//!     },
 //! )?;
-//! out.images()[0].save_png("generated.png")?;
+//! out.images()[0].save_png("squares.png")?;
 //! # Ok::<(), transfusion_sdk::Error>(())
 //! ```
+//!
+//! The API carries no type of the engine underneath (tract, pinned): an engine update is not
+//! a breaking change for apps. The `engine` feature opens that layer for this project's own
+//! tools (the `engine` module, unstable). The C ABI over this API is the `transfusion-ffi` crate.
+//! docs/api.md covers options, errors, threading and the C API.
 
 // Input reaches most of this crate (bundles, prompts, images, options): no panicking shortcuts
 // outside tests, and no indexing that can panic (iterators, `get`, `chunks_exact` instead).
@@ -38,7 +53,11 @@ mod fused;
 pub mod generate;
 mod graph;
 pub mod graph_id;
-pub mod image;
+/// RGB8 images (the `transfusion-image` crate, re-exported): what generation returns and
+/// captioning reads.
+pub mod image {
+    pub use transfusion_image::{Error as ImageError, RgbImage, DEFAULT_MAX_PIXELS};
+}
 pub mod limits;
 pub mod manifest;
 mod model;
@@ -60,4 +79,14 @@ pub use options::{
     Device, GenerateOptions, LoadOptions, PartPrecisions, PrecisionChoice, UnknownWords,
 };
 pub use sampling::SamplingOptions;
+
+/// The README's SDK snippet, compiled as a doctest so it can not go stale.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
+
+/// The Rust example of docs/api.md, compiled as a doctest too.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/api.md")]
+pub struct ApiDocDoctests;
 pub use session::{Session, Timings};

@@ -443,7 +443,7 @@ impl Model {
         let mut session = crate::session::Session::new(self)?;
         let latent = session.encode_image(&image.to_chw())?;
         let rgb = session.decode_latent(&latent)?;
-        RgbImage::from_chw(&rgb, size, size)
+        Ok(RgbImage::from_chw(&rgb, size, size)?)
     }
 
     /// [`Model::precisions`] as one line for logs, e.g. `text_embed fp32, backbone int8, …`.

@@ -212,7 +212,7 @@ fn unreadable_image_files_name_the_file() {
     for (name, bytes, expected) in cases {
         let path = tmp.path().join(name);
         std::fs::write(&path, bytes).unwrap();
-        let err = RgbImage::load_png(&path).unwrap_err();
+        let err: Error = RgbImage::load_png(&path).unwrap_err().into();
         match &err {
             Error::Image { path: p, message } => {
                 assert_eq!(p, &path.display().to_string(), "{err}");
@@ -222,7 +222,7 @@ fn unreadable_image_files_name_the_file() {
         }
     }
     // A directory is not a PNG either.
-    let err = RgbImage::load_png(tmp.path()).unwrap_err();
+    let err: Error = RgbImage::load_png(tmp.path()).unwrap_err().into();
     match &err {
         Error::Image { path, message } => {
             assert_eq!(path, &tmp.path().display().to_string(), "{err}");
@@ -232,7 +232,7 @@ fn unreadable_image_files_name_the_file() {
     }
     // A missing file is an I/O error naming it.
     let missing = tmp.path().join("missing.png");
-    match RgbImage::load_png(&missing).unwrap_err() {
+    match Error::from(RgbImage::load_png(&missing).unwrap_err()) {
         Error::Io { path, source } => {
             assert_eq!(path, missing);
             assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
@@ -367,7 +367,7 @@ fn nan_latent_in_a_session_is_numerical_and_leaves_the_session_unchanged() {
 #[test]
 fn non_finite_decoder_output_is_numerical_not_a_black_image() {
     let err = RgbImage::from_chw(&[0.0, f32::NAN, 0.0], 1, 1).unwrap_err();
-    assert_numerical(err, "image", &["NaN", "channel 1", "pixel (0, 0)"]);
+    assert_numerical(err.into(), "image", &["NaN", "channel 1", "pixel (0, 0)"]);
     // A huge finite latent: the tiny VAE decoder's group norms keep it finite, so it can't
     // provoke a NaN; whatever comes out is a valid image or a Numerical error, never a panic.
     let model = tiny_model();
@@ -379,7 +379,7 @@ fn non_finite_decoder_output_is_numerical_not_a_black_image() {
             .unwrap();
         match RgbImage::from_chw(&rgb, g.image_size, g.image_size) {
             Ok(image) => assert_eq!(image.width() as usize, g.image_size),
-            Err(err) => assert_numerical(err, "image", &["channel", "pixel"]),
+            Err(err) => assert_numerical(err.into(), "image", &["channel", "pixel"]),
         }
     }
 }

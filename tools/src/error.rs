@@ -3,6 +3,13 @@
 
 use std::path::PathBuf;
 
+/// An image error (PNG file, size, non-finite pixels) is reported as the SDK reports it.
+impl From<transfusion_image::Error> for Error {
+    fn from(e: transfusion_image::Error) -> Self {
+        Error::Sdk(e.into())
+    }
+}
+
 /// Any failure of a `transfusion` tools command.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

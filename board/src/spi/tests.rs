@@ -95,7 +95,7 @@ fn frame() -> Frame {
     let data: Vec<u8> = (0..16 * 16)
         .flat_map(|i| [(i % 16 * 16) as u8, (i / 16 * 16) as u8, 128])
         .collect();
-    let image = transfusion_sdk::image::RgbImage::new(16, 16, data).unwrap();
+    let image = transfusion_image::RgbImage::new(16, 16, data).unwrap();
     Frame::new(
         "a red fox",
         Status::Generating {

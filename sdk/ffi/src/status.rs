@@ -88,6 +88,12 @@ impl From<Error> for Failure {
     }
 }
 
+impl From<transfusion_sdk::image::ImageError> for Failure {
+    fn from(e: transfusion_sdk::image::ImageError) -> Self {
+        Error::from(e).into()
+    }
+}
+
 pub(crate) type CallResult<T = ()> = Result<T, Failure>;
 
 fn set_last_error(message: &str) {

@@ -1,12 +1,10 @@
-//! The kiosk example (`examples/kiosk.rs`) end to end, headless: it is run as a process with
+//! The kiosk (this crate's binary) end to end, headless: it is run as a process with
 //! `--display png:DIR` and the PNG frames it leaves are read back and classified by the colours
 //! the layout uses (progress bar fill, preview/final image borders), so these tests check what
 //! a screen would show, not what the program logged.
 //!
-//! The binary is `target/<profile>/examples/kiosk`, which `cargo test --workspace` builds
-//! before running any test (or set `KIOSK_BIN`). With no binary the tests say so and pass,
-//! except under CI (`CI` set), where that is a failure. The model is the examples' default
-//! (the shipped shapes64 bundle, or the untrained fallback converted once under `target/`).
+//! The model is the shipped shapes64 checkpoint, converted once per run into a temporary
+//! bundle as a host does before deploying (the kiosk itself never converts).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -17,7 +15,7 @@ use std::time::{Duration, Instant};
 use embedded_graphics::prelude::{Point, Size};
 use embedded_graphics::primitives::Rectangle;
 use transfusion_board::Layout;
-use transfusion_sdk::RgbImage;
+use transfusion_image::RgbImage;
 
 /// The layout's colours (board/src/layout.rs; the golden images pin them too).
 const BAR_TRACK: [u8; 3] = [52, 56, 68];
@@ -30,42 +28,43 @@ const FRAME_FINAL: [u8; 3] = [60, 190, 100];
 const WIDTH: u32 = 320;
 const HEIGHT: u32 = 240;
 
-/// One kiosk at a time: the first run may convert the fallback bundle, which two processes
-/// must not do at once.
+/// One kiosk at a time: parallel kiosks would share the two cores and slow each other past
+/// the tests' timeouts.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-fn kiosk_bin() -> Option<PathBuf> {
-    if let Some(bin) = std::env::var_os("KIOSK_BIN") {
-        return Some(bin.into());
-    }
-    // This test runs as target/<profile>/deps/kiosk-<hash>; examples are built next door.
-    let exe = std::env::current_exe().ok()?;
-    let profile_dir = exe.parent()?.parent()?;
-    let bin = profile_dir
-        .join("examples")
-        .join(format!("kiosk{}", std::env::consts::EXE_SUFFIX));
-    bin.is_file().then_some(bin)
+/// The shipped model's checkpoint converted once per test binary (FP32), as a host does before
+/// deploying; every kiosk of these tests loads it.
+fn bundle() -> &'static Path {
+    static DIR: std::sync::OnceLock<(tempfile::TempDir, PathBuf)> = std::sync::OnceLock::new();
+    let (_, path) = DIR.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = dir.path().join("bundle");
+        let shipped = root.join("models/shapes64/checkpoint");
+        let ckpt = if shipped.join("model.safetensors").is_file() {
+            shipped
+        } else {
+            // A tree without the shipped weights: an untrained shapes64 (the layout tests
+            // read colours of the screen, not what the image shows).
+            let ckpt = dir.path().join("untrained");
+            transfusion_tools::init::run("shapes64", 0, &ckpt).unwrap();
+            ckpt
+        };
+        let options = transfusion_tools::convert::ConvertOptions {
+            precisions: vec![transfusion_sdk::Precision::Fp32],
+            ..transfusion_tools::convert::ConvertOptions::all_precisions(false)
+        };
+        transfusion_tools::convert::convert(&ckpt, &bundle, &options).unwrap();
+        (dir, bundle)
+    });
+    path
 }
 
-/// The kiosk command, or `None` (test skipped) when it was not built outside CI.
+/// The kiosk binary of this crate, on the test bundle.
 fn kiosk() -> Option<Command> {
-    match kiosk_bin() {
-        Some(bin) => {
-            let mut command = Command::new(bin);
-            command.env("RUST_LOG", "warn");
-            Some(command)
-        }
-        None if std::env::var_os("CI").is_some() => {
-            panic!("examples/kiosk not built: run `cargo test --workspace` (or set KIOSK_BIN)")
-        }
-        None => {
-            eprintln!(
-                "skipped: examples/kiosk is not built (`cargo test --workspace` builds it, or \
-                 `cargo build --example kiosk`)"
-            );
-            None
-        }
-    }
+    let mut command = Command::new(env!("CARGO_BIN_EXE_kiosk"));
+    command.env("RUST_LOG", "warn").arg("--model").arg(bundle());
+    Some(command)
 }
 
 fn lock() -> std::sync::MutexGuard<'static, ()> {
@@ -281,7 +280,7 @@ fn sigterm_cancels_the_generation_draws_a_stopped_frame_and_exits_0() {
         .spawn()
         .unwrap();
     let start = Instant::now();
-    // Loading, step 0, step 1: generation is under way (the first run may convert the model).
+    // Loading, step 0, step 1: generation is under way.
     while frames(&out).len() < 3 {
         assert!(
             start.elapsed() < Duration::from_secs(300),

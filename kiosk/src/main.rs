@@ -1,10 +1,10 @@
-//! The kiosk: the app flashed to a Jetson (issue #5). It loops over prompts and shows every
+//! The kiosk: the app flashed to a Jetson. It loops over prompts and shows every
 //! generation live on a display: "loading model", then each diffusion step with its preview
 //! and a progress bar, then the final image with any generated text.
 //!
 //! ```sh
 //! # headless, 2 prompts from a file, frames as PNGs:
-//! cargo run --release --example kiosk -- --prompts prompts.txt --display png:frames --max-prompts 2
+//! cargo run --release -p transfusion-kiosk -- --prompts prompts.txt --display png:frames --max-prompts 2
 //! # on a Jetson (see docs/jetson.md and board/jetson/):
 //! kiosk --config /opt/transfusion/kiosk.toml
 //! ```
@@ -13,7 +13,10 @@
 //! from a file one press at a time (`--button /dev/gpiochip0:LINE`). Settings come from
 //! `--config kiosk.toml` with flags overriding it (`--check` prints what would run and the
 //! machine's preflight, then exits; `--warm-up` compiles the GPU kernels ahead of the first
-//! picture, see `kiosk/check.rs`).
+//! picture, see `check.rs`).
+//!
+//! Its own binary crate, linking the SDK and the display pipeline only: the model is a bundle
+//! converted on the host (`model.rs`).
 //!
 //! Threads: inference runs on its own thread and pushes frames to the board's `RenderThread`,
 //! which shows the newest one (a slow SPI panel only skips steps, it never slows sampling);
@@ -21,13 +24,10 @@
 //! cancel the current generation at the next step (`Control::Cancel`), a last "stopped" frame
 //! is drawn, the render thread shuts down (closing the device) and the process exits 0.
 
-#[path = "kiosk/check.rs"]
 mod check;
-mod common;
-#[path = "kiosk/config.rs"]
 mod config;
-#[path = "kiosk/input.rs"]
 mod input;
+mod model;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -285,7 +285,7 @@ impl Kiosk<'_> {
     /// signal. Per-prompt failures are shown and counted; failing to load is an error.
     fn serve(mut self) -> Result<Outcome, String> {
         self.show(Frame::new("Transfusion kiosk", Status::Loading));
-        let model = match common::model_dir(self.settings.model.clone()).and_then(|dir| {
+        let model = match model::resolve(self.settings.model.clone()).and_then(|dir| {
             Model::load(&dir, &self.settings.load)
                 .map_err(|e| format!("loading {}: {e}", dir.display()))
         }) {

@@ -1,13 +1,17 @@
-//! Public-API tests of `transfusion_sdk::image`: float conversions, previews, resampling and PNG.
+//! Public-API tests of `transfusion_image`: float conversions, previews, resampling and PNG.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::path::Path;
 
 use png::{BitDepth, ColorType};
-use transfusion_sdk::image::{RgbImage, DEFAULT_MAX_PIXELS};
-use transfusion_sdk::manifest::Preview;
-use transfusion_sdk::Error;
+use transfusion_image::{Error, RgbImage, DEFAULT_MAX_PIXELS};
+
+/// A bundle's linear latent → RGB preview map.
+struct Preview {
+    weight: Vec<Vec<f32>>,
+    bias: [f32; 3],
+}
 
 // ---- allocation tracking (proves the pixel limit acts before any pixel buffer exists) ----
 
@@ -113,7 +117,7 @@ fn nan_is_a_numerical_error_not_a_black_image() {
     let mut values = vec![0.0f32; 3 * 4 * 4];
     values[2 * 16 + 5] = f32::NAN;
     match RgbImage::from_chw(&values, 4, 4) {
-        Err(Error::Numerical { what, message }) => {
+        Err(Error::NotFinite { what, message }) => {
             assert_eq!(what, "image");
             assert!(message.contains("channel 2"), "{message}");
             assert!(message.contains("(1, 1)"), "{message}");
@@ -140,7 +144,8 @@ fn preview_applies_the_linear_map_per_latent_pixel() {
     };
     // Channel-major latent: z0 = [1, -1], z1 = [0, 1].
     let latent = [1.0, -1.0, 0.0, 1.0];
-    let image = RgbImage::preview_from_latent(&latent, 2, 1, 2, &preview).unwrap();
+    let image =
+        RgbImage::preview_from_latent(&latent, [2, 1, 2], &preview.weight, &preview.bias).unwrap();
     assert_eq!((image.width(), image.height()), (2, 1));
     // Pixel 0: rgb = (1, 0, 0) → (255, 128, 128). Pixel 1: (-1, 1, -0.5) → (0, 255, 64).
     assert_eq!(pixels(&image), vec![[255, 128, 128], [0, 255, 64]]);
@@ -155,7 +160,9 @@ fn preview_of_a_latent_resolution_grid() {
         bias: [0.1, 0.0, -0.1],
     };
     let latent = vec![0.0f32; channels * h * w];
-    let image = RgbImage::preview_from_latent(&latent, channels, h, w, &preview).unwrap();
+    let image =
+        RgbImage::preview_from_latent(&latent, [channels, h, w], &preview.weight, &preview.bias)
+            .unwrap();
     assert_eq!((image.width(), image.height()), (16, 16));
     // Zero latent → the bias: round((0.1 + 1)·127.5) = 140, 128, round(0.9·127.5) = 115.
     assert!(pixels(&image).iter().all(|&p| p == [140, 128, 115]));
@@ -167,10 +174,13 @@ fn preview_errors() {
         weight: vec![vec![1.0, 1.0]; 3],
         bias: [0.0; 3],
     };
-    let err = RgbImage::preview_from_latent(&[0.0; 3], 2, 1, 2, &preview).unwrap_err();
+    let err = RgbImage::preview_from_latent(&[0.0; 3], [2, 1, 2], &preview.weight, &preview.bias)
+        .unwrap_err();
     assert!(matches!(err, Error::Image { .. }), "{err:?}");
-    let err = RgbImage::preview_from_latent(&[f32::NAN, 0.0], 2, 1, 1, &preview).unwrap_err();
-    assert!(matches!(err, Error::Numerical { ref what, .. } if what == "preview"));
+    let err =
+        RgbImage::preview_from_latent(&[f32::NAN, 0.0], [2, 1, 1], &preview.weight, &preview.bias)
+            .unwrap_err();
+    assert!(matches!(err, Error::NotFinite { ref what, .. } if what == "preview"));
 }
 
 // ---- resampling ----

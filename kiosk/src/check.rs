@@ -16,8 +16,8 @@ use std::time::Instant;
 
 use transfusion_sdk::{Control, Device, GenerateOptions, Model, PrecisionChoice, Request};
 
-use crate::common;
 use crate::config::{Settings, Source};
+use crate::model;
 
 /// When `--warm-up` generates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -34,7 +34,7 @@ pub fn print_check(settings: &Settings, prompts: &[String]) -> Result<ExitCode, 
     println!("display: {:?}", settings.display);
     match &settings.model {
         Some(dir) => println!("model: {}", dir.display()),
-        None => println!("model: default ({})", common::DEFAULT_BUNDLE),
+        None => println!("model: default ({})", model::default_bundle().display()),
     }
     match &settings.source {
         Source::File(path) => println!(
@@ -145,7 +145,7 @@ pub fn warm_up(settings: &Settings, prompts: &[String], when: WarmUp) -> Result<
             return Err(format!("warm-up: {e}"));
         }
     }
-    let dir = common::model_dir(settings.model.clone())?;
+    let dir = model::resolve(settings.model.clone())?;
     let key = stamp_key(settings, &dir);
     let stamp = stamp_path();
     if when == WarmUp::IfStale {

@@ -510,27 +510,11 @@ fn scripts_are_shellcheck_clean() {
     assert!(out.status.success(), "{}", text(&out));
 }
 
-/// The kiosk binary `cargo test --workspace` builds (`target/<profile>/examples/kiosk`).
+/// This crate's kiosk binary.
 fn kiosk() -> Option<Command> {
-    let bin = std::env::var_os("KIOSK_BIN")
-        .map(PathBuf::from)
-        .or_else(|| {
-            let exe = std::env::current_exe().ok()?;
-            let bin = exe.parent()?.parent()?.join("examples/kiosk");
-            bin.is_file().then_some(bin)
-        });
-    match bin {
-        Some(bin) => {
-            let mut c = Command::new(bin);
-            c.env("RUST_LOG", "warn");
-            Some(c)
-        }
-        None if std::env::var_os("CI").is_some() => panic!("examples/kiosk not built"),
-        None => {
-            eprintln!("skipped: examples/kiosk is not built");
-            None
-        }
-    }
+    let mut c = Command::new(env!("CARGO_BIN_EXE_kiosk"));
+    c.env("RUST_LOG", "warn");
+    Some(c)
 }
 
 #[test]

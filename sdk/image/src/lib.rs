@@ -1,20 +1,34 @@
 //! RGB8 images and their conversions to and from the float tensors the models use.
 //!
 //! The runtime moves pictures between three worlds: the VAE's `[3, H, W]` float tensors in
-//! `[-1, 1]`, the latent space (previewed cheaply through the bundle's linear [`Preview`] map),
+//! `[-1, 1]`, the latent space (previewed cheaply through a bundle's linear latent → RGB map),
 //! and PNG files or byte buffers for users and device displays. [`RgbImage`] is the one type in
 //! the middle; every conversion that depends on its input returns a [`Result`] instead of
 //! panicking, and a non-finite float never turns silently into a black picture.
+//!
+//! Its own crate, with no engine underneath: the SDK hands these images out, and the display
+//! pipeline (`transfusion-board`) draws them without linking the runtime.
 
+// Input reaches all of this crate (files, buffers, sizes): no panicking shortcuts outside
+// tests, and no indexing that can panic.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
+
+pub mod error;
 mod png_io;
 mod resize;
 
+pub use error::{Error, Result};
 pub use png_io::DEFAULT_MAX_PIXELS;
 
 use std::fmt;
-
-use crate::error::{Error, Result};
-use crate::manifest::Preview;
 
 /// An 8-bit RGB image, row-major, three bytes per pixel, at least 1×1.
 ///
@@ -90,7 +104,7 @@ fn tensor_dims(height: usize, width: usize, origin: &str) -> Result<(u32, u32, u
         .ok_or_else(|| image_error(origin, format!("{width}×{height} is too large")))
 }
 
-/// `[3, H, W]` floats in `[-1, 1]` → RGB8; a non-finite value is an [`Error::Numerical`] about
+/// `[3, H, W]` floats in `[-1, 1]` → RGB8; a non-finite value is an [`Error::NotFinite`] about
 /// `what`, located by channel and pixel so the failing step or graph can be found.
 fn chw_to_rgb(
     values: &[f32],
@@ -122,7 +136,7 @@ fn chw_to_rgb(
     for (i, ((&r, &g), &b)) in r.iter().zip(g).zip(b).enumerate() {
         for (c, v) in [r, g, b].into_iter().enumerate() {
             if !v.is_finite() {
-                return Err(Error::Numerical {
+                return Err(Error::NotFinite {
                     what: what.to_string(),
                     message: format!(
                         "{v} at channel {c}, pixel ({}, {}) of a {width}×{height} image",
@@ -216,7 +230,7 @@ impl RgbImage {
     /// Converts one batch item of the VAE decoder's output, a `[3, height, width]` float tensor
     /// in `[-1, 1]`, to RGB8: values are clamped, then `round((v + 1) / 2 · 255)`.
     ///
-    /// A NaN or infinity anywhere is an [`Error::Numerical`] with `what: "image"` rather than a
+    /// A NaN or infinity anywhere is an [`Error::NotFinite`] with `what: "image"` rather than a
     /// black or white picture, so a diverged sampler is reported instead of shown. A length that
     /// doesn't match the shape is an [`Error::Image`].
     pub fn from_chw(values: &[f32], height: usize, width: usize) -> Result<Self> {
@@ -244,22 +258,23 @@ impl RgbImage {
     /// (one batch item) and converts like [`RgbImage::from_chw`]. The result has the latent's
     /// resolution (e.g. 16×16); see [`RgbImage::upscale_nearest`] for display.
     ///
-    /// Errors: [`Error::Image`] when `preview.weight` isn't `[3][channels]` or the latent's length
-    /// doesn't match; [`Error::Numerical`] with `what: "preview"` on a non-finite result.
+    /// `weight` is `[3][channels]` and `bias` `[3]` (a bundle's `preview` entry).
+    ///
+    /// Errors: [`Error::Image`] when `weight` isn't `[3][channels]` or the latent's length
+    /// doesn't match; [`Error::NotFinite`] with `what: "preview"` on a non-finite result.
     pub fn preview_from_latent(
         latent: &[f32],
-        channels: usize,
-        height: usize,
-        width: usize,
-        preview: &Preview,
+        [channels, height, width]: [usize; 3],
+        weight: &[Vec<f32>],
+        bias: &[f32; 3],
     ) -> Result<Self> {
         const ORIGIN: &str = "RgbImage::preview_from_latent";
         let (_, _, plane) = tensor_dims(height, width, ORIGIN)?;
         if channels == 0 {
             return Err(image_error(ORIGIN, "the latent has no channels"));
         }
-        if preview.weight.len() != 3 || preview.weight.iter().any(|row| row.len() != channels) {
-            let shape: Vec<usize> = preview.weight.iter().map(Vec::len).collect();
+        if weight.len() != 3 || weight.iter().any(|row| row.len() != channels) {
+            let shape: Vec<usize> = weight.iter().map(Vec::len).collect();
             return Err(image_error(
                 ORIGIN,
                 format!("preview weight must be [3][{channels}], row lengths are {shape:?}"),
@@ -276,7 +291,7 @@ impl RgbImage {
             ));
         }
         let mut rgb = reserve(plane * 3, ORIGIN)?;
-        for (row, &bias) in preview.weight.iter().zip(&preview.bias) {
+        for (row, &bias) in weight.iter().zip(bias) {
             let mut acc = vec![bias; plane];
             for (&weight, z_plane) in row.iter().zip(latent.chunks_exact(plane)) {
                 for (a, &z) in acc.iter_mut().zip(z_plane) {
@@ -341,16 +356,14 @@ mod tests {
     #[test]
     fn infinity_is_numerical_too() {
         let err = RgbImage::from_chw(&[f32::INFINITY, 0.0, 0.0], 1, 1).unwrap_err();
-        assert!(matches!(err, Error::Numerical { ref what, .. } if what == "image"));
+        assert!(matches!(err, Error::NotFinite { ref what, .. } if what == "image"));
     }
 
     #[test]
     fn preview_rejects_bad_weight_shape() {
-        let preview = Preview {
-            weight: vec![vec![1.0; 4]; 2],
-            bias: [0.0; 3],
-        };
-        let err = RgbImage::preview_from_latent(&[0.0; 4], 4, 1, 1, &preview).unwrap_err();
+        let weight = vec![vec![1.0; 4]; 2];
+        let err =
+            RgbImage::preview_from_latent(&[0.0; 4], [4, 1, 1], &weight, &[0.0; 3]).unwrap_err();
         assert!(err.to_string().contains("[3][4]"), "{err}");
     }
 }
