@@ -169,11 +169,8 @@ pub fn warm_up(settings: &Settings, prompts: &[String], when: WarmUp) -> Result<
     );
     let prompt = prompts.first().map_or("warm-up", String::as_str);
     let options = GenerateOptions {
-        seed: 0,
         max_tokens: Some(settings.max_tokens.min(4)),
-        steps: settings.steps,
-        previews: true,
-        ..Default::default()
+        ..settings.generate_options(0)
     };
     let mut times = Vec::with_capacity(2);
     for _ in 0..2 {

@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use transfusion_board::BackendConfig;
-use transfusion_sdk::{Device, LoadOptions, PartPrecisions, PrecisionChoice};
+use transfusion_sdk::{
+    Device, GenerateOptions, LoadOptions, PartPrecisions, PrecisionChoice, SamplingOptions,
+};
 
 /// Display used when neither the flag nor the file names one: headless screenshots, so a
 /// development run never grabs a real screen by surprise.
@@ -225,7 +227,7 @@ pub struct Overrides {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Settings {
     pub display: BackendConfig,
-    /// `None`: the examples' default (shipped model, else the untrained fallback).
+    /// `None`: the repository's default bundle (`model::default_bundle`).
     pub model: Option<PathBuf>,
     pub source: Source,
     pub load: LoadOptions,
@@ -277,27 +279,19 @@ impl Settings {
             None => Device::Cpu,
         };
         let threads = cli.threads.or(file.threads);
-        if threads == Some(0) {
-            return Err("threads must be at least 1".into());
-        }
         let seed = cli.seed.or(file.seed).unwrap_or(0);
         let seed = match cli.seed_policy.or(file.seed_policy) {
             Some(policy) => SeedPolicy::parse(&policy, seed)?,
             None => SeedPolicy::Fixed(seed),
         };
         let temperature = cli.temperature.or(file.temperature).unwrap_or(0.0);
-        if !(temperature.is_finite() && temperature >= 0.0) {
-            return Err(format!(
-                "temperature must be a finite number >= 0, got {temperature}"
-            ));
-        }
         let max_prompts = cli.max_prompts.or(file.max_prompts);
         if max_prompts == Some(0) {
             return Err(
                 "max_prompts must be at least 1 (leave it out to run until stopped)".into(),
             );
         }
-        Ok(Settings {
+        let settings = Settings {
             display,
             model: cli.model.or(file.model),
             source,
@@ -314,7 +308,29 @@ impl Settings {
             hold: Duration::from_millis(cli.hold_ms.or(file.hold_ms).unwrap_or(DEFAULT_HOLD_MS)),
             max_prompts,
             show_timings: !cli.no_timings && file.show_timings.unwrap_or(true),
-        })
+        };
+        // The SDK's own checks, before any device or model is touched.
+        settings.load.validate().map_err(|e| e.to_string())?;
+        settings
+            .generate_options(0)
+            .validate()
+            .map_err(|e| e.to_string())?;
+        Ok(settings)
+    }
+
+    /// The generation options of one picture with `seed` (previews on: every step is shown).
+    pub fn generate_options(&self, seed: u64) -> GenerateOptions {
+        GenerateOptions {
+            seed,
+            max_tokens: Some(self.max_tokens),
+            sampling: SamplingOptions {
+                temperature: self.temperature,
+                ..Default::default()
+            },
+            steps: self.steps,
+            previews: true,
+            ..Default::default()
+        }
     }
 }
 

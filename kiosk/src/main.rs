@@ -38,9 +38,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use transfusion_board::{Frame, ImageKind, RenderThread, Status};
-use transfusion_sdk::{
-    Control, Event, GenerateOptions, Model, Request, RgbImage, SamplingOptions, StopReason,
-};
+use transfusion_sdk::{Control, Event, Model, Request, RgbImage, StopReason};
 
 use config::{FileConfig, Overrides, Settings, Source};
 use input::Input;
@@ -438,17 +436,7 @@ impl Kiosk<'_> {
 
     /// Generates one picture, showing every step. `Ok(false)`: cancelled by a signal.
     fn generate(&mut self, model: &Model, prompt: &str, seed: u64) -> Result<bool, String> {
-        let options = GenerateOptions {
-            seed,
-            max_tokens: Some(self.settings.max_tokens),
-            sampling: SamplingOptions {
-                temperature: self.settings.temperature,
-                ..Default::default()
-            },
-            steps: self.settings.steps,
-            previews: true,
-            ..Default::default()
-        };
+        let options = self.settings.generate_options(seed);
         log::info!("generating {prompt:?} (seed {seed})");
         let start = Instant::now();
         let show_timings = self.settings.show_timings;
