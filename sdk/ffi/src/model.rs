@@ -9,7 +9,7 @@ use transfusion_sdk::{Control, Event, GenerateOptions, Model, Request, StopReaso
 
 use crate::handles::Registry;
 use crate::image::{clear, give_image, IMAGES};
-use crate::options::{tf_generate_options, tf_load_options};
+use crate::options::{read_options, tf_generate_options, tf_load_options};
 use crate::status::{guard, str_arg, tf_status, write_out, CallResult, Failure};
 use crate::{tf_image, tf_model, CANCELS};
 
@@ -42,12 +42,8 @@ pub extern "C" fn tf_model_load(
         if out.is_null() {
             return Err(Failure::null("out"));
         }
-        let options = if options.is_null() {
-            tf_load_options::default()
-        } else {
-            // SAFETY: non-NULL; the caller passes a readable `tf_load_options`.
-            unsafe { options.read() }
-        };
+        // SAFETY: the caller passes NULL or an initialised `tf_load_options`.
+        let options = unsafe { read_options(options, "tf_load_options") }?;
         let model = Model::load(dir, &options.to_sdk()?)?;
         let handle = MODELS.insert(model);
         // SAFETY: checked non-NULL; the caller passes a writable pointer.
@@ -73,13 +69,9 @@ pub extern "C" fn tf_model_image_size(model: *const tf_model, size: *mut u32) ->
     })
 }
 
-fn read_options(options: *const tf_generate_options) -> tf_generate_options {
-    if options.is_null() {
-        tf_generate_options::default()
-    } else {
-        // SAFETY: non-NULL; the caller passes a readable `tf_generate_options`.
-        unsafe { options.read() }
-    }
+fn generate_options(options: *const tf_generate_options) -> CallResult<tf_generate_options> {
+    // SAFETY: the caller passes NULL or an initialised `tf_generate_options`.
+    unsafe { read_options(options, "tf_generate_options") }
 }
 
 /// Runs `request` with `options` and the callbacks and cancel token of `c`;
@@ -160,7 +152,7 @@ pub extern "C" fn tf_generate_image(
         if out.is_null() {
             return Err(Failure::null("out"));
         }
-        let c = read_options(options);
+        let c = generate_options(options)?;
         let options = GenerateOptions {
             // The image only: no text after it.
             max_tokens: Some(0),
@@ -197,7 +189,7 @@ pub extern "C" fn tf_caption(
         if out.is_null() {
             return Err(Failure::null("out"));
         }
-        let c = read_options(options);
+        let c = generate_options(options)?;
         let options = GenerateOptions {
             // Text only: the model may not open images of its own.
             max_images: 0,

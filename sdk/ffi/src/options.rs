@@ -163,6 +163,24 @@ fn check_size(found: u32, expected: usize, name: &str) -> CallResult {
     ))
 }
 
+/// A caller's options struct (`NULL`: the defaults). Its `struct_size` is read and checked
+/// first, so a struct of another size (an older header, or one never initialised) is refused
+/// before any more of it is read.
+///
+/// # Safety
+/// `ptr` is NULL or points to a readable `T` whose first field is its `u32` `struct_size` (or
+/// at least to a readable `u32`, when that size is wrong).
+pub(crate) unsafe fn read_options<T: Default + Copy>(ptr: *const T, name: &str) -> CallResult<T> {
+    if ptr.is_null() {
+        return Ok(T::default());
+    }
+    // SAFETY: non-NULL; every options struct starts with its u32 `struct_size`.
+    let size = unsafe { ptr.cast::<u32>().read() };
+    check_size(size, size_of::<T>(), name)?;
+    // SAFETY: the caller's struct has this library's size: a whole, readable `T`.
+    Ok(unsafe { ptr.read() })
+}
+
 impl tf_load_options {
     /// The SDK's options; every field checked, errors naming it.
     pub(crate) fn to_sdk(self) -> CallResult<LoadOptions> {
