@@ -157,7 +157,7 @@ pub enum UnknownWords {
     /// anything runs, and a logged warning.
     #[default]
     Warn,
-    /// Fail with [`Error::UnknownWords`](crate::Error::UnknownWords) before anything runs.
+    /// Fail with [`crate::Error::UnknownWords`] before anything runs.
     Error,
     /// Go on silently.
     Allow,

@@ -153,7 +153,7 @@ fn nth<'a>(outputs: &'a TVec<TValue>, i: usize, side: &str, name: &str) -> Resul
     })
 }
 
-/// The size of a manifest dimension: a number, a symbol of [`SYMBOLS`], or a sum (`P+S`).
+/// The size of a manifest dimension: a number, a symbol of `SYMBOLS`, or a sum (`P+S`).
 pub fn dim(expr: &str) -> Option<usize> {
     expr.split('+')
         .map(str::trim)

@@ -4,11 +4,11 @@
 //! `DIR/index.jsonl` has one JSON object per line (blank lines skipped), `file` naming a PNG
 //! relative to `DIR`, and either
 //!
-//! * a prompt, in the form of a `--prompts` file line ([`score::EvalPrompt`]: `prompt`,
+//! * a prompt, in the form of a `--prompts` file line ([`super::score::EvalPrompt`]: `prompt`,
 //!   `objects`, optional `relation`, `mode`; `category` optional here, lines without one are
 //!   counted under `uncategorized`), or
 //! * `"scene": {"split": "train" | "heldout" | "all", "seed": S, "index": I}`: the full ground
-//!   truth ([`score::ground_truth`]) of dataset sample `I` of that split under seed `S`
+//!   truth ([`super::score::ground_truth`]) of dataset sample `I` of that split under seed `S`
 //!   (`transfusion dataset shapes --seed S --split SPLIT`), counted under `scene`.
 //!
 //! Images must be 64×64.
@@ -38,7 +38,7 @@ pub const SCENE_GROUP: &str = "scene";
 /// Group of the prompt lines without a category.
 pub const UNCATEGORIZED: &str = "uncategorized";
 
-/// A prompt line of the index: an [`score::EvalPrompt`] whose category may be missing.
+/// A prompt line of the index: an [`super::score::EvalPrompt`] whose category may be missing.
 #[derive(Debug, Clone, Deserialize)]
 struct IndexPrompt {
     #[serde(default)]

@@ -81,7 +81,7 @@ impl ObjectSpec {
     }
 }
 
-/// "objects[subject] relation objects[object]".
+/// `"objects[subject] relation objects[object]"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RelationSpec {
     pub subject: usize,
