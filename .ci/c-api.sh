@@ -32,7 +32,11 @@ flags=(-std=c99 -Wall -Wextra -Werror -pedantic -I"$root/sdk/ffi/include")
 echo "-- header: C99 and C++"
 printf '#include "transfusion.h"\nint main(void) { return tf_version() == 0; }\n' > "$work/h.c"
 "$cc" "${flags[@]}" -c "$work/h.c" -o "$work/h.o"
-"$cxx" -std=c++17 -Wall -Wextra -Werror -pedantic -I"$root/sdk/ffi/include" -x c++ -c "$work/h.c" -o "$work/hpp.o"
+if command -v "$cxx" >/dev/null 2>&1; then
+  "$cxx" -std=c++17 -Wall -Wextra -Werror -pedantic -I"$root/sdk/ffi/include" -x c++ -c "$work/h.c" -o "$work/hpp.o"
+else
+  echo "   no C++ compiler ($cxx): the header's C++ check is skipped"
+fi
 
 # What a Rust static library needs from the system (rustc's own list).
 static_libs=(-lgcc_s -lutil -lrt -lpthread -lm -ldl -lc)
