@@ -28,7 +28,7 @@ struct Bundle {
 pub fn targets() -> Vec<String> {
     let mut t = vec!["manifest.json".to_string(), "tokenizer.json".to_string()];
     t.extend(
-        transfusion_sdk::manifest::GRAPH_NAMES
+        transfusion_sdk::GraphId::ALL
             .iter()
             .map(|g| format!("fp32/{g}.onnx")),
     );
@@ -60,11 +60,11 @@ fn bundle() -> &'static Bundle {
                 (path, bytes)
             })
             .collect();
-        let graphs = transfusion_sdk::manifest::GRAPH_NAMES
+        let graphs = transfusion_sdk::GraphId::ALL
             .iter()
             .map(|g| {
                 let path = dir.join(format!("fp32/{g}.onnx"));
-                let graph = Graph::load(g, &path).expect("fixture graph");
+                let graph = Graph::load(g.name(), &path).expect("fixture graph");
                 (path, graph)
             })
             .collect();
@@ -92,7 +92,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let _ = Model::load_with(&b.dir, &options, &mut |name, file, _| match b.graphs.get(file) {
         Some(graph) if file != path => Ok(graph.clone()),
-        _ => Graph::load(name, file),
+        _ => Graph::load(name.name(), file),
     });
     std::fs::write(path, original).expect("restore the bundle file");
 });

@@ -8,8 +8,8 @@ fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
     if let Ok(manifest) = Manifest::from_json(&text, std::path::Path::new("fuzz/manifest.json")) {
         // A manifest that passes the checks must answer its own queries without panicking.
-        for name in transfusion_sdk::manifest::GRAPH_NAMES {
-            let _ = manifest.graph(name);
+        for id in transfusion_sdk::GraphId::ALL {
+            let _ = manifest.graph(id);
         }
         let _ = manifest.config.validate();
     }
