@@ -84,7 +84,8 @@ if [ "${AARCH64_TESTS:-1}" != 0 ]; then
 fi
 cargo zigbuild --target "$triple.$TF_GLIBC" "${targets[@]}" \
   --message-format=json-render-diagnostics > "$work/build.json"
-# Test executables of the SDK and the board, as "DIR<TAB>NAME<TAB>EXECUTABLE" lines.
+# Test executables of the SDK, image, board, C ABI and kiosk crates, as
+# "DIR<TAB>NAME<TAB>KIND<TAB>EXECUTABLE" lines (KIND: test = tests/*.rs, unit = a crate's own).
 python3 - "$work/build.json" > "$work/tests.tsv" <<'PY'
 import json, os, sys
 seen = set()
@@ -100,21 +101,22 @@ for line in open(sys.argv[1]):
     if os.path.basename(pkg_dir) not in ("sdk", "image", "board", "ffi", "kiosk") or exe in seen:
         continue
     seen.add(exe)
-    print(f"{pkg_dir}\t{m['target']['name']}\t{exe}")
+    kind = "test" if m["target"]["kind"] == ["test"] else "unit"
+    print(f"{pkg_dir}\t{m['target']['name']}\t{kind}\t{exe}")
 PY
 kiosk_arm="$root/target/$triple/debug/kiosk"
 [ -x "$kiosk_arm" ] || { echo "missing $kiosk_arm" >&2; exit 1; }
 file "$kiosk_arm" 2>/dev/null || true
 
 if [ "${AARCH64_TESTS:-1}" != 0 ]; then
-  step "SDK and board tests under qemu-aarch64"
+  step "SDK, image, board, C ABI and kiosk tests under qemu-aarch64"
   failed=0
-  while IFS=$'\t' read -r dir name exe; do
-    if [ "$name" = kiosk ]; then
+  while IFS=$'\t' read -r dir name kind exe; do
+    if [ "$name" = kiosk ] && [ "$kind" = test ]; then
       echo "-- $(basename "$dir")/$name: skipped under qemu (spawns the kiosk; run directly below)"
       continue
     fi
-    if [ "$name" = header ]; then
+    if [ "$name" = header ] && [ "$kind" = test ]; then
       echo "-- $(basename "$dir")/$name: skipped under qemu (runs cargo metadata; checked on x86)"
       continue
     fi
@@ -236,7 +238,7 @@ libtf="$root/target/$triple/debug/libtransfusion.a"
 [ -f "$libtf" ] || { echo "missing $libtf" >&2; exit 1; }
 for prog in generate misuse; do
   "$CARGO_ZIGBUILD_ZIG_PATH" cc -target "aarch64-linux-gnu.$TF_GLIBC" -std=c99 -Wall -Wextra \
-    -Werror -I"$root/sdk/ffi/include" "examples/c/$prog.c" "$libtf" -lpthread -ldl -lm -lunwind \
+    -Werror -pthread -I"$root/sdk/ffi/include" "examples/c/$prog.c" "$libtf" -lpthread -ldl -lm -lunwind \
     -o "$work/$prog-c"
 done
 TF_CHECK_LEAKS=1 "${qemu[@]}" "$work/generate-c" "$model" "a red circle above a blue square" \

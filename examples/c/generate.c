@@ -26,6 +26,17 @@ static int32_t on_progress(void *user_data, uint32_t step, uint32_t total) {
   return 0; /* go on; non-zero would cancel */
 }
 
+static unsigned previews = 0;
+
+static int32_t on_preview(void *user_data, uint32_t step, const uint8_t *rgb, uint32_t width,
+                          uint32_t height) {
+  (void)user_data;
+  (void)step;
+  /* A latent-resolution RGB8 picture of the image so far, e.g. for a display. */
+  if (rgb != NULL && width > 0 && height > 0) previews++;
+  return 0;
+}
+
 static void on_warning(void *user_data, const char *message) {
   (void)user_data;
   fprintf(stderr, "warning: %s\n", message);
@@ -38,6 +49,8 @@ int main(int argc, char **argv) {
   }
   const char *bundle = argv[1], *prompt = argv[2], *out_path = argv[3];
   fprintf(stderr, "libtransfusion %s\n", tf_version());
+  /* The library's warnings (e.g. why a GPU was not used) on stderr; silent by default. */
+  tf_set_log(TF_LOG_WARN, NULL, NULL);
 
   tf_load_options load;
   tf_status status = tf_load_options_init(&load);
@@ -53,6 +66,7 @@ int main(int argc, char **argv) {
   tf_generate_options_init(&options);
   options.seed = 0;
   options.on_progress = on_progress;
+  options.on_preview = on_preview;
   options.on_warning = on_warning;
   options.user_data = (void *)prompt;
 
@@ -89,8 +103,8 @@ int main(int argc, char **argv) {
     rc = fail("saving the PNG", status);
     goto done;
   }
-  printf("wrote %s (%ux%u, mean level %.1f)\n", out_path, (unsigned)width, (unsigned)height,
-         len ? (double)sum / (double)len : 0.0);
+  printf("wrote %s (%ux%u, mean level %.1f, %u previews)\n", out_path, (unsigned)width,
+         (unsigned)height, len ? (double)sum / (double)len : 0.0, previews);
 
   status = tf_caption(model, image, NULL, &caption);
   if (status != TF_OK) {

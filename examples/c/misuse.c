@@ -1,7 +1,11 @@
 /* ABI misuse from C, run in CI (also under AddressSanitizer): every case must come back as
- * its error code with a message, never a crash or a sanitizer report.
+ * its error code with a message, never a crash or a sanitizer report. Also a cancel token
+ * triggered from another thread than the generating one.
  *
- *   ./misuse BUNDLE_DIR      exit 0 when every case gave the expected status */
+ *   ./misuse BUNDLE_DIR      exit 0 when every case gave the expected status
+ *   (build with -pthread) */
+#define _POSIX_C_SOURCE 200809L
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -21,6 +25,32 @@ static void expect(const char *what, tf_status got, tf_status want) {
     printf("ok   %-44s %s%s%s\n", what, tf_status_name((int32_t)got), want != TF_OK ? ": " : "",
            want != TF_OK ? tf_last_error() : "");
   }
+}
+
+/* One generation on its own thread, with a cancel token. */
+struct job {
+  tf_model *model;
+  tf_cancel *cancel;
+  tf_status status;
+};
+
+static void *generate_job(void *arg) {
+  struct job *job = (struct job *)arg;
+  tf_generate_options options;
+  tf_generate_options_init(&options);
+  options.cancel = job->cancel;
+  tf_image *image = NULL;
+  job->status = tf_generate_image(job->model, "a red circle", &options, &image);
+  tf_image_free(image);
+  return NULL;
+}
+
+static tf_status run_job(struct job *job, int cancel_while_running) {
+  pthread_t thread;
+  if (pthread_create(&thread, NULL, generate_job, job) != 0) return TF_ERR_INTERNAL;
+  if (cancel_while_running) tf_cancel_request(job->cancel);
+  pthread_join(thread, NULL);
+  return job->status;
 }
 
 int main(int argc, char **argv) {
@@ -74,6 +104,20 @@ int main(int argc, char **argv) {
   expect("made-up handle", tf_model_free((tf_model *)(uintptr_t)0x1234567), TF_ERR_INVALID_HANDLE);
   expect("caption: freed image", tf_caption(model, stale, NULL, &text), TF_ERR_INVALID_HANDLE);
   expect("string not from the library", tf_string_free((char *)"literal"), TF_ERR_INVALID_HANDLE);
+
+  tf_cancel *cancel = NULL;
+  expect("cancel token", tf_cancel_new(&cancel), TF_OK);
+  struct job job = {model, cancel, TF_OK};
+  expect("cancel requested before the thread starts", tf_cancel_request(cancel), TF_OK);
+  expect("generation on a thread: cancelled", run_job(&job, 0), TF_ERR_CANCELLED);
+  expect("cancel reset", tf_cancel_reset(cancel), TF_OK);
+  expect("generation on a thread: runs", run_job(&job, 0), TF_OK);
+  expect("cancel reset", tf_cancel_reset(cancel), TF_OK);
+  tf_status raced = run_job(&job, 1); /* cancelled from this thread while it runs */
+  expect("cancel while it runs: done or cancelled",
+         raced == TF_OK || raced == TF_ERR_CANCELLED ? TF_OK : raced, TF_OK);
+  expect("cancel free", tf_cancel_free(cancel), TF_OK);
+  expect("cancel: freed token", tf_cancel_request(cancel), TF_ERR_INVALID_HANDLE);
 
   tf_model *freed = model;
   expect("model free", tf_model_free(model), TF_OK);

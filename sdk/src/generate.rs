@@ -190,6 +190,8 @@ impl Model {
     pub fn generate_image(&self, prompt: &str, options: &GenerateOptions) -> Result<RgbImage> {
         let options = GenerateOptions {
             max_tokens: Some(0),
+            // No callback sees them.
+            previews: false,
             ..options.clone()
         };
         let out = self.generate(Request::Image { prompt }, &options, |_| Control::Continue)?;
@@ -218,6 +220,7 @@ impl Model {
     pub fn caption(&self, image: &RgbImage, options: &GenerateOptions) -> Result<String> {
         let options = GenerateOptions {
             max_images: 0,
+            previews: false,
             ..options.clone()
         };
         let out = self.generate(Request::Caption { image }, &options, |_| Control::Continue)?;

@@ -12,6 +12,21 @@
 #include <stddef.h>
 #include <stdint.h>
 
+// `tf_set_log` level: nothing.
+#define TF_LOG_OFF 0
+
+// `tf_set_log` level: errors only.
+#define TF_LOG_ERROR 1
+
+// `tf_set_log` level: errors and warnings.
+#define TF_LOG_WARN 2
+
+// `tf_set_log` level: also progress of loading and generation.
+#define TF_LOG_INFO 3
+
+// `tf_set_log` level: also diagnostics (every failed call, graph details).
+#define TF_LOG_DEBUG 4
+
 // `tf_load_options.precision`: per graph, what the SDK finds fastest on this device.
 #define TF_PRECISION_AUTO 0
 
@@ -116,7 +131,7 @@ typedef int32_t (*tf_preview_fn)(void *user_data,
                                  uint32_t height);
 
 // Called with a warning (NUL-terminated UTF-8, valid only during the call), e.g. the prompt
-// words the model does not know. NULL: none (warnings are logged either way).
+// words the model does not know. NULL: none (with `tf_set_log` they are logged too).
 typedef void (*tf_warning_fn)(void *user_data, const char *message);
 
 // How to generate. Fill with `tf_generate_options_init`, then change fields.
@@ -140,13 +155,18 @@ typedef struct tf_generate_options {
   tf_progress_fn on_progress;
   // Preview callback, or NULL (previews are computed only when set).
   tf_preview_fn on_preview;
-  // Warning callback, or NULL (warnings are logged either way).
+  // Warning callback, or NULL (with `tf_set_log` warnings are logged too).
   tf_warning_fn on_warning;
   // Passed to every callback.
   void *user_data;
   // A cancel token (`tf_cancel_new`) another thread may trigger, or NULL.
   const struct tf_cancel *cancel;
 } tf_generate_options;
+
+// Receives one log record: `level` (`TF_LOG_ERROR` … `TF_LOG_DEBUG`) and the message
+// (NUL-terminated UTF-8, valid only during the call). May be called from any thread that
+// runs a library call.
+typedef void (*tf_log_fn)(void *user_data, int32_t level, const char *message);
 
 #ifdef __cplusplus
 extern "C" {
@@ -208,6 +228,13 @@ enum tf_status tf_image_copy_rgb(const struct tf_image *image, uint8_t *buffer, 
 
 // Frees an image (NULL: nothing). A freed handle is refused by every later call.
 enum tf_status tf_image_free(struct tf_image *image);
+
+// Sends the library's log records up to `level` (`TF_LOG_*`) to `callback` with `user_data`,
+// or to stderr when `callback` is NULL; `TF_LOG_OFF` stops them. Until it is called nothing is
+// logged. The library installs its logger for the whole process on the first call: it fails
+// with `TF_ERR_INVALID_ARGUMENT` when the process already has another `log` logger (a Rust
+// host app that set its own).
+enum tf_status tf_set_log(int32_t level, tf_log_fn callback, void *user_data);
 
 // Loads the bundle in directory `bundle_dir` with `options` (NULL: the defaults) into
 // `*out`. On failure `*out` is NULL and `tf_last_error()` names the file or option.

@@ -21,6 +21,7 @@
 
 pub mod handles;
 mod image;
+mod logging;
 mod model;
 pub mod options;
 pub mod status;
@@ -30,6 +31,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use handles::Registry;
 pub use image::*;
+pub use logging::*;
 pub use model::*;
 pub use options::*;
 pub use status::tf_status;

@@ -2,8 +2,9 @@
 //!
 //! Enumerated settings are `int32_t` fields with named constants, not C enums: a value the
 //! library does not know (a newer header, a typo) is then an error, not undefined behaviour.
-//! Each struct starts with `struct_size`, set by its `*_options_init` function: a struct that
-//! was not initialised (or comes from a header of another size) is refused.
+//! Each struct starts with `struct_size`, set by its `*_options_init` function: a struct from a
+//! header of another size, or zeroed, is refused (uninitialised stack memory usually is too,
+//! but only `*_options_init` makes a struct valid).
 
 use std::ffi::c_void;
 
@@ -77,7 +78,7 @@ pub type tf_preview_fn = Option<
 >;
 
 /// Called with a warning (NUL-terminated UTF-8, valid only during the call), e.g. the prompt
-/// words the model does not know. NULL: none (warnings are logged either way).
+/// words the model does not know. NULL: none (with `tf_set_log` they are logged too).
 pub type tf_warning_fn =
     Option<extern "C" fn(user_data: *mut c_void, message: *const std::ffi::c_char)>;
 
@@ -104,7 +105,7 @@ pub struct tf_generate_options {
     pub on_progress: tf_progress_fn,
     /// Preview callback, or NULL (previews are computed only when set).
     pub on_preview: tf_preview_fn,
-    /// Warning callback, or NULL (warnings are logged either way).
+    /// Warning callback, or NULL (with `tf_set_log` warnings are logged too).
     pub on_warning: tf_warning_fn,
     /// Passed to every callback.
     pub user_data: *mut c_void,

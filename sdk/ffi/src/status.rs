@@ -3,6 +3,7 @@
 
 use std::cell::RefCell;
 use std::ffi::{c_char, CStr, CString};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use transfusion_sdk::Error;
 
@@ -100,13 +101,19 @@ fn set_last_error(message: &str) {
     // A message with an interior NUL (from a path, say) is cut there rather than lost.
     let bytes: Vec<u8> = message.bytes().take_while(|&b| b != 0).collect();
     let text = CString::new(bytes).unwrap_or_default();
-    LAST_ERROR.with(|last| *last.borrow_mut() = text);
+    // `try_with`: on a thread whose thread-locals are being destroyed (a call from a C
+    // thread-exit destructor) the message is dropped instead of panicking across the ABI.
+    let _ = LAST_ERROR.try_with(|last| {
+        if let Ok(mut last) = last.try_borrow_mut() {
+            *last = text;
+        }
+    });
 }
 
 /// Runs an exported function's body: a failure becomes its status and this thread's last
 /// error; a panic becomes `TF_ERR_INTERNAL` with the panic's message.
 pub(crate) fn guard(name: &str, body: impl FnOnce() -> CallResult) -> tf_status {
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body));
+    let outcome = catch_unwind(AssertUnwindSafe(body));
     let failure = match outcome {
         Ok(Ok(())) => return tf_status::TF_OK,
         Ok(Err(failure)) => failure,
@@ -116,6 +123,8 @@ pub(crate) fn guard(name: &str, body: impl FnOnce() -> CallResult) -> tf_status 
                 .map(|s| s.to_string())
                 .or_else(|| payload.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
+            // Dropping the payload runs its destructor: that too stays on this side.
+            let _ = catch_unwind(AssertUnwindSafe(move || drop(payload)));
             Failure::new(
                 tf_status::TF_ERR_INTERNAL,
                 format!("internal error (please report): {what}"),
@@ -123,7 +132,8 @@ pub(crate) fn guard(name: &str, body: impl FnOnce() -> CallResult) -> tf_status 
         }
     };
     let message = format!("{name}: {}", failure.message);
-    log::debug!("{message}");
+    // The app's log callback runs here: a panic in the logger is not the caller's either.
+    let _ = catch_unwind(AssertUnwindSafe(|| log::debug!("{message}")));
     set_last_error(&message);
     failure.status
 }
@@ -131,7 +141,11 @@ pub(crate) fn guard(name: &str, body: impl FnOnce() -> CallResult) -> tf_status 
 /// The message of this thread's last failed call (empty when none failed yet). The pointer
 /// stays valid until the next failing call on this thread.
 pub(crate) fn last_error() -> *const c_char {
-    LAST_ERROR.with(|last| last.borrow().as_ptr())
+    LAST_ERROR
+        .try_with(|last| last.try_borrow().map(|m| m.as_ptr()).ok())
+        .ok()
+        .flatten()
+        .unwrap_or(c"".as_ptr())
 }
 
 /// A `const char*` argument as `&str`, naming `argument` in errors.
