@@ -61,10 +61,10 @@ fn bundle() -> &'static Path {
 }
 
 /// The kiosk binary of this crate, on the test bundle.
-fn kiosk() -> Option<Command> {
+fn kiosk() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_kiosk"));
     command.env("RUST_LOG", "warn").arg("--model").arg(bundle());
-    Some(command)
+    command
 }
 
 fn lock() -> std::sync::MutexGuard<'static, ()> {
@@ -176,7 +176,7 @@ fn wait_timeout(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
 
 #[test]
 fn two_prompts_from_a_file_show_progress_previews_then_final_frames() {
-    let Some(mut kiosk) = kiosk() else { return };
+    let mut kiosk = kiosk();
     let _serial = lock();
     let tmp = tempfile::tempdir().unwrap();
     let prompts = prompts_file(
@@ -208,14 +208,13 @@ fn two_prompts_from_a_file_show_progress_previews_then_final_frames() {
 
 #[test]
 fn identical_runs_give_identical_frames() {
-    let Some(_) = kiosk() else { return };
     let _serial = lock();
     let tmp = tempfile::tempdir().unwrap();
     let prompts = prompts_file(tmp.path(), &["one yellow triangle"]);
     let mut finals = Vec::new();
     for run_no in 0..2 {
         let out = tmp.path().join(format!("run{run_no}"));
-        let output = run(kiosk_command()
+        let output = run(kiosk()
             .arg("--prompts")
             .arg(&prompts)
             .args(["--display", &display(&out)])
@@ -234,7 +233,7 @@ fn identical_runs_give_identical_frames() {
 
 #[test]
 fn prompts_from_stdin_until_end_of_input() {
-    let Some(mut kiosk) = kiosk() else { return };
+    let mut kiosk = kiosk();
     let _serial = lock();
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("frames");
@@ -262,7 +261,7 @@ fn prompts_from_stdin_until_end_of_input() {
 #[cfg(target_os = "linux")]
 #[test]
 fn sigterm_cancels_the_generation_draws_a_stopped_frame_and_exits_0() {
-    let Some(mut kiosk) = kiosk() else { return };
+    let mut kiosk = kiosk();
     let _serial = lock();
     let tmp = tempfile::tempdir().unwrap();
     let prompts = prompts_file(
@@ -316,7 +315,6 @@ fn sigterm_cancels_the_generation_draws_a_stopped_frame_and_exits_0() {
 
 #[test]
 fn config_file_is_read_and_flags_override_it() {
-    let Some(mut kiosk) = kiosk() else { return };
     let tmp = tempfile::tempdir().unwrap();
     prompts_file(tmp.path(), &["a", "b", "c"]);
     let config = tmp.path().join("kiosk.toml");
@@ -326,7 +324,7 @@ fn config_file_is_read_and_flags_override_it() {
          seed_policy = \"increment\"\nthreads = 2\nprecision = \"fp16\"\n",
     )
     .unwrap();
-    let output = run(kiosk
+    let output = run(kiosk()
         .arg("--config")
         .arg(&config)
         .args(["--steps", "6", "--check"]));
@@ -343,7 +341,7 @@ fn config_file_is_read_and_flags_override_it() {
     );
 
     // A button draws from the same file; --check opens no device, so any chip will do.
-    let output = run(kiosk_command()
+    let output = run(kiosk()
         .arg("--config")
         .arg(&config)
         .args(["--button", "/dev/gpiochip9:17,edge=rising,debounce_ms=50"])
@@ -357,13 +355,8 @@ fn config_file_is_read_and_flags_override_it() {
     assert!(stdout.contains("seed Random"), "{stdout}");
 }
 
-fn kiosk_command() -> Command {
-    kiosk().expect("checked by the caller")
-}
-
 #[test]
 fn bad_settings_fail_at_start_naming_the_file_or_device() {
-    let Some(_) = kiosk() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let prompts = prompts_file(tmp.path(), &["a"]);
     let empty = tmp.path().join("empty.txt");
@@ -465,7 +458,7 @@ fn bad_settings_fail_at_start_naming_the_file_or_device() {
         ),
     ];
     for (args, needle) in cases {
-        let output = kiosk_command()
+        let output = kiosk()
             .args(&args)
             .current_dir(tmp.path())
             .output()

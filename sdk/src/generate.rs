@@ -153,15 +153,7 @@ impl Model {
             pending_text: Vec::new(),
             images: 0,
         };
-        let max_tokens = options.max_tokens.unwrap_or(match request {
-            Request::Text { .. } | Request::Caption { .. } => DEFAULT_MAX_TOKENS,
-            Request::Image { .. } | Request::Edit { .. } => 0,
-        });
-        let image_only = matches!(request, Request::Image { .. } | Request::Edit { .. });
-        let stop = match run.go(request, max_tokens)? {
-            StopReason::MaxTokens if image_only && max_tokens == 0 => StopReason::Complete,
-            stop => stop,
-        };
+        let stop = run.go(request)?;
         run.flush_text()?;
         let mut timings = run.session.timings;
         timings.total = start.elapsed();
@@ -293,7 +285,13 @@ impl Run<'_, '_> {
         self.model.manifest().geometry.num_patches + 2
     }
 
-    fn go(&mut self, request: Request, max_tokens: usize) -> Result<StopReason> {
+    fn go(&mut self, request: Request) -> Result<StopReason> {
+        // An image or edit request is complete with its image unless text is asked for.
+        let draws = matches!(request, Request::Image { .. } | Request::Edit { .. });
+        let max_tokens =
+            self.options
+                .max_tokens
+                .unwrap_or(if draws { 0 } else { DEFAULT_MAX_TOKENS });
         let sp = self.special();
         let block = self.image_room();
         let hidden = match request {
@@ -349,6 +347,9 @@ impl Run<'_, '_> {
                 }
             }
         };
+        if draws && max_tokens == 0 {
+            return Ok(StopReason::Complete);
+        }
         self.text(hidden, max_tokens)
     }
 

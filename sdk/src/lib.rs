@@ -56,7 +56,7 @@ pub mod graph_id;
 /// RGB8 images (the `transfusion-image` crate, re-exported): what generation returns and
 /// captioning reads.
 pub mod image {
-    pub use transfusion_image::{Error as ImageError, RgbImage, DEFAULT_MAX_PIXELS};
+    pub use transfusion_image::{rgb_len, Error as ImageError, RgbImage, DEFAULT_MAX_PIXELS};
 }
 pub mod limits;
 pub mod manifest;

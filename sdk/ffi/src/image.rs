@@ -29,15 +29,12 @@ pub(crate) fn clear<T>(out: *mut *mut T) {
 }
 
 fn buffer_size(width: u32, height: u32) -> CallResult<usize> {
-    (width as usize)
-        .checked_mul(height as usize)
-        .and_then(|n| n.checked_mul(3))
-        .ok_or_else(|| {
-            Failure::new(
-                tf_status::TF_ERR_INVALID_ARGUMENT,
-                format!("{width}x{height} is too large"),
-            )
-        })
+    transfusion_sdk::image::rgb_len(width, height).ok_or_else(|| {
+        Failure::new(
+            tf_status::TF_ERR_INVALID_ARGUMENT,
+            format!("{width}x{height} is too large"),
+        )
+    })
 }
 
 /// A new image from `len` bytes of RGB8 at `rgb` (copied): `len` must be

@@ -61,7 +61,7 @@ pub(crate) fn image_error(origin: &str, message: impl Into<String>) -> Error {
 }
 
 /// Number of RGB8 bytes of a `width × height` image, or `None` when that can't be addressed.
-pub(crate) fn rgb_len(width: u32, height: u32) -> Option<usize> {
+pub fn rgb_len(width: u32, height: u32) -> Option<usize> {
     usize::try_from(width)
         .ok()?
         .checked_mul(usize::try_from(height).ok()?)?
