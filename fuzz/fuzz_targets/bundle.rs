@@ -90,9 +90,13 @@ fuzz_target!(|data: &[u8]| {
         precision: PartPrecisions::all(PrecisionChoice::Exact(Precision::Fp32)),
         ..Default::default()
     };
-    let _ = Model::load_with(&b.dir, &options, &mut |name, file, _| match b.graphs.get(file) {
-        Some(graph) if file != path => Ok(graph.clone()),
-        _ => Graph::load(name.name(), file),
-    });
+    let _ = Model::load_with(
+        &b.dir,
+        &options,
+        &mut |name, file, _| match b.graphs.get(file) {
+            Some(graph) if file != path => Ok(graph.clone()),
+            _ => Graph::load(name.name(), file),
+        },
+    );
     std::fs::write(path, original).expect("restore the bundle file");
 });

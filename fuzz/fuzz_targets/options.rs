@@ -9,7 +9,7 @@ use rand::SeedableRng;
 use transfusion_sdk::config::{Prediction, SamplerKind, Schedule};
 use transfusion_sdk::diffusion::{Sampler, SamplerOptions};
 use transfusion_sdk::sampling::{sample_token, SamplingOptions};
-use transfusion_sdk::GenerateOptions;
+use transfusion_sdk::{GenerateOptions, UnknownWords};
 
 struct Reader<'a>(&'a [u8]);
 
@@ -55,6 +55,8 @@ fuzz_target!(|data: &[u8]| {
         max_images: r.usize(),
         truncate_prompt: r.u8() & 1 == 1,
         previews: r.u8() & 1 == 1,
+        unknown_words: [UnknownWords::Warn, UnknownWords::Error, UnknownWords::Allow]
+            [usize::from(r.u8()) % 3],
     };
     let _ = options.validate();
     let schedule = [Schedule::Cosine, Schedule::Linear, Schedule::Flow][usize::from(r.u8()) % 3];
