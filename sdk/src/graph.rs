@@ -112,16 +112,23 @@ impl Graph {
                     .set_symbols(&subs)
                     .map_err(|e| fail("tract could not bind its symbols", e))?;
             }
-            let replaced = crate::fused::apply(&mut typed);
-            if replaced > 0 {
-                log::debug!("{name}: {replaced} nodes on the SDK's faster operators");
+            let fused = crate::fused::enabled();
+            if fused {
+                let replaced = crate::fused::apply(&mut typed);
+                if replaced > 0 {
+                    log::debug!("{name}: {replaced} nodes on the SDK's faster operators");
+                }
             }
-            let runnable = runtime.prepare(typed).map_err(|e| {
-                fail(
-                    &format!("tract's `{}` runtime could not prepare it", runtime.name()),
-                    e,
-                )
-            })?;
+            let runnable = if fused && runtime.name() == CPU_RUNTIME {
+                prepare_cpu(name, typed).map_err(|e| fail("tract could not optimise it", e))?
+            } else {
+                runtime.prepare(typed).map_err(|e| {
+                    fail(
+                        &format!("tract's `{}` runtime could not prepare it", runtime.name()),
+                        e,
+                    )
+                })?
+            };
             Ok((inputs, outputs, runnable))
         };
         let (inputs, outputs, runnable) = catch_panic(prepare).map_err(|what| Error::Graph {
@@ -217,6 +224,20 @@ impl Graph {
             message: format!("run failed: {e:#}"),
         })
     }
+}
+
+/// The name of tract's CPU runtime (`DefaultRuntime`).
+const CPU_RUNTIME: &str = "cpu";
+
+/// What tract's CPU runtime does to prepare a graph (optimise, then plan), with the SDK's
+/// element-wise operators swapped in between the two ([`crate::fused::apply_optimized`]).
+fn prepare_cpu(name: &str, typed: TypedModel) -> TractResult<Box<dyn Runnable>> {
+    let mut optimized = typed.into_optimized()?;
+    let replaced = crate::fused::apply_optimized(&mut optimized);
+    if replaced > 0 {
+        log::debug!("{name}: {replaced} element-wise nodes on the SDK's operator");
+    }
+    Ok(Box::new(TypedSimplePlan::new(optimized)?))
 }
 
 /// tract's executor for `threads` matrix-product threads. One thread is tract's single-thread

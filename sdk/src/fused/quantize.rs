@@ -1,34 +1,13 @@
-//! Load-time replacements of slow tract operators by faster ones with the same results.
+//! `DynamicQuantizeLinear` (every INT8 matrix product's activation quantization).
 //!
-//! The bundle's files stay standard ONNX (onnxruntime and `onnx.checker` read the very same
-//! files); after tract has translated a graph, nodes whose tract implementation is slow at our
-//! sizes are swapped for an operator of this module that computes bit for bit the same values.
-//!
-//! - `DynamicQuantizeLinear` (every INT8 matrix product's activation quantization): tract 0.23.9
-//!   folds the range with a branchy generic `ndarray` fold and rounds each element through a
-//!   library call, which made it a quarter of the INT8 backbone's time (`transfusion bench
-//!   --profile`, docs/performance.md). [`DynamicQuantizeU8`] does the same arithmetic —
-//!   range extended to include 0, `scale = (max − min)/255`, zero point and values rounded half
-//!   to even, `x / scale` by division — in loops the compiler vectorises.
+//! tract 0.23.9 folds the range with a branchy generic `ndarray` fold and rounds each element
+//! through a library call, which made it a quarter of the INT8 backbone's time (`transfusion
+//! bench --profile`, docs/performance.md). [`DynamicQuantizeU8`] does the same arithmetic —
+//! range extended to include 0, `scale = (max − min)/255`, zero point and values rounded half
+//! to even, `x / scale` by division — in loops the compiler vectorises.
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
-
-/// Name tract gives its `DynamicQuantizeLinear` (u8) operator.
-const TRACT_DQL: &str = "DynamicQuantizeLinearU8";
-
-/// Replaces every node of `model` that this module has a faster operator for; returns how
-/// many were replaced.
-pub fn apply(model: &mut TypedModel) -> usize {
-    let mut replaced = 0;
-    for node in model.nodes_mut() {
-        if node.op.name() == TRACT_DQL && node.inputs.len() == 1 && node.outputs.len() == 3 {
-            node.op = Box::new(DynamicQuantizeU8);
-            replaced += 1;
-        }
-    }
-    replaced
-}
 
 /// ONNX `DynamicQuantizeLinear` to u8: `(y, y_scale, y_zero_point)` of a float32 tensor.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]

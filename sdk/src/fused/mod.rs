@@ -1,0 +1,65 @@
+//! Load-time replacements of slow tract operators by faster ones with the same results.
+//!
+//! The bundle's files stay standard ONNX (onnxruntime and `onnx.checker` read the very same
+//! files); after tract has translated a graph, nodes whose tract implementation is slow at our
+//! sizes are swapped for an operator of this module that computes bit for bit the same values.
+//! Each operator is tested against tract's own on random inputs.
+//!
+//! - [`quantize`]: `DynamicQuantizeLinear`, swapped in before tract optimises the graph (its
+//!   optimiser has nothing to do with it).
+//! - [`elementwise`]: f32 add/sub/mul/div with broadcasting, swapped in after tract has
+//!   optimised the graph — so its own fusions (RMSNorm, SiLU, bias into the matrix products)
+//!   have run first — for the generic and per-channel binary operators it left.
+
+mod elementwise;
+mod quantize;
+
+use tract_onnx::prelude::*;
+
+pub use elementwise::Elementwise;
+pub use quantize::DynamicQuantizeU8;
+
+/// Whether graphs load with this module's operators: yes unless the environment sets
+/// `TRANSFUSION_FUSED=0`, which leaves every graph exactly as tract plans it (to compare speed,
+/// or to rule these operators out when chasing a numerical difference).
+pub fn enabled() -> bool {
+    std::env::var_os("TRANSFUSION_FUSED").is_none_or(|v| v != "0")
+}
+
+/// Name tract gives its `DynamicQuantizeLinear` (u8) operator.
+const TRACT_DQL: &str = "DynamicQuantizeLinearU8";
+
+/// Replaces, in a typed model tract has not optimised yet, every node this module has a faster
+/// operator for at that stage; returns how many were replaced.
+pub fn apply(model: &mut TypedModel) -> usize {
+    let mut replaced = 0;
+    for node in model.nodes_mut() {
+        if node.op.name() == TRACT_DQL && node.inputs.len() == 1 && node.outputs.len() == 3 {
+            node.op = Box::new(DynamicQuantizeU8);
+            replaced += 1;
+        }
+    }
+    replaced
+}
+
+/// Replaces, in a model tract has optimised, every element-wise node [`Elementwise`] computes
+/// the same way; returns how many were replaced.
+pub fn apply_optimized(model: &mut TypedModel) -> usize {
+    let mut swaps = Vec::new();
+    for node in model.nodes() {
+        let Ok(facts) = model.node_input_facts(node.id) else {
+            continue;
+        };
+        let types: Vec<DatumType> = facts.iter().map(|f| f.datum_type).collect();
+        if let Some(op) = Elementwise::replacing(node.op.as_ref(), &types) {
+            swaps.push((node.id, op));
+        }
+    }
+    let replaced = swaps.len();
+    for (id, op) in swaps {
+        if let Some(node) = model.nodes_mut().get_mut(id) {
+            node.op = Box::new(op);
+        }
+    }
+    replaced
+}
