@@ -51,12 +51,18 @@ fn round_half_even(v: f32) -> f32 {
 }
 
 fn quantize(xs: &[f32], scale: f32, zero_point: u8, ys: &mut [u8]) {
-    let zp = zero_point as i32;
+    let zp = f32::from(zero_point);
     for (y, &x) in ys.iter_mut().zip(xs) {
-        // |x / scale| <= 255 for every finite input of the range; the clamp keeps the trick
-        // exact for anything else (NaN stays NaN and converts to 0, as `as i32` does in tract).
-        let v = round_half_even((x / scale).clamp(-4_194_304.0, 4_194_304.0));
-        *y = ((v as i32) + zp).clamp(0, 255) as u8;
+        let q = x / scale;
+        // NaN lands on the zero point (tract: `NaN as i32` is 0); past ±2^22 the value
+        // saturates to 0 or 255 whatever its rounding, so the clamp keeps the trick exact.
+        let q = if q.is_nan() {
+            0.0
+        } else {
+            q.clamp(-4_194_304.0, 4_194_304.0)
+        };
+        // Integers below 2^24 add exactly: the same value as tract's `i32` sum, clamped.
+        *y = (round_half_even(q) + zp).clamp(0.0, 255.0) as u8;
     }
 }
 

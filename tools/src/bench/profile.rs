@@ -67,6 +67,9 @@ pub struct NodeTime {
     pub node: String,
     pub op: String,
     pub ms: f64,
+    /// What tract says of the node (a matrix product's kernel and geometry) and its output
+    /// fact: enough to tell which product or convolution a slow node is.
+    pub detail: String,
 }
 
 /// The profile of one graph on one input size.
@@ -262,10 +265,15 @@ fn summarise(
         let slot = by_op.entry(op.clone()).or_default();
         slot.0 += 1;
         slot.1 += ms;
+        let mut detail = node.op.info().unwrap_or_default();
+        if let Some(output) = node.outputs.first() {
+            detail.push(format!("-> {:?}", output.fact));
+        }
         nodes.push(NodeTime {
             node: node.name.clone(),
             op,
             ms,
+            detail: detail.join("; "),
         });
     }
     let mut by_op: Vec<OpTime> = by_op
@@ -326,7 +334,11 @@ pub fn to_text(report: &[CaseProfile]) -> String {
         }
         let _ = writeln!(s, "  slowest nodes:");
         for n in &c.top {
-            let _ = writeln!(s, "    {:>9.3} ms  {:<20} {}", n.ms, n.op, n.node);
+            let _ = writeln!(
+                s,
+                "    {:>9.3} ms  {:<20} {}  [{}]",
+                n.ms, n.op, n.node, n.detail
+            );
         }
     }
     s
