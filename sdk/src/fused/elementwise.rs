@@ -15,6 +15,8 @@
 //! and step, in the same order.
 
 use tract_linalg::BinOp;
+
+use super::dense_f32;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::binary::{
@@ -162,20 +164,6 @@ impl TypedOp for Elementwise {
     }
 
     as_op!();
-}
-
-/// Whether `t` is f32 laid out in C order, its elements where [`Layout`] looks for them. The
-/// stride of an axis of length 1 does not matter (tract leaves arbitrary ones there when it
-/// inserts axes into a constant).
-fn dense_f32(t: &Tensor) -> bool {
-    let shape = t.shape();
-    let mut expected = 1isize;
-    let ordered = shape.iter().zip(t.strides()).rev().all(|(&n, &stride)| {
-        let ok = n == 1 || stride == expected;
-        expected *= n as isize;
-        ok
-    });
-    t.datum_type() == DatumType::F32 && t.len() == shape.iter().product::<usize>() && ordered
 }
 
 /// `a ∘ b` broadcast, computed in place in an operand that already has the output's shape and

@@ -10,13 +10,17 @@
 //! - [`elementwise`]: f32 add/sub/mul/div with broadcasting, swapped in after tract has
 //!   optimised the graph — so its own fusions (RMSNorm, SiLU, bias into the matrix products)
 //!   have run first — for the generic and per-channel binary operators it left.
+//! - [`pad`]: f32 constant padding (the borders tract puts before its convolutions), swapped in
+//!   after optimisation too.
 
 mod elementwise;
+mod pad;
 mod quantize;
 
 use tract_onnx::prelude::*;
 
 pub use elementwise::Elementwise;
+pub use pad::ConstantPad;
 pub use quantize::DynamicQuantizeU8;
 
 /// Whether graphs load with this module's operators: yes unless the environment sets
@@ -42,24 +46,40 @@ pub fn apply(model: &mut TypedModel) -> usize {
     replaced
 }
 
-/// Replaces, in a model tract has optimised, every element-wise node [`Elementwise`] computes
-/// the same way; returns how many were replaced.
+/// Replaces, in a model tract has optimised, every node [`Elementwise`] or [`ConstantPad`]
+/// computes the same way; returns how many were replaced.
 pub fn apply_optimized(model: &mut TypedModel) -> usize {
-    let mut swaps = Vec::new();
+    let mut swaps: Vec<(usize, Box<dyn TypedOp>)> = Vec::new();
     for node in model.nodes() {
         let Ok(facts) = model.node_input_facts(node.id) else {
             continue;
         };
         let types: Vec<DatumType> = facts.iter().map(|f| f.datum_type).collect();
         if let Some(op) = Elementwise::replacing(node.op.as_ref(), &types) {
-            swaps.push((node.id, op));
+            swaps.push((node.id, Box::new(op)));
+        } else if let Some(op) = ConstantPad::replacing(node.op.as_ref(), &types) {
+            swaps.push((node.id, Box::new(op)));
         }
     }
     let replaced = swaps.len();
     for (id, op) in swaps {
         if let Some(node) = model.nodes_mut().get_mut(id) {
-            node.op = Box::new(op);
+            node.op = op;
         }
     }
     replaced
+}
+
+/// Whether `t` is f32 laid out in C order, each element at the offset its index gives. The
+/// stride of an axis of length 1 does not matter (tract leaves arbitrary ones there when it
+/// inserts axes into a constant).
+fn dense_f32(t: &Tensor) -> bool {
+    let shape = t.shape();
+    let mut expected = 1isize;
+    let ordered = shape.iter().zip(t.strides()).rev().all(|(&n, &stride)| {
+        let ok = n == 1 || stride == expected;
+        expected *= n as isize;
+        ok
+    });
+    t.datum_type() == DatumType::F32 && t.len() == shape.iter().product::<usize>() && ordered
 }
