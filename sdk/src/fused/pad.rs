@@ -158,7 +158,8 @@ mod tests {
 
     #[test]
     fn matches_tract_on_every_axis_and_odd_shapes() {
-        let cases: &[(&[usize], &[(usize, usize)])] = &[
+        type Case<'a> = (&'a [usize], &'a [(usize, usize)]);
+        let cases: &[Case] = &[
             (&[1, 16, 64, 64], &[(0, 0), (0, 0), (1, 1), (1, 1)]),
             (&[1, 3, 5, 7], &[(0, 0), (0, 0), (0, 1), (0, 1)]),
             (&[2, 3, 4], &[(1, 2), (0, 0), (3, 0)]),
