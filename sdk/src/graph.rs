@@ -73,6 +73,7 @@ impl Graph {
         // found an out-of-range Unsqueeze axis: docs/bad-inputs.md); a bundle file must give
         // an error, not abort the app, so the import runs under `catch_unwind`.
         let prepare = || -> Result<_> {
+            let start = std::time::Instant::now();
             let model = tract_onnx::onnx()
                 .model_for_read(&mut bytes.as_slice())
                 .map_err(|e| fail("not a readable ONNX model", e))?;
@@ -103,6 +104,7 @@ impl Graph {
             let mut typed = model
                 .into_typed()
                 .map_err(|e| fail("tract could not type it", e))?;
+            log::debug!("{name}: read and typed in {:?}", start.elapsed());
             let subs: std::collections::HashMap<Symbol, TDim> = symbols
                 .iter()
                 .filter_map(|&(s, v)| typed.symbols.get(s).map(|sym| (sym, TDim::Val(v))))
@@ -232,7 +234,16 @@ const CPU_RUNTIME: &str = "cpu";
 /// What tract's CPU runtime does to prepare a graph (optimise, then plan), with the SDK's
 /// element-wise operators swapped in between the two ([`crate::fused::apply_optimized`]).
 fn prepare_cpu(name: &str, typed: TypedModel) -> TractResult<Box<dyn Runnable>> {
-    let mut optimized = typed.into_optimized()?;
+    let start = std::time::Instant::now();
+    let mut typed = typed;
+    typed.declutter()?;
+    let decluttered = start.elapsed();
+    let mut optimized = typed;
+    optimized.optimize()?;
+    log::debug!(
+        "{name}: decluttered in {decluttered:?}, optimised in {:?}",
+        start.elapsed() - decluttered
+    );
     let replaced = crate::fused::apply_optimized(&mut optimized);
     if replaced > 0 {
         log::debug!("{name}: {replaced} element-wise nodes on the SDK's operator");

@@ -348,15 +348,17 @@ impl Model {
             let (precision, file, on_gpu, path) = &chosen[id];
             let entry = manifest.graph(id)?;
             let runtime = gpu.filter(|_| *on_gpu);
+            let graph_start = Instant::now();
             let mut graph = load_graph(id, path, runtime)?;
             if let Some(n) = options.threads {
                 graph = graph.with_threads(n);
             }
             graph.check_interface(entry, file.float)?;
             log::info!(
-                "loaded {id} ({precision}, {}) from {}",
+                "loaded {id} ({precision}, {}) from {} in {:.1} ms",
                 graph.runtime(),
-                path.display()
+                path.display(),
+                graph_start.elapsed().as_secs_f64() * 1e3
             );
             Ok::<_, Error>(Part {
                 graph,
