@@ -7,6 +7,8 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
 
 use tract_linalg::multithread::{multithread_tract_scope, Executor};
+use tract_onnx::tract_core::internal::{EvalContext, OpState};
+use tract_onnx::tract_core::plan::SimpleState;
 
 use crate::error::{catch_panic, Error, Result};
 use crate::manifest::{FloatDtype, GraphEntry, IoDtype};
@@ -16,12 +18,22 @@ use crate::manifest::{FloatDtype, GraphEntry, IoDtype};
 pub struct Graph {
     name: String,
     path: PathBuf,
-    runnable: Arc<dyn Runnable>,
+    prepared: Prepared,
     runtime: String,
     inputs: Vec<(String, Option<DatumType>)>,
     outputs: Vec<String>,
     /// The matrix-product executor of this graph's runs (`None`: tract's process default).
     executor: Option<Executor>,
+}
+
+/// How a graph runs.
+#[derive(Clone)]
+enum Prepared {
+    /// tract's CPU plan, driven node by node by [`eval_node`] (by tract's own loop when the
+    /// SDK's operators are off: `TRANSFUSION_FUSED=0`).
+    Cpu(Arc<TypedSimplePlan>, bool),
+    /// Another runtime's own runnable (tract-cuda's).
+    Runtime(Arc<dyn Runnable>),
 }
 
 impl std::fmt::Debug for Graph {
@@ -121,19 +133,23 @@ impl Graph {
                     log::debug!("{name}: {replaced} nodes on the SDK's faster operators");
                 }
             }
-            let runnable = if fused && runtime.name() == CPU_RUNTIME {
-                prepare_cpu(name, typed).map_err(|e| fail("tract could not optimise it", e))?
+            let prepared = if runtime.name() == CPU_RUNTIME {
+                Prepared::Cpu(
+                    prepare_cpu(name, typed, fused)
+                        .map_err(|e| fail("tract could not optimise it", e))?,
+                    fused,
+                )
             } else {
-                runtime.prepare(typed).map_err(|e| {
+                Prepared::Runtime(Arc::from(runtime.prepare(typed).map_err(|e| {
                     fail(
                         &format!("tract's `{}` runtime could not prepare it", runtime.name()),
                         e,
                     )
-                })?
+                })?))
             };
-            Ok((inputs, outputs, runnable))
+            Ok((inputs, outputs, prepared))
         };
-        let (inputs, outputs, runnable) = catch_panic(prepare).map_err(|what| Error::Graph {
+        let (inputs, outputs, prepared) = catch_panic(prepare).map_err(|what| Error::Graph {
             graph: name.to_string(),
             path: path.to_path_buf(),
             message: format!("tract panicked reading it ({what}): the file is malformed"),
@@ -141,7 +157,7 @@ impl Graph {
         Ok(Graph {
             name: name.to_string(),
             path: path.to_path_buf(),
-            runnable: Arc::from(runnable),
+            prepared,
             runtime: runtime.name().to_string(),
             inputs,
             outputs,
@@ -210,12 +226,21 @@ impl Graph {
     /// The optimised tract model (for inspection: which kernels run), when the runtime
     /// exposes one.
     pub fn model(&self) -> Option<&TypedModel> {
-        self.runnable.typed_model().map(|m| m.as_ref())
+        match &self.prepared {
+            Prepared::Cpu(plan, _) => Runnable::typed_model(plan).map(|m| m.as_ref()),
+            Prepared::Runtime(runnable) => runnable.typed_model().map(|m| m.as_ref()),
+        }
     }
 
     /// Runs the graph on inputs in declaration order; outputs come in declaration order.
     pub fn run(&self, inputs: TVec<TValue>) -> Result<TVec<TValue>> {
-        let run = || self.runnable.run(inputs);
+        let run = || match &self.prepared {
+            Prepared::Cpu(plan, true) => {
+                SimpleState::new(plan)?.run_plan_with_eval(inputs, eval_node)
+            }
+            Prepared::Cpu(plan, false) => SimpleState::new(plan)?.run(inputs),
+            Prepared::Runtime(runnable) => runnable.run(inputs),
+        };
         let result = match &self.executor {
             Some(executor) => multithread_tract_scope(executor.clone(), run),
             None => run(),
@@ -231,24 +256,69 @@ impl Graph {
 /// The name of tract's CPU runtime (`DefaultRuntime`).
 const CPU_RUNTIME: &str = "cpu";
 
-/// What tract's CPU runtime does to prepare a graph (optimise, then plan), with the SDK's
-/// element-wise operators swapped in between the two ([`crate::fused::apply_optimized`]).
-fn prepare_cpu(name: &str, typed: TypedModel) -> TractResult<Box<dyn Runnable>> {
+/// What tract's CPU runtime does to prepare a graph (declutter, optimise, plan), with the SDK's
+/// element-wise operators swapped in after optimisation when `fused`
+/// ([`crate::fused::apply_optimized`]).
+fn prepare_cpu(
+    name: &str,
+    mut typed: TypedModel,
+    fused: bool,
+) -> TractResult<Arc<TypedSimplePlan>> {
     let start = std::time::Instant::now();
-    let mut typed = typed;
     typed.declutter()?;
     let decluttered = start.elapsed();
-    let mut optimized = typed;
-    optimized.optimize()?;
+    typed.optimize()?;
     log::debug!(
         "{name}: decluttered in {decluttered:?}, optimised in {:?}",
         start.elapsed() - decluttered
     );
-    let replaced = crate::fused::apply_optimized(&mut optimized);
-    if replaced > 0 {
-        log::debug!("{name}: {replaced} element-wise nodes on the SDK's operator");
+    if fused {
+        let replaced = crate::fused::apply_optimized(&mut typed);
+        if replaced > 0 {
+            log::debug!("{name}: {replaced} nodes on the SDK's operators after optimisation");
+        }
     }
-    Ok(Box::new(TypedSimplePlan::new(optimized)?))
+    TypedSimplePlan::new(typed)
+}
+
+/// Evaluates one node of a CPU plan as tract's own plan loop does, then clears the upper halves
+/// of the vector registers on x86.
+///
+/// tract's AVX/AVX-512 matrix kernels return with the upper register state dirty, and every
+/// legacy-SSE instruction after that — the code of every other operator, compiled for the
+/// baseline x86-64 target — can pay for it: `DynamicQuantizeLinear` on 11 264 values took 70 µs
+/// after a kernel and 19 µs after a `vzeroupper` (docs/performance.md).
+pub fn eval_node(
+    ctx: &EvalContext,
+    state: Option<&mut (dyn OpState + 'static)>,
+    node: &TypedNode,
+    inputs: TVec<TValue>,
+) -> TractResult<TVec<TValue>> {
+    let outputs = tract_onnx::tract_core::plan::eval(ctx, state, node, inputs);
+    vector_state::clear_upper();
+    outputs
+}
+
+mod vector_state {
+    /// `vzeroupper` where the CPU has AVX; nothing elsewhere.
+    #[cfg(target_arch = "x86_64")]
+    pub fn clear_upper() {
+        if std::arch::is_x86_feature_detected!("avx") {
+            // SAFETY: `vzeroupper` needs AVX, which the CPU was just checked to have; it only
+            // zeroes the upper halves of the ymm/zmm registers, which no Rust value lives in
+            // across this call.
+            unsafe { vzeroupper() }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx")]
+    fn vzeroupper() {
+        std::arch::x86_64::_mm256_zeroupper()
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    pub fn clear_upper() {}
 }
 
 /// tract's executor for `threads` matrix-product threads. One thread is tract's single-thread

@@ -23,9 +23,10 @@ pub use elementwise::Elementwise;
 pub use pad::ConstantPad;
 pub use quantize::DynamicQuantizeU8;
 
-/// Whether graphs load with this module's operators: yes unless the environment sets
-/// `TRANSFUSION_FUSED=0`, which leaves every graph exactly as tract plans it (to compare speed,
-/// or to rule these operators out when chasing a numerical difference).
+/// Whether graphs load with this module's operators (and CPU runs clear the vector upper state
+/// after each node, [`crate::graph::eval_node`]): yes unless the environment sets
+/// `TRANSFUSION_FUSED=0`, which leaves every graph exactly as tract plans and runs it (to compare
+/// speed, or to rule these operators out when chasing a numerical difference).
 pub fn enabled() -> bool {
     std::env::var_os("TRANSFUSION_FUSED").is_none_or(|v| v != "0")
 }

@@ -13,9 +13,10 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tract_onnx::prelude::*;
-use tract_onnx::tract_core::plan::{eval, SimplePlan, SimpleState};
+use tract_onnx::tract_core::plan::eval;
+use tract_onnx::tract_core::plan::{SimplePlan, SimpleState};
 use transfusion_sdk::engine::float_tensor;
-use transfusion_sdk::engine::Graph;
+use transfusion_sdk::engine::{eval_node, sdk_operators_enabled, Graph};
 use transfusion_sdk::manifest::{FloatDtype, GraphEntry, IoDtype, Manifest, Precision};
 
 use crate::error::{Error, Result};
@@ -212,6 +213,9 @@ pub fn profile(dir: &Path, options: &ProfileOptions) -> Result<Vec<CaseProfile>>
                 manifest.geometry.vocab_size,
             )?;
             let mut state = SimpleState::new(&plan).map_err(|e| tract_error(name, e))?;
+            // The SDK's own runs clear the vector state after each node unless its operators
+            // are off (`TRANSFUSION_FUSED=0`); the profile runs the same way.
+            let sdk_ops = sdk_operators_enabled();
             let mut per_node = vec![Duration::ZERO; model.nodes().len()];
             let mut walls = Vec::with_capacity(options.runs);
             for run in 0..options.warmup + options.runs {
@@ -220,7 +224,11 @@ pub fn profile(dir: &Path, options: &ProfileOptions) -> Result<Vec<CaseProfile>>
                 state
                     .run_plan_with_eval(values.clone(), |ctx, op_state, node, input| {
                         let t = Instant::now();
-                        let r = eval(ctx, op_state, node, input);
+                        let r = if sdk_ops {
+                            eval_node(ctx, op_state, node, input)
+                        } else {
+                            eval(ctx, op_state, node, input)
+                        };
                         if timed {
                             if let Some(slot) = per_node.get_mut(node.id) {
                                 *slot += t.elapsed();
