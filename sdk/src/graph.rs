@@ -267,6 +267,12 @@ fn prepare_cpu(
     let start = std::time::Instant::now();
     typed.declutter()?;
     let decluttered = start.elapsed();
+    if fused {
+        let replaced = crate::fused::apply_decluttered(&mut typed);
+        if replaced > 0 {
+            log::debug!("{name}: {replaced} activation products on the SDK's operator");
+        }
+    }
     typed.optimize()?;
     log::debug!(
         "{name}: decluttered in {decluttered:?}, optimised in {:?}",

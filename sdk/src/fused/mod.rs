@@ -10,17 +10,22 @@
 //! - [`elementwise`]: f32 add/sub/mul/div with broadcasting, swapped in after tract has
 //!   optimised the graph — so its own fusions (RMSNorm, SiLU, bias into the matrix products)
 //!   have run first — for the generic and per-channel binary operators it left.
+//! - [`product`]: f32 matrix products of two activations (attention), swapped in after tract
+//!   has decluttered the graph (transposes folded into the product) and before it plans its
+//!   kernels; the one operator here that agrees to rounding rather than bit for bit.
 //! - [`pad`]: f32 constant padding (the borders tract puts before its convolutions), swapped in
 //!   after optimisation too.
 
 mod elementwise;
 mod pad;
+mod product;
 mod quantize;
 
 use tract_onnx::prelude::*;
 
 pub use elementwise::Elementwise;
 pub use pad::ConstantPad;
+pub use product::ActivationProduct;
 pub use quantize::DynamicQuantizeU8;
 
 /// Whether graphs load with this module's operators (and CPU runs clear the vector upper state
@@ -42,6 +47,30 @@ pub fn apply(model: &mut TypedModel) -> usize {
         if node.op.name() == TRACT_DQL && node.inputs.len() == 1 && node.outputs.len() == 3 {
             node.op = Box::new(DynamicQuantizeU8);
             replaced += 1;
+        }
+    }
+    replaced
+}
+
+/// Replaces, in a model tract has decluttered but not optimised, every product of two
+/// non-constant f32 tensors [`ActivationProduct`] computes; returns how many were replaced.
+pub fn apply_decluttered(model: &mut TypedModel) -> usize {
+    let mut swaps = Vec::new();
+    for node in model.nodes() {
+        let Ok(facts) = model.node_input_facts(node.id) else {
+            continue;
+        };
+        if facts.iter().any(|f| f.konst.is_some()) {
+            continue;
+        }
+        if let Some(op) = ActivationProduct::replacing(node.op.as_ref(), &facts) {
+            swaps.push((node.id, op));
+        }
+    }
+    let replaced = swaps.len();
+    for (id, op) in swaps {
+        if let Some(node) = model.nodes_mut().get_mut(id) {
+            node.op = Box::new(op);
         }
     }
     replaced

@@ -1,0 +1,412 @@
+//! f32 matrix products of two activations: the backbone's attention scores `Q·Kᵀ` and its
+//! weighted sum `A·V`.
+//!
+//! tract plans every product for its packed matrix kernels. With a weight that pays: the weight
+//! is packed once at load. With two activations both operands are packed on every call, for a
+//! product of 64 × (P + S) per head — at one decoded token, 13 000 multiply-adds behind two
+//! packing passes and a kernel dispatch, 27–60 µs a node, 16 such nodes a token
+//! (`transfusion bench --profile`). [`ActivationProduct`] computes them in place: a dot product
+//! per output where both operands run along the reduced axis, or a row update
+//! `c[i, :] += a[i, k] · b[k, :]` where the second runs along the output's. The summation order
+//! differs from the kernel's, so values agree to rounding (the bundle tolerances of `verify`),
+//! not bit for bit.
+
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_core::ops::einsum::EinSum;
+
+use super::dense_f32;
+
+/// `c[batch…, m, n] = Σ_k a[batch…, m, k] · b[batch…, k, n]`, each axis at its own position in
+/// each tensor.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ActivationProduct {
+    /// Positions of each batch axis in (a, b, c).
+    batch: TVec<(usize, usize, usize)>,
+    /// Positions of the row axis in (a, c), the column axis in (b, c), the reduced axis in (a, b).
+    m: (usize, usize),
+    n: (usize, usize),
+    k: (usize, usize),
+    c_rank: usize,
+    /// The node this replaced: its output facts, and the fallback for inputs this operator does
+    /// not take (strided views, broadcast batch axes).
+    original: EinSum,
+}
+
+impl ActivationProduct {
+    /// The replacement for an f32 `EinSum` of two inputs (`facts`) whose axes are batch axes
+    /// and one row, one column and one reduced axis, each at most once per tensor. Reduced axes
+    /// of length 1 (the batch `B` of the SDK's plans, which tract's declutter sums over) take
+    /// no part.
+    pub fn replacing(op: &dyn TypedOp, facts: &[&TypedFact]) -> Option<ActivationProduct> {
+        let einsum = op.downcast_ref::<EinSum>()?;
+        let [fa, fb] = facts else {
+            return None;
+        };
+        if einsum.q_params.is_some()
+            || einsum.operating_dt != DatumType::F32
+            || fa.datum_type != DatumType::F32
+            || fb.datum_type != DatumType::F32
+        {
+            return None;
+        }
+        let one = |positions: &TVec<TVec<usize>>, ix: usize| -> Option<Option<usize>> {
+            match positions.get(ix).map(|p| p.as_slice()) {
+                Some([]) => Some(None),
+                Some([p]) => Some(Some(*p)),
+                _ => None,
+            }
+        };
+        let unit = |fact: &TypedFact, p: Option<usize>| {
+            p.is_none_or(|p| fact.shape.get(p).is_some_and(|d| d.is_one()))
+        };
+        // Candidates per role, with whether the axis has length 1.
+        let (mut batch, mut ms, mut ns, mut ks) = (tvec![], tvec![], tvec![], tvec![]);
+        for axis in einsum.axes.iter_all_axes() {
+            let a = one(&axis.inputs, 0)?;
+            let b = one(&axis.inputs, 1)?;
+            let c = one(&axis.outputs, 0)?;
+            let ones = unit(fa, a) && unit(fb, b);
+            match (a, b, c) {
+                (Some(a), Some(b), Some(c)) => batch.push((a, b, c)),
+                (Some(a), None, Some(c)) => ms.push(((a, c), ones)),
+                (None, Some(b), Some(c)) => ns.push(((b, c), ones)),
+                (Some(a), Some(b), None) => ks.push(((a, b), ones)),
+                // Only the output has it (a 1 there), or a length-1 axis one side sums over.
+                (None, None, Some(_)) => {}
+                _ if ones => {}
+                _ => return None,
+            }
+        }
+        // One role each: the axis of real length, or any when all have length 1 (a 1 in the
+        // output, or a sum of one term).
+        let pick = |candidates: &[((usize, usize), bool)]| {
+            let real: TVec<_> = candidates.iter().filter(|(_, ones)| !ones).collect();
+            match real.as_slice() {
+                [] => candidates.first().map(|(p, _)| *p),
+                [(p, _)] => Some(*p),
+                _ => None,
+            }
+        };
+        let (m, n, k) = (pick(&ms)?, pick(&ns)?, pick(&ks)?);
+        Some(ActivationProduct {
+            batch,
+            m,
+            n,
+            k,
+            c_rank: einsum.axes.rank(InOut::Out(0)),
+            original: einsum.clone(),
+        })
+    }
+
+    /// The product, or `None` where the shapes are not this operator's (the caller falls back).
+    fn product(&self, a: &Tensor, b: &Tensor) -> Option<TractResult<Tensor>> {
+        let (sa, sb) = (a.shape(), b.shape());
+        let (rows, depth) = (*sa.get(self.m.0)?, *sa.get(self.k.0)?);
+        let cols = *sb.get(self.n.0)?;
+        if *sb.get(self.k.1)? != depth {
+            return None;
+        }
+        // Axes of length 1 keep their place in the output.
+        let mut shape: TVec<usize> = tvec![1; self.c_rank];
+        *shape.get_mut(self.m.1)? = rows;
+        *shape.get_mut(self.n.1)? = cols;
+        let mut batch = tvec![];
+        for &(pa, pb, pc) in &self.batch {
+            let n = *sa.get(pa)?;
+            // A broadcast batch axis goes back to tract.
+            if *sb.get(pb)? != n {
+                return None;
+            }
+            *shape.get_mut(pc)? = n;
+            batch.push(n);
+        }
+        let (ta, tb, tc) = (strides(sa), strides(sb), strides(&shape));
+        let stride = |s: &TVec<usize>, p: usize| s.get(p).copied();
+        let geometry = Geometry {
+            rows,
+            cols,
+            depth,
+            a: (stride(&ta, self.m.0)?, stride(&ta, self.k.0)?),
+            b: (stride(&tb, self.k.1)?, stride(&tb, self.n.0)?),
+            c: (stride(&tc, self.m.1)?, stride(&tc, self.n.1)?),
+        };
+        let batch_strides: Option<TVec<(usize, usize, usize)>> = self
+            .batch
+            .iter()
+            .map(|&(pa, pb, pc)| Some((stride(&ta, pa)?, stride(&tb, pb)?, stride(&tc, pc)?)))
+            .collect();
+        let batch_strides = batch_strides?;
+        Some(run(a, b, &shape, &batch, &batch_strides, &geometry))
+    }
+}
+
+/// C-order strides, in elements.
+fn strides(shape: &[usize]) -> TVec<usize> {
+    let mut s: TVec<usize> = shape
+        .iter()
+        .rev()
+        .scan(1, |acc, &n| {
+            let stride = *acc;
+            *acc *= n;
+            Some(stride)
+        })
+        .collect();
+    s.reverse();
+    s
+}
+
+/// One product's sizes and (row, reduced) / (reduced, column) / (row, column) strides.
+struct Geometry {
+    rows: usize,
+    cols: usize,
+    depth: usize,
+    a: (usize, usize),
+    b: (usize, usize),
+    c: (usize, usize),
+}
+
+fn run(
+    a: &Tensor,
+    b: &Tensor,
+    shape: &[usize],
+    batch: &[usize],
+    batch_strides: &[(usize, usize, usize)],
+    g: &Geometry,
+) -> TractResult<Tensor> {
+    let mut out = Tensor::zero::<f32>(shape)?;
+    let (xs, ys) = (a.try_as_plain_ram()?, b.try_as_plain_ram()?);
+    let (xs, ys) = (xs.as_slice::<f32>()?, ys.as_slice::<f32>()?);
+    let mut view = out.try_as_plain_ram_mut()?;
+    let cs = view.as_slice_mut::<f32>()?;
+    let short = || format_err!("matrix product operand shorter than its shape");
+    let mut index: TVec<usize> = tvec![0; batch.len()];
+    let (mut ao, mut bo, mut co) = (0usize, 0usize, 0usize);
+    let mut row = vec![0f32; g.cols];
+    loop {
+        for i in 0..g.rows {
+            let a_row = ao + i * g.a.0;
+            if g.a.1 == 1 && g.b.0 == 1 {
+                // Both operands run along the reduced axis: one dot product per output.
+                let x = xs.get(a_row..a_row + g.depth).ok_or_else(short)?;
+                for (j, r) in row.iter_mut().enumerate() {
+                    let start = bo + j * g.b.1;
+                    *r = dot(x, ys.get(start..start + g.depth).ok_or_else(short)?);
+                }
+            } else if g.b.1 == 1 {
+                // The second operand runs along the output's columns: row updates.
+                row.iter_mut().for_each(|r| *r = 0.0);
+                for kk in 0..g.depth {
+                    let x = *xs.get(a_row + kk * g.a.1).ok_or_else(short)?;
+                    let start = bo + kk * g.b.0;
+                    let y = ys.get(start..start + g.cols).ok_or_else(short)?;
+                    row.iter_mut().zip(y).for_each(|(r, &y)| *r += x * y);
+                }
+            } else {
+                for (j, r) in row.iter_mut().enumerate() {
+                    let mut sum = 0.0;
+                    for kk in 0..g.depth {
+                        let x = xs.get(a_row + kk * g.a.1).ok_or_else(short)?;
+                        let y = ys.get(bo + kk * g.b.0 + j * g.b.1).ok_or_else(short)?;
+                        sum += x * y;
+                    }
+                    *r = sum;
+                }
+            }
+            let c_row = co + i * g.c.0;
+            for (j, &r) in row.iter().enumerate() {
+                *cs.get_mut(c_row + j * g.c.1).ok_or_else(short)? = r;
+            }
+        }
+        let mut wrapped = true;
+        for (ix, (&n, &(sa, sb, sc))) in index.iter_mut().zip(batch.iter().zip(batch_strides)).rev()
+        {
+            *ix += 1;
+            ao += sa;
+            bo += sb;
+            co += sc;
+            if *ix < n {
+                wrapped = false;
+                break;
+            }
+            *ix = 0;
+            ao -= sa * n;
+            bo -= sb * n;
+            co -= sc * n;
+        }
+        if wrapped {
+            return Ok(out);
+        }
+    }
+}
+
+/// Σ x·y with eight partial sums, so the loop vectorises.
+fn dot(x: &[f32], y: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (xc, yc) = (x.chunks_exact(8), y.chunks_exact(8));
+    let tail: f32 = xc
+        .remainder()
+        .iter()
+        .zip(yc.remainder())
+        .map(|(a, b)| a * b)
+        .sum();
+    for (xs, ys) in xc.zip(yc) {
+        for ((s, &a), &b) in acc.iter_mut().zip(xs).zip(ys) {
+            *s += a * b;
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+impl Op for ActivationProduct {
+    fn name(&self) -> StaticName {
+        "ActivationProduct(transfusion)".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        Ok(vec![format!("{}", self.original.axes)])
+    }
+
+    fn validation(&self) -> Validation {
+        Validation::Rounding
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for ActivationProduct {
+    op_out_of_plan!();
+
+    fn eval(&self, ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        if let [a, b] = inputs.as_slice() {
+            if dense_f32(a) && dense_f32(b) && a.len() > 0 && b.len() > 0 {
+                if let Some(c) = self.product(a, b) {
+                    return Ok(tvec![c?.into_tvalue()]);
+                }
+            }
+        }
+        self.original.eval(ctx, inputs)
+    }
+}
+
+impl TypedOp for ActivationProduct {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        self.original.output_facts(inputs)
+    }
+
+    fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
+        self.original.cost(inputs)
+    }
+
+    as_op!();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tract_onnx::tract_core::axes::AxesMapping;
+
+    fn tensor(shape: &[usize], seed: u64) -> Tensor {
+        let mut s = seed | 1;
+        let n: usize = shape.iter().product();
+        let data: Vec<f32> = (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+            })
+            .collect();
+        Tensor::from_shape(shape, &data).unwrap()
+    }
+
+    /// Ours against tract's own `EinSum` on the same inputs, to f32 rounding.
+    fn check(expr: &str, a: &[usize], b: &[usize]) {
+        let einsum = EinSum::new(expr.parse::<AxesMapping>().unwrap(), DatumType::F32);
+        let (ta, tb) = (tensor(a, 3), tensor(b, 11));
+        let (fa, fb) = (
+            TypedFact::shape_and_dt_of(&ta),
+            TypedFact::shape_and_dt_of(&tb),
+        );
+        let ours = ActivationProduct::replacing(&einsum, &[&fa, &fb])
+            .unwrap_or_else(|| panic!("{expr} {a:?} {b:?} not taken"));
+        let ctx = EvalContext::out_of_plan();
+        let inputs = || tvec![ta.clone().into_tvalue(), tb.clone().into_tvalue()];
+        let want = einsum.eval(&ctx, inputs()).unwrap().remove(0);
+        let got = ours.eval(&ctx, inputs()).unwrap().remove(0);
+        assert_eq!(got.shape(), want.shape(), "{expr} {a:?} {b:?}");
+        let (got, want) = (
+            got.try_as_plain_ram().unwrap(),
+            want.try_as_plain_ram().unwrap(),
+        );
+        let (got, want) = (
+            got.as_slice::<f32>().unwrap(),
+            want.as_slice::<f32>().unwrap(),
+        );
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                "{expr} {a:?} {b:?} [{i}]: {g} vs {w}"
+            );
+        }
+    }
+
+    #[test]
+    fn attention_products_match_tract_at_the_sdk_sizes_and_odd_ones() {
+        for (s, p) in [
+            (1usize, 0usize),
+            (1, 51),
+            (16, 34),
+            (17, 5),
+            (34, 0),
+            (3, 70),
+        ] {
+            let t = s + p;
+            // Scores: Q·Kᵀ, both along the reduced axis (the form tract declutters to).
+            check("abmk,abnk->bmn", &[1, 4, s, 64], &[1, 4, t, 64]);
+            // Weighted sum: A·V, V along the output's columns.
+            check("bmk,abkn->mbn", &[4, s, t], &[1, 4, t, 64]);
+        }
+        // Odd depths and widths, no batch, and a layout neither fast path takes.
+        check("mk,kn->mn", &[5, 13], &[13, 7]);
+        check("mk,nk->mn", &[3, 9], &[11, 9]);
+        check("km,nk->nm", &[9, 3], &[4, 9]);
+        check("bkm,bkn->bmn", &[2, 7, 3], &[2, 7, 5]);
+    }
+
+    #[test]
+    fn products_it_does_not_compute_stay_on_tract() {
+        let einsum = |expr: &str| EinSum::new(expr.parse::<AxesMapping>().unwrap(), DatumType::F32);
+        let f = |shape: &[usize]| f32::fact(shape);
+        // Two reduced axes of real length, and an axis only one side has.
+        let (a, b) = (f(&[2, 3, 4]), f(&[2, 3, 5]));
+        assert!(ActivationProduct::replacing(&einsum("kjm,kjn->mn"), &[&a, &b]).is_none());
+        assert!(ActivationProduct::replacing(&einsum("xmk,kn->mn"), &[&a, &f(&[4, 5])]).is_none());
+        // Not f32.
+        let h = f16::fact([3usize, 4]);
+        assert!(
+            ActivationProduct::replacing(&einsum("mk,kn->mn"), &[&h, &f16::fact([4usize, 5])])
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_broadcast_batch_falls_back_to_tract() {
+        check_fallback();
+    }
+
+    fn check_fallback() {
+        let einsum = EinSum::new(
+            "bmk,bkn->bmn".parse::<AxesMapping>().unwrap(),
+            DatumType::F32,
+        );
+        let (ta, tb) = (tensor(&[3, 2, 4], 5), tensor(&[1, 4, 6], 9));
+        let facts = [f32::fact([3usize, 2, 4]), f32::fact([3usize, 4, 6])];
+        let ours = ActivationProduct::replacing(&einsum, &[&facts[0], &facts[1]]).unwrap();
+        let ctx = EvalContext::out_of_plan();
+        let inputs = || tvec![ta.clone().into_tvalue(), tb.clone().into_tvalue()];
+        let want = einsum.eval(&ctx, inputs()).unwrap().remove(0);
+        let got = ours.eval(&ctx, inputs()).unwrap().remove(0);
+        assert_eq!(got, want);
+    }
+}
