@@ -2,8 +2,10 @@
 //!
 //! The bundle's files stay standard ONNX (onnxruntime and `onnx.checker` read the very same
 //! files); after tract has translated a graph, nodes whose tract implementation is slow at our
-//! sizes are swapped for an operator of this module that computes bit for bit the same values.
-//! Each operator is tested against tract's own on random inputs.
+//! sizes are swapped for an operator of this module that computes the same values — bit for
+//! bit, except the activation products, which agree to rounding. Each operator is tested
+//! against tract's own on random inputs, and `transfusion verify` holds the whole graphs to
+//! the bundle tolerances.
 //!
 //! - [`quantize`]: `DynamicQuantizeLinear`, swapped in before tract optimises the graph (its
 //!   optimiser has nothing to do with it).
