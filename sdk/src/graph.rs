@@ -257,7 +257,8 @@ impl Graph {
 const CPU_RUNTIME: &str = "cpu";
 
 /// What tract's CPU runtime does to prepare a graph (declutter, optimise, plan), with the SDK's
-/// element-wise operators swapped in after optimisation when `fused`
+/// operators swapped in when `fused`: activation products between declutter and optimisation
+/// ([`crate::fused::apply_decluttered`]), element-wise and padding nodes after it
 /// ([`crate::fused::apply_optimized`]).
 fn prepare_cpu(
     name: &str,
