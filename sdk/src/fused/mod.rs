@@ -15,10 +15,13 @@
 //! - [`product`]: f32 matrix products of two activations (attention), swapped in after tract
 //!   has decluttered the graph (transposes folded into the product) and before it plans its
 //!   kernels; the one operator here that agrees to rounding rather than bit for bit.
+//! - [`im2col`]: the patch matrix of INT8 convolutions, packed by tract-linalg's own packer,
+//!   swapped in after optimisation.
 //! - [`pad`]: f32 constant padding (the borders tract puts before its convolutions), swapped in
 //!   after optimisation too.
 
 mod elementwise;
+mod im2col;
 mod pad;
 mod product;
 mod quantize;
@@ -26,6 +29,7 @@ mod quantize;
 use tract_onnx::prelude::*;
 
 pub use elementwise::Elementwise;
+pub use im2col::QuantIm2col;
 pub use pad::ConstantPad;
 pub use product::ActivationProduct;
 pub use quantize::DynamicQuantizeU8;
@@ -78,8 +82,8 @@ pub fn apply_decluttered(model: &mut TypedModel) -> usize {
     replaced
 }
 
-/// Replaces, in a model tract has optimised, every node [`Elementwise`] or [`ConstantPad`]
-/// computes the same way; returns how many were replaced.
+/// Replaces, in a model tract has optimised, every node [`Elementwise`], [`ConstantPad`] or
+/// [`QuantIm2col`] computes the same way; returns how many were replaced.
 pub fn apply_optimized(model: &mut TypedModel) -> usize {
     let mut swaps: Vec<(usize, Box<dyn TypedOp>)> = Vec::new();
     for node in model.nodes() {
@@ -90,6 +94,12 @@ pub fn apply_optimized(model: &mut TypedModel) -> usize {
         if let Some(op) = Elementwise::replacing(node.op.as_ref(), &types) {
             swaps.push((node.id, Box::new(op)));
         } else if let Some(op) = ConstantPad::replacing(node.op.as_ref(), &types) {
+            swaps.push((node.id, Box::new(op)));
+        } else if let Some(op) = node
+            .outputs
+            .first()
+            .and_then(|o| QuantIm2col::replacing(node.op.as_ref(), &o.fact))
+        {
             swaps.push((node.id, Box::new(op)));
         }
     }
@@ -106,6 +116,11 @@ pub fn apply_optimized(model: &mut TypedModel) -> usize {
 /// stride of an axis of length 1 does not matter (tract leaves arbitrary ones there when it
 /// inserts axes into a constant).
 fn dense_f32(t: &Tensor) -> bool {
+    t.datum_type() == DatumType::F32 && c_order(t)
+}
+
+/// Whether `t`'s elements sit in C order (axes of length 1 excepted, as for [`dense_f32`]).
+fn c_order(t: &Tensor) -> bool {
     let shape = t.shape();
     let mut expected = 1isize;
     let ordered = shape.iter().zip(t.strides()).rev().all(|(&n, &stride)| {
@@ -113,5 +128,5 @@ fn dense_f32(t: &Tensor) -> bool {
         expected *= n as isize;
         ok
     });
-    t.datum_type() == DatumType::F32 && t.len() == shape.iter().product::<usize>() && ordered
+    t.len() == shape.iter().product::<usize>() && ordered
 }
