@@ -16,7 +16,7 @@
 
 use tract_linalg::BinOp;
 
-use super::dense_f32;
+use super::{c_strides, dense_f32};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::binary::{
@@ -243,25 +243,10 @@ struct Axis {
     strides: (usize, usize, usize),
 }
 
-/// C-order strides, in elements.
-fn strides(shape: &[usize]) -> TVec<usize> {
-    let mut s: TVec<usize> = shape
-        .iter()
-        .rev()
-        .scan(1, |acc, &n| {
-            let stride = *acc;
-            *acc *= n;
-            Some(stride)
-        })
-        .collect();
-    s.reverse();
-    s
-}
-
 impl Layout {
     /// The walk of `c = a ∘ b`, for shapes of equal rank that broadcast to `c`.
     fn new(a: &[usize], b: &[usize], c: &[usize]) -> Layout {
-        let (sa, sb, sc) = (strides(a), strides(b), strides(c));
+        let (sa, sb, sc) = (c_strides(a), c_strides(b), c_strides(c));
         // Axes of length 1 in the output take no part in the walk.
         let axes: TVec<Axis> = c
             .iter()

@@ -1,36 +1,18 @@
 //! Tests of [`super`]: every step against tract's own operator, bit for bit.
 
 use super::*;
+use crate::fused::test_util::{f32s, Rng};
 
-/// xorshift: deterministic inputs without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    /// Mostly ordinary values, sometimes zeros, infinities, NaN and subnormals.
-    fn value(&mut self) -> f32 {
-        match self.below(40) {
-            0 => f32::NAN,
-            1 => f32::INFINITY,
-            2 => f32::NEG_INFINITY,
-            3 => 0.0,
-            4 => -0.0,
-            5 => 1e-40,
-            _ => ((self.next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 8.0,
-        }
-    }
-    fn tensor(&mut self, shape: &[usize]) -> Tensor {
-        let n = shape.iter().product();
-        let data: Vec<f32> = (0..n).map(|_| self.value()).collect();
-        Tensor::from_shape(shape, &data).unwrap()
+/// Mostly ordinary values, sometimes zeros, infinities, NaN and subnormals.
+fn value(rng: &mut Rng) -> f32 {
+    match rng.below(40) {
+        0 => f32::NAN,
+        1 => f32::INFINITY,
+        2 => f32::NEG_INFINITY,
+        3 => 0.0,
+        4 => -0.0,
+        5 => 1e-40,
+        _ => (rng.unit() - 0.5) * 8.0,
     }
 }
 
@@ -82,14 +64,7 @@ fn ours(steps: &[Arith], inputs: &[Tensor], keep_shared: bool) -> Tensor {
 
 fn same_bits(got: &Tensor, want: &Tensor, what: &str) {
     assert_eq!(got.shape(), want.shape(), "{what}");
-    let (got, want) = (
-        got.try_as_plain_ram().unwrap(),
-        want.try_as_plain_ram().unwrap(),
-    );
-    let (got, want) = (
-        got.as_slice::<f32>().unwrap(),
-        want.as_slice::<f32>().unwrap(),
-    );
+    let (got, want) = (f32s(got), f32s(want));
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
         assert!(
             g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
@@ -113,7 +88,7 @@ fn one_step_matches_tract_on_random_broadcasts_and_odd_shapes() {
                 .collect()
         };
         let (sa, sb) = (pick(), pick());
-        let inputs = [rng.tensor(&sa), rng.tensor(&sb)];
+        let inputs = [rng.tensor(&sa, value), rng.tensor(&sb, value)];
         let step = steps[case % steps.len()];
         let want = reference(&[step], &inputs);
         let what = format!("{step:?} {sa:?} {sb:?}");
@@ -135,11 +110,11 @@ fn per_channel_chain_matches_tract_with_the_strides_tract_leaves_on_constants() 
         (96, 16, 16),
         (1, 1, 9),
     ] {
-        let x = rng.tensor(&[1, c, h, w]);
+        let x = rng.tensor(&[1, c, h, w], value);
         // A [C] constant brought to [1, C, 1, 1] by inserting axes, as tract does: the
         // inserted axes keep strides that are not C order.
-        let mut gain = rng.tensor(&[c]);
-        let mut bias = rng.tensor(&[c]);
+        let mut gain = rng.tensor(&[c], value);
+        let mut bias = rng.tensor(&[c], value);
         for t in [&mut gain, &mut bias] {
             t.insert_axis(0).unwrap();
             t.insert_axis(2).unwrap();

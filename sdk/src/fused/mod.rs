@@ -25,6 +25,8 @@ mod im2col;
 mod pad;
 mod product;
 mod quantize;
+#[cfg(test)]
+mod test_util;
 
 use tract_onnx::prelude::*;
 
@@ -129,4 +131,12 @@ fn c_order(t: &Tensor) -> bool {
         ok
     });
     t.len() == shape.iter().product::<usize>() && ordered
+}
+
+/// C-order strides of `shape`, in elements (tract's natural strides).
+fn c_strides(shape: &[usize]) -> TVec<usize> {
+    Tensor::natural_strides(shape)
+        .iter()
+        .map(|&s| s.unsigned_abs())
+        .collect()
 }

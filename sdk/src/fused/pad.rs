@@ -10,7 +10,7 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::array::{Pad, PadMode};
 
-use super::dense_f32;
+use super::{c_strides, dense_f32};
 
 /// ONNX `Pad` in constant mode on an f32 tensor.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -80,17 +80,7 @@ fn copy_rows(
 ) -> Option<()> {
     let (&row, lead) = shape.split_last()?;
     let (&(row_before, _), lead_pads) = pads.split_last()?;
-    // C-order strides of the output's leading axes.
-    let mut strides: TVec<usize> = out_shape
-        .iter()
-        .rev()
-        .scan(1, |acc, &n| {
-            let s = *acc;
-            *acc *= n;
-            Some(s)
-        })
-        .collect();
-    strides.reverse();
+    let strides = c_strides(out_shape);
     let lead_strides = strides.get(..lead.len())?;
     let mut index: TVec<usize> = tvec![0; lead.len()];
     for src in xs.chunks_exact(row) {
@@ -149,6 +139,7 @@ impl TypedOp for ConstantPad {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fused::test_util::f32s;
 
     fn ramp(shape: &[usize]) -> Tensor {
         let n: usize = shape.iter().product();
@@ -176,16 +167,8 @@ mod tests {
                 let want = tract.eval(&ctx, tvec![input.clone()]).unwrap().remove(0);
                 let got = ours.eval(&ctx, tvec![input]).unwrap().remove(0);
                 assert_eq!(got.shape(), want.shape(), "{shape:?} {pads:?}");
-                let (got, want) = (
-                    got.try_as_plain_ram().unwrap(),
-                    want.try_as_plain_ram().unwrap(),
-                );
-                let (got, want) = (
-                    got.as_slice::<f32>().unwrap(),
-                    want.as_slice::<f32>().unwrap(),
-                );
-                let bits = |xs: &[f32]| xs.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                assert_eq!(bits(got), bits(want), "{shape:?} {pads:?} {value}");
+                let bits = |t: &Tensor| f32s(t).iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&want), "{shape:?} {pads:?} {value}");
             }
         }
     }

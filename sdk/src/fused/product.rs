@@ -15,7 +15,7 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::einsum::EinSum;
 
-use super::dense_f32;
+use super::{c_strides, dense_f32};
 
 /// `c[batch…, m, n] = Σ_k a[batch…, m, k] · b[batch…, k, n]`, each axis at its own position in
 /// each tensor.
@@ -121,7 +121,7 @@ impl ActivationProduct {
             *shape.get_mut(pc)? = n;
             batch.push(n);
         }
-        let (ta, tb, tc) = (strides(sa), strides(sb), strides(&shape));
+        let (ta, tb, tc) = (c_strides(sa), c_strides(sb), c_strides(&shape));
         let stride = |s: &TVec<usize>, p: usize| s.get(p).copied();
         let geometry = Geometry {
             rows,
@@ -139,21 +139,6 @@ impl ActivationProduct {
         let batch_strides = batch_strides?;
         Some(run(a, b, &shape, &batch, &batch_strides, &geometry))
     }
-}
-
-/// C-order strides, in elements.
-fn strides(shape: &[usize]) -> TVec<usize> {
-    let mut s: TVec<usize> = shape
-        .iter()
-        .rev()
-        .scan(1, |acc, &n| {
-            let stride = *acc;
-            *acc *= n;
-            Some(stride)
-        })
-        .collect();
-    s.reverse();
-    s
 }
 
 /// One product's sizes and (row, reduced) / (reduced, column) / (row, column) strides.
@@ -304,20 +289,11 @@ impl TypedOp for ActivationProduct {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fused::test_util::{f32s, Rng};
     use tract_onnx::tract_core::axes::AxesMapping;
 
     fn tensor(shape: &[usize], seed: u64) -> Tensor {
-        let mut s = seed | 1;
-        let n: usize = shape.iter().product();
-        let data: Vec<f32> = (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-            })
-            .collect();
-        Tensor::from_shape(shape, &data).unwrap()
+        Rng(seed | 1).tensor(shape, |r| r.unit() * 2.0 - 1.0)
     }
 
     /// Ours against tract's own `EinSum` on the same inputs, to f32 rounding.
@@ -335,15 +311,7 @@ mod tests {
         let want = einsum.eval(&ctx, inputs()).unwrap().remove(0);
         let got = ours.eval(&ctx, inputs()).unwrap().remove(0);
         assert_eq!(got.shape(), want.shape(), "{expr} {a:?} {b:?}");
-        let (got, want) = (
-            got.try_as_plain_ram().unwrap(),
-            want.try_as_plain_ram().unwrap(),
-        );
-        let (got, want) = (
-            got.as_slice::<f32>().unwrap(),
-            want.as_slice::<f32>().unwrap(),
-        );
-        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        for (i, (g, w)) in f32s(&got).iter().zip(f32s(&want)).enumerate() {
             assert!(
                 (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
                 "{expr} {a:?} {b:?} [{i}]: {g} vs {w}"
@@ -392,10 +360,6 @@ mod tests {
 
     #[test]
     fn a_broadcast_batch_falls_back_to_tract() {
-        check_fallback();
-    }
-
-    fn check_fallback() {
         let einsum = EinSum::new(
             "bmk,bkn->bmn".parse::<AxesMapping>().unwrap(),
             DatumType::F32,
