@@ -6,9 +6,7 @@
 //! carry tract types (pinned at `=0.23.9`) and change with every tract release. Apps use
 //! [`Model`](crate::Model) and [`Session`](crate::Session), which carry none.
 
-pub use crate::fused::{
-    apply as apply_fused_ops, enabled as sdk_operators_enabled, DynamicQuantizeU8,
-};
+pub use crate::fused::{apply as apply_fused_ops, DynamicQuantizeU8, Rewrites};
 pub use crate::graph::{eval_node, tensor_to_f32, Graph};
 pub use crate::model::{float_tensor, gpu_runtime, output_f32, GraphLoader};
 /// The tract version these signatures use.

@@ -29,8 +29,8 @@ pub struct Graph {
 /// How a graph runs.
 #[derive(Clone)]
 enum Prepared {
-    /// tract's CPU plan, driven node by node by [`eval_node`] (by tract's own loop when the
-    /// SDK's operators are off: `TRANSFUSION_FUSED=0`).
+    /// tract's CPU plan, driven node by node by [`eval_node`] when the flag is set (by tract's
+    /// own loop when `TRANSFUSION_FUSED` leaves the vector-state clearing out).
     Cpu(Arc<TypedSimplePlan>, bool),
     /// Another runtime's own runnable (tract-cuda's).
     Runtime(Arc<dyn Runnable>),
@@ -126,18 +126,16 @@ impl Graph {
                     .set_symbols(&subs)
                     .map_err(|e| fail("tract could not bind its symbols", e))?;
             }
-            let fused = crate::fused::enabled();
-            if fused {
-                let replaced = crate::fused::apply(&mut typed);
-                if replaced > 0 {
-                    log::debug!("{name}: {replaced} nodes on the SDK's faster operators");
-                }
+            let rewrites = crate::fused::Rewrites::from_env();
+            let replaced = crate::fused::apply(&mut typed, rewrites);
+            if replaced > 0 {
+                log::debug!("{name}: {replaced} nodes on the SDK's faster operators");
             }
             let prepared = if runtime.name() == CPU_RUNTIME {
                 Prepared::Cpu(
-                    prepare_cpu(name, typed, fused)
+                    prepare_cpu(name, typed, rewrites)
                         .map_err(|e| fail("tract could not optimise it", e))?,
-                    fused,
+                    rewrites.vector_state,
                 )
             } else {
                 Prepared::Runtime(Arc::from(runtime.prepare(typed).map_err(|e| {
@@ -257,33 +255,29 @@ impl Graph {
 const CPU_RUNTIME: &str = "cpu";
 
 /// What tract's CPU runtime does to prepare a graph (declutter, optimise, plan), with the SDK's
-/// operators swapped in when `fused`: activation products between declutter and optimisation
+/// operators swapped in as `rewrites` allows: activation products between declutter and optimisation
 /// ([`crate::fused::apply_decluttered`]), element-wise and padding nodes after it
 /// ([`crate::fused::apply_optimized`]).
 fn prepare_cpu(
     name: &str,
     mut typed: TypedModel,
-    fused: bool,
+    rewrites: crate::fused::Rewrites,
 ) -> TractResult<Arc<TypedSimplePlan>> {
     let start = std::time::Instant::now();
     typed.declutter()?;
     let decluttered = start.elapsed();
-    if fused {
-        let replaced = crate::fused::apply_decluttered(&mut typed);
-        if replaced > 0 {
-            log::debug!("{name}: {replaced} activation products on the SDK's operator");
-        }
+    let replaced = crate::fused::apply_decluttered(&mut typed, rewrites);
+    if replaced > 0 {
+        log::debug!("{name}: {replaced} activation products on the SDK's operator");
     }
     typed.optimize()?;
     log::debug!(
         "{name}: decluttered in {decluttered:?}, optimised in {:?}",
         start.elapsed() - decluttered
     );
-    if fused {
-        let replaced = crate::fused::apply_optimized(&mut typed);
-        if replaced > 0 {
-            log::debug!("{name}: {replaced} nodes on the SDK's operators after optimisation");
-        }
+    let replaced = crate::fused::apply_optimized(&mut typed, rewrites);
+    if replaced > 0 {
+        log::debug!("{name}: {replaced} nodes on the SDK's operators after optimisation");
     }
     TypedSimplePlan::new(typed)
 }

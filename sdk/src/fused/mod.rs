@@ -36,12 +36,73 @@ pub use pad::ConstantPad;
 pub use product::ActivationProduct;
 pub use quantize::DynamicQuantizeU8;
 
-/// Whether graphs load with this module's operators (and CPU runs clear the vector upper state
-/// after each node, [`crate::graph::eval_node`]): yes unless the environment sets
-/// `TRANSFUSION_FUSED=0`, which leaves every graph exactly as tract plans and runs it (to compare
-/// speed, or to rule these operators out when chasing a numerical difference).
-pub fn enabled() -> bool {
-    std::env::var_os("TRANSFUSION_FUSED").is_none_or(|v| v != "0")
+/// Which parts of this module graphs load with: all of them, unless the environment's
+/// `TRANSFUSION_FUSED` says otherwise — `0` for none (every graph exactly as tract plans and
+/// runs it), or a comma-separated list of parts to leave out, each with a leading `-`:
+/// `quantize`, `elementwise`, `pad`, `im2col`, `products`, `vector-state` (the upper-state
+/// clearing of [`crate::graph::eval_node`]). For the speed A/Bs of docs/performance.md, and to
+/// rule a part out when chasing a numerical difference.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rewrites {
+    pub quantize: bool,
+    pub elementwise: bool,
+    pub pad: bool,
+    pub im2col: bool,
+    pub products: bool,
+    pub vector_state: bool,
+}
+
+impl Rewrites {
+    /// Every part on.
+    pub const ALL: Rewrites = Rewrites {
+        quantize: true,
+        elementwise: true,
+        pad: true,
+        im2col: true,
+        products: true,
+        vector_state: true,
+    };
+
+    /// What `TRANSFUSION_FUSED` asks for.
+    pub fn from_env() -> Rewrites {
+        Rewrites::parse(std::env::var("TRANSFUSION_FUSED").ok().as_deref())
+    }
+
+    fn parse(value: Option<&str>) -> Rewrites {
+        let Some(value) = value else {
+            return Rewrites::ALL;
+        };
+        if value.trim() == "0" {
+            return Rewrites {
+                quantize: false,
+                elementwise: false,
+                pad: false,
+                im2col: false,
+                products: false,
+                vector_state: false,
+            };
+        }
+        let mut r = Rewrites::ALL;
+        for word in value.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+            let flag = match word.strip_prefix('-') {
+                Some("quantize") => &mut r.quantize,
+                Some("elementwise") => &mut r.elementwise,
+                Some("pad") => &mut r.pad,
+                Some("im2col") => &mut r.im2col,
+                Some("products") => &mut r.products,
+                Some("vector-state") => &mut r.vector_state,
+                _ => {
+                    log::warn!(
+                        "TRANSFUSION_FUSED: `{word}` is not `0` nor one of -quantize, \
+                         -elementwise, -pad, -im2col, -products, -vector-state; ignored"
+                    );
+                    continue;
+                }
+            };
+            *flag = false;
+        }
+        r
+    }
 }
 
 /// Name tract gives its `DynamicQuantizeLinear` (u8) operator.
@@ -49,7 +110,10 @@ const TRACT_DQL: &str = "DynamicQuantizeLinearU8";
 
 /// Replaces, in a typed model tract has not optimised yet, every node this module has a faster
 /// operator for at that stage; returns how many were replaced.
-pub fn apply(model: &mut TypedModel) -> usize {
+pub fn apply(model: &mut TypedModel, rewrites: Rewrites) -> usize {
+    if !rewrites.quantize {
+        return 0;
+    }
     let mut replaced = 0;
     for node in model.nodes_mut() {
         if node.op.name() == TRACT_DQL && node.inputs.len() == 1 && node.outputs.len() == 3 {
@@ -62,8 +126,11 @@ pub fn apply(model: &mut TypedModel) -> usize {
 
 /// Replaces, in a model tract has decluttered but not optimised, every product of two
 /// non-constant f32 tensors [`ActivationProduct`] computes; returns how many were replaced.
-pub fn apply_decluttered(model: &mut TypedModel) -> usize {
+pub fn apply_decluttered(model: &mut TypedModel, rewrites: Rewrites) -> usize {
     let mut swaps = Vec::new();
+    if !rewrites.products {
+        return 0;
+    }
     for node in model.nodes() {
         let Ok(facts) = model.node_input_facts(node.id) else {
             continue;
@@ -86,21 +153,23 @@ pub fn apply_decluttered(model: &mut TypedModel) -> usize {
 
 /// Replaces, in a model tract has optimised, every node [`Elementwise`], [`ConstantPad`] or
 /// [`QuantIm2col`] computes the same way; returns how many were replaced.
-pub fn apply_optimized(model: &mut TypedModel) -> usize {
+pub fn apply_optimized(model: &mut TypedModel, rewrites: Rewrites) -> usize {
     let mut swaps: Vec<(usize, Box<dyn TypedOp>)> = Vec::new();
     for node in model.nodes() {
         let Ok(facts) = model.node_input_facts(node.id) else {
             continue;
         };
         let types: Vec<DatumType> = facts.iter().map(|f| f.datum_type).collect();
-        if let Some(op) = Elementwise::replacing(node.op.as_ref(), &types) {
+        let op = node.op.as_ref();
+        if let Some(op) = Elementwise::replacing(op, &types).filter(|_| rewrites.elementwise) {
             swaps.push((node.id, Box::new(op)));
-        } else if let Some(op) = ConstantPad::replacing(node.op.as_ref(), &types) {
+        } else if let Some(op) = ConstantPad::replacing(op, &types).filter(|_| rewrites.pad) {
             swaps.push((node.id, Box::new(op)));
         } else if let Some(op) = node
             .outputs
             .first()
-            .and_then(|o| QuantIm2col::replacing(node.op.as_ref(), &o.fact))
+            .and_then(|o| QuantIm2col::replacing(op, &o.fact))
+            .filter(|_| rewrites.im2col)
         {
             swaps.push((node.id, Box::new(op)));
         }
@@ -139,4 +208,19 @@ fn c_strides(shape: &[usize]) -> TVec<usize> {
         .iter()
         .map(|&s| s.unsigned_abs())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Rewrites;
+
+    #[test]
+    fn the_environment_turns_all_or_single_parts_off() {
+        assert_eq!(Rewrites::parse(None), Rewrites::ALL);
+        assert!(!Rewrites::parse(Some("0")).elementwise);
+        assert!(!Rewrites::parse(Some("0")).vector_state);
+        let r = Rewrites::parse(Some("-products, -vector-state,-nonsense"));
+        assert!(!r.products && !r.vector_state);
+        assert!(r.quantize && r.elementwise && r.pad && r.im2col);
+    }
 }

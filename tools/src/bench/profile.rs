@@ -16,7 +16,7 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::plan::eval;
 use tract_onnx::tract_core::plan::{SimplePlan, SimpleState};
 use transfusion_sdk::engine::float_tensor;
-use transfusion_sdk::engine::{eval_node, sdk_operators_enabled, Graph};
+use transfusion_sdk::engine::{eval_node, Graph, Rewrites};
 use transfusion_sdk::manifest::{FloatDtype, GraphEntry, IoDtype, Manifest, Precision};
 
 use crate::error::{Error, Result};
@@ -213,9 +213,9 @@ pub fn profile(dir: &Path, options: &ProfileOptions) -> Result<Vec<CaseProfile>>
                 manifest.geometry.vocab_size,
             )?;
             let mut state = SimpleState::new(&plan).map_err(|e| tract_error(name, e))?;
-            // The SDK's own runs clear the vector state after each node unless its operators
-            // are off (`TRANSFUSION_FUSED=0`); the profile runs the same way.
-            let sdk_ops = sdk_operators_enabled();
+            // The SDK's own runs clear the vector state after each node unless
+            // `TRANSFUSION_FUSED` leaves that out; the profile runs the same way.
+            let sdk_ops = Rewrites::from_env().vector_state;
             let mut per_node = vec![Duration::ZERO; model.nodes().len()];
             let mut walls = Vec::with_capacity(options.runs);
             for run in 0..options.warmup + options.runs {
