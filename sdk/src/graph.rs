@@ -287,8 +287,8 @@ fn prepare_cpu(
 ///
 /// tract's AVX/AVX-512 matrix kernels return with the upper register state dirty, and every
 /// legacy-SSE instruction after that — the code of every other operator, compiled for the
-/// baseline x86-64 target — can pay for it: `DynamicQuantizeLinear` on 11 264 values took 70 µs
-/// after a kernel and 19 µs after a `vzeroupper` (docs/performance.md).
+/// baseline x86-64 target — can pay for it: the INT8 backbone step's quantizations take about
+/// twice as long without the clearing (`TRANSFUSION_FUSED=-vector-state`, docs/performance.md).
 pub fn eval_node(
     ctx: &EvalContext,
     state: Option<&mut (dyn OpState + 'static)>,
