@@ -27,7 +27,6 @@ pub struct ActivationProduct {
     m: (usize, usize),
     n: (usize, usize),
     k: (usize, usize),
-    c_rank: usize,
     /// The node this replaced: its output facts, and the fallback for inputs this operator does
     /// not take (strided views, broadcast batch axes).
     original: EinSum,
@@ -94,7 +93,6 @@ impl ActivationProduct {
             m,
             n,
             k,
-            c_rank: einsum.axes.rank(InOut::Out(0)),
             original: einsum.clone(),
         })
     }
@@ -108,7 +106,7 @@ impl ActivationProduct {
             return None;
         }
         // Axes of length 1 keep their place in the output.
-        let mut shape: TVec<usize> = tvec![1; self.c_rank];
+        let mut shape: TVec<usize> = tvec![1; self.original.axes.rank(InOut::Out(0))];
         *shape.get_mut(self.m.1)? = rows;
         *shape.get_mut(self.n.1)? = cols;
         let mut batch = tvec![];
