@@ -14,6 +14,8 @@
 #   DATA             an existing shapes dataset: no generation
 #   COUNT            scenes to generate (default 150000; seed 0, train split)
 #   FROM             checkpoint the teacher continues (default models/shapes64/checkpoint)
+#   TEACHER          a trained teacher checkpoint: no teacher stage, the budget goes to
+#                    distilling it
 #   BUDGET           seconds for the whole script (default 540); the teacher gets
 #                    TEACHER_SHARE of what is left after generation and calibration
 #   TEACHER_SHARE    default 0.7; the rest goes to distillation
@@ -39,6 +41,7 @@ WORK="${WORK:-$(mktemp -d)}"
 PY="${PY:-python3}"
 COUNT="${COUNT:-150000}"
 FROM="$(cd "${FROM:-$ROOT/models/shapes64/checkpoint}" && pwd)"
+TEACHER="${TEACHER:+$(cd "$TEACHER" && pwd)}"
 BUDGET="${BUDGET:-540}"
 TEACHER_SHARE="${TEACHER_SHARE:-0.7}"
 BATCH="${BATCH:-512}"
@@ -100,14 +103,20 @@ PYEOF
 
 # ---- calibration (also the smoke test of every stage on this device) ----------------------
 cal="$WORK/cal"
-say "calibration: teacher, $CAL_STEPS steps at batch $BATCH"
-"$PY" "${T[@]}" transfusion "${common[@]}" --data "$CAL_DATA" --out "$cal" --from "$FROM" \
-  --limit "$CAL_COUNT" \
-  --steps "$CAL_STEPS" --batch "$BATCH" --lr "$LR" --log-every $(( CAL_STEPS / 4 )) \
-  --save-every 100000 > "$WORK/cal-teacher.log" 2>&1 \
-  || { tail -30 "$WORK/cal-teacher.log"; die "teacher calibration failed"; }
-tail -3 "$WORK/cal-teacher.log"
-t_step=$(sec_per_step "$WORK/cal-teacher.log") || die "no rate in the calibration log"
+if [[ -n "${TEACHER:-}" ]]; then
+  TEACHER_SHARE=0
+  mkdir -p "$cal" && cp -r "$TEACHER" "$cal/teacher"
+  t_step=1
+else
+  say "calibration: teacher, $CAL_STEPS steps at batch $BATCH"
+  "$PY" "${T[@]}" transfusion "${common[@]}" --data "$CAL_DATA" --out "$cal" --from "$FROM" \
+    --limit "$CAL_COUNT" \
+    --steps "$CAL_STEPS" --batch "$BATCH" --lr "$LR" --log-every $(( CAL_STEPS / 4 )) \
+    --save-every 100000 > "$WORK/cal-teacher.log" 2>&1 \
+    || { tail -30 "$WORK/cal-teacher.log"; die "teacher calibration failed"; }
+  tail -3 "$WORK/cal-teacher.log"
+  t_step=$(sec_per_step "$WORK/cal-teacher.log") || die "no rate in the calibration log"
+fi
 half=$(( CAL_STEPS / 2 ))
 say "calibration: distillation, 2 rounds of $half steps at batch $DISTILL_BATCH"
 "$PY" "${T[@]}" distill "${common[@]}" --data "$CAL_DATA" --out "$cal" --limit "$CAL_COUNT" \
@@ -149,22 +158,26 @@ say "s/step: teacher $t_step, distill $d_step; $avail s left -> teacher $teacher
 
 # ---- the teacher -----------------------------------------------------------------------------
 run="$WORK/run"
-t_budget=$("$PY" -c "print(int($teacher_steps * $t_step) + 30 + $COUNT // 5000)")
-say "teacher: $teacher_steps steps, batch $BATCH, lr $LR (timeout $t_budget s)"
-timeout --signal=TERM --kill-after=30 "$t_budget" "$PY" "${T[@]}" transfusion "${common[@]}" \
-  --data "$DATA" --out "$run" --from "$FROM" --steps "$teacher_steps" --batch "$BATCH" --lr "$LR" \
-  --log-every 500 --save-every 2000
-rc=$?
-if [[ ! -f "$run/teacher/train_summary.json" ]]; then
-  say "teacher stopped early (exit $rc): EMA weights from its state"
-  "$PY" -m transfusion_ref.snapshot "$run/teacher" -o "$run/teacher-snap" || die "no teacher"
-  teacher="$run/teacher-snap"
+if [[ -n "${TEACHER:-}" ]]; then
+  teacher="$TEACHER"
 else
-  teacher="$run/teacher"
+  t_budget=$("$PY" -c "print(int($teacher_steps * $t_step) + 30 + $COUNT // 5000)")
+  say "teacher: $teacher_steps steps, batch $BATCH, lr $LR (timeout $t_budget s)"
+  timeout --signal=TERM --kill-after=30 "$t_budget" "$PY" "${T[@]}" transfusion "${common[@]}" \
+    --data "$DATA" --out "$run" --from "$FROM" --steps "$teacher_steps" --batch "$BATCH" --lr "$LR" \
+    --log-every 500 --save-every 2000
+  rc=$?
+  if [[ ! -f "$run/teacher/train_summary.json" ]]; then
+    say "teacher stopped early (exit $rc): EMA weights from its state"
+    "$PY" -m transfusion_ref.snapshot "$run/teacher" -o "$run/teacher-snap" || die "no teacher"
+    teacher="$run/teacher-snap"
+  else
+    teacher="$run/teacher"
+  fi
+  # FP32 weights (training continues from them), in parts that fit the 16 MiB a file of OUT.
+  tar -C "$(dirname "$teacher")" -cf - "$(basename "$teacher")" | split -b 15M - "$OUT/teacher.tar."
+  cp "$run/teacher/train_summary.json" "$OUT/teacher_summary.json" 2>/dev/null || true
 fi
-# FP32 weights (training continues from them), in parts that fit the 16 MiB a file of OUT.
-tar -C "$(dirname "$teacher")" -cf - "$(basename "$teacher")" | split -b 15M - "$OUT/teacher.tar."
-cp "$run/teacher/train_summary.json" "$OUT/teacher_summary.json" 2>/dev/null || true
 
 # ---- distillation ------------------------------------------------------------------------------
 d_budget=$(( $(left) - 10 ))

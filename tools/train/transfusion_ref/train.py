@@ -319,6 +319,11 @@ def train_distill(args) -> int:
     check_resume(run, args, state, fp)
     ctx = dist.current()
     ctx.start()
+    if ctx.device.type == "cuda":
+        # The teacher runs on each batch's distillation samples, a count that changes from
+        # step to step: cuDNN's autotuner would search again for every new batch size (it
+        # made a step 4-8x slower on an H200).
+        torch.backends.cudnn.benchmark = False
     data = open_data(args, tcfg, tok)
     dev, shard = ctx.device, ctx.shard(args.batch)
     teacher = dist.compiled(teacher.to(dev), ctx)
