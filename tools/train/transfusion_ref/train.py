@@ -321,8 +321,9 @@ def train_distill(args) -> int:
     ctx.start()
     if ctx.device.type == "cuda":
         # The teacher runs on each batch's distillation samples, a count that changes from
-        # step to step: cuDNN's autotuner would search again for every new batch size (it
-        # made a step 4-8x slower on an H200).
+        # step to step: cuDNN's autotuner would search again for every new batch size (with
+        # it on, distillation steps at batch 256 took 0.5-0.95 s on an H200, teacher steps
+        # at batch 512 0.12 s).
         torch.backends.cudnn.benchmark = False
     data = open_data(args, tcfg, tok)
     dev, shard = ctx.device, ctx.shard(args.batch)
