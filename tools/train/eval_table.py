@@ -1,11 +1,20 @@
-"""Quality vs steps, sampler and precision for a teacher and a student bundle: the model card's table.
+"""The model card's evaluation table: a student and a teacher bundle, by steps, precision and
+prompt set.
 
-Runs `transfusion eval --json` (the held-out split, GenEval-style categories and captioning) once
-per configuration and writes every summary to OUT.json and the Markdown table to OUT.md.
-Standard library only; the numbers come from the Rust evaluator, nothing is scored here.
+Runs `transfusion eval --json` (GenEval-style categories, captioning of held-out and
+train-split images) once per row and writes every report, keyed by row and with the command
+that made it, to OUT.json and the Markdown table to OUT.md. Standard library only; the numbers
+come from the Rust evaluator, nothing is scored here. OUT.json is rewritten after every row,
+so an interrupted run keeps what it measured.
 
-    python tools/train/eval_table.py --tf target/release/transfusion \
-        --student models/shapes64/bundle --teacher /tmp/teacher.bundle --out models/shapes64/eval
+    python tools/train/eval_table.py --tf target/debug/transfusion \\
+        --student models/shapes64/bundle --teacher RUN/teacher.bundle --out models/shapes64/eval
+
+Rows (keys `model-steps-precision-prompts`): the student at each of `--steps` in FP32 on the
+held-out prompts; at 4 steps in FP16 and INT8; at 4 steps in FP32 and INT8 on the seen-pair
+prompts; the teacher with its guidance at each of `--teacher-steps`, and at the most of them on
+the seen-pair prompts. Captions (which do not depend on the diffusion steps) are measured on
+the 4-step rows of each precision and prompt set `heldout`.
 """
 
 import argparse
@@ -15,41 +24,43 @@ import sys
 import time
 
 CATEGORIES = ["single_object", "two_objects", "counting", "colors", "position", "attribute_binding"]
+STUDENT_STEPS = 4
 
 
 def configurations(args):
-    """(model, bundle, steps, sampler, guidance, precision) in table order."""
+    """(model, bundle, steps, precision, prompt set, seeds, captions) in table order."""
     rows = []
     if args.student:
         for steps in args.steps:
-            rows.append(("student", args.student, steps, "ddim", None, "fp32"))
+            captions = args.captions if steps == STUDENT_STEPS else 0
+            rows.append(("student", args.student, steps, "fp32", "heldout", args.seeds, captions))
         for precision in ("fp16", "int8"):
-            rows.append(("student", args.student, 4, "ddim", None, precision))
-        for sampler in ("euler", "dpmpp_2m"):
-            rows.append(("student", args.student, 4, sampler, None, "fp32"))
+            rows.append(("student", args.student, STUDENT_STEPS, precision, "heldout",
+                         args.seeds, args.captions))
+        for precision in ("fp32", "int8"):
+            rows.append(("student", args.student, STUDENT_STEPS, precision, "seen", args.seeds, 0))
     if args.teacher:
-        for sampler in ("ddim", "dpmpp_2m"):
-            for steps in args.steps:
-                rows.append(("teacher", args.teacher, steps, sampler, None, "fp32"))
-        rows.append(("teacher", args.teacher, 16, "ddim", 1.0, "fp32"))
+        for steps in args.teacher_steps:
+            rows.append(("teacher", args.teacher, steps, "fp32", "heldout", args.teacher_seeds, 0))
+        rows.append(("teacher", args.teacher, max(args.teacher_steps), "fp32", "seen",
+                     args.teacher_seeds, 0))
     return rows
 
 
-def run(args, model, bundle, steps, sampler, guidance, precision):
-    cmd = [args.tf, "eval", bundle, "--json", "--steps", str(steps), "--sampler", sampler,
-           "--precision", precision, "--seeds", str(args.seeds), "--threads", str(args.threads)]
-    if guidance is not None:
-        cmd += ["--guidance", str(guidance)]
+def run(args, model, bundle, steps, precision, prompts, seeds, captions):
+    cmd = [args.tf, "eval", bundle, "--json", "--steps", str(steps), "--precision", precision,
+           "--prompt-set", prompts, "--seeds", str(seeds), "--captions", str(captions)]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
     start = time.monotonic()
-    done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"error: `{' '.join(cmd)}` failed ({done.returncode}):\n{done.stderr}")
     report = json.loads(done.stdout)
-    summary = {k: report[k] for k in ["overall", "caption_accuracy", "steps", "sampler",
-                                      "guidance", "precision", "seeds", "graph_precisions"]}
-    summary.update({c: report.get(c) for c in CATEGORIES})
-    summary["model"] = model
-    summary["command"] = " ".join(cmd)
-    summary["seconds"] = round(time.monotonic() - start, 1)
-    return summary
+    report["model"] = model
+    report["command"] = " ".join(cmd)
+    report["seconds"] = round(time.monotonic() - start, 1)
+    return f"{model}-{steps}-{precision}-{prompts}", report
 
 
 def fmt(x):
@@ -57,12 +68,13 @@ def fmt(x):
 
 
 def table(results):
-    head = ["model", "steps", "sampler", "guidance", "precision", "overall", *CATEGORIES, "caption"]
+    head = ["model", "steps", "guidance", "precision", "prompts", "overall", *CATEGORIES,
+            "captions held-out", "captions seen"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in results:
-        cells = [r["model"], str(r["steps"]), r["sampler"], f"{r['guidance']:g}", r["precision"],
-                 f"**{fmt(r['overall'])}**", *(fmt(r[c]) for c in CATEGORIES),
-                 fmt(r["caption_accuracy"])]
+    for r in results.values():
+        cells = [r["model"], str(r["steps"]), f"{r['guidance']:.1f}", r["precision"],
+                 r["prompt_set"], f"**{fmt(r['overall'])}**", *(fmt(r[c]) for c in CATEGORIES),
+                 fmt(r.get("caption_accuracy")), fmt(r.get("caption_accuracy_seen"))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -72,22 +84,30 @@ def main():
     p.add_argument("--tf", required=True, help="the transfusion binary")
     p.add_argument("--student", help="the distilled bundle")
     p.add_argument("--teacher", help="the teacher bundle (optional)")
-    p.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8, 25])
-    p.add_argument("--seeds", type=int, default=4)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8],
+                   help="student steps (default 1 2 4 8)")
+    p.add_argument("--teacher-steps", type=int, nargs="+", default=[4, 8, 16],
+                   help="teacher steps (default 4 8 16)")
+    p.add_argument("--seeds", type=int, default=4, help="seeds per prompt, student rows")
+    p.add_argument("--teacher-seeds", type=int, default=2,
+                   help="seeds per prompt, teacher rows (each step is two evaluations)")
+    p.add_argument("--captions", type=int, default=32,
+                   help="images captioned per split on the 4-step rows")
+    p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", required=True, help="writes OUT.json and OUT.md")
     args = p.parse_args()
     if not (args.student or args.teacher):
         p.error("give --student, --teacher or both")
-    results = []
+    results = {}
     for config in configurations(args):
-        r = run(args, *config)
-        print(f"{r['model']} {r['steps']} {r['sampler']} g={r['guidance']} {r['precision']}: "
-              f"overall {fmt(r['overall'])} caption {fmt(r['caption_accuracy'])} "
+        key, r = run(args, *config)
+        print(f"{key}: overall {fmt(r['overall'])}, captions held-out "
+              f"{fmt(r.get('caption_accuracy'))} seen {fmt(r.get('caption_accuracy_seen'))} "
               f"({r['seconds']} s)", file=sys.stderr, flush=True)
-        results.append(r)
+        results[key] = r
         with open(args.out + ".json", "w") as f:
             json.dump(results, f, indent=1)
+            f.write("\n")
     with open(args.out + ".md", "w") as f:
         f.write(table(results))
 
