@@ -85,17 +85,19 @@ if [[ -z "${DATA:-}" ]]; then
 else
   CAL_DATA="$DATA"
 fi
-cd "$HERE"
+cd "$HERE" || die "cannot enter $HERE"
 T=(-m transfusion_ref.train)
 common=(--device "$DEVICE" --threads 4)
 
-# Seconds per step of a calibration log: the rate between its second-to-last and last
-# progress lines (`N it/s` is cumulative from the run's first step).
+# Seconds per step of a calibration log: the rate between the last two progress lines up to
+# step UPTO (default: all), from their cumulative `N it/s`; the first lines autotune kernels.
 sec_per_step() {
-  "$PY" - "$1" <<'PYEOF'
+  "$PY" - "$1" "${2:-0}" <<'PYEOF'
 import re, sys
+upto = int(sys.argv[2])
 pts = [(int(m[0]), float(m[1])) for m in
        re.findall(r"step\s+(\d+)/\d+ .*? (\d+\.\d+) it/s", open(sys.argv[1]).read())]
+pts = [p for p in pts if upto == 0 or p[0] <= upto]
 (s0, r0), (s1, r1) = pts[-2], pts[-1]
 print(max(1e-3, (s1 / r1 - s0 / r0) / (s1 - s0)))
 PYEOF
@@ -126,17 +128,9 @@ say "calibration: distillation, 2 rounds of $half steps at batch $DISTILL_BATCH"
   > "$WORK/cal-distill.log" 2>&1 \
   || { tail -30 "$WORK/cal-distill.log"; die "distillation calibration failed"; }
 tail -3 "$WORK/cal-distill.log"
-d_step=$("$PY" - "$WORK/cal-distill.log" <<'PYEOF'
-import re, sys
-pts = [(int(m[0]), float(m[1])) for m in
-       re.findall(r"step\s+(\d+)/\d+ .*? (\d+\.\d+) it/s", open(sys.argv[1]).read())]
-# Round one's last two lines (the second round re-loads a teacher: its first step is slow).
-half = pts[-1][0] // 2
-first = [p for p in pts if p[0] <= half]
-(s0, r0), (s1, r1) = first[-2], first[-1]
-print(max(1e-3, (s1 / r1 - s0 / r0) / (s1 - s0)))
-PYEOF
-) || die "no rate in the distillation calibration log"
+# Round one only: the second round loads its teacher again, so its first step is slow.
+d_step=$(sec_per_step "$WORK/cal-distill.log" "$half") \
+  || die "no rate in the distillation calibration log"
 
 if [[ -n "$gen_pid" ]]; then
   wait "$gen_pid" || { cat "$WORK/dataset.log"; die "dataset generation failed"; }
