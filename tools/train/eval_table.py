@@ -4,8 +4,9 @@ prompt set.
 Runs `transfusion eval --json` (GenEval-style categories, captioning of held-out and
 train-split images) once per row and writes every report, keyed by row and with the command
 that made it, to OUT.json and the Markdown table to OUT.md. Standard library only; the numbers
-come from the Rust evaluator, nothing is scored here. OUT.json is rewritten after every row,
-so an interrupted run keeps what it measured.
+come from the Rust evaluator, nothing is scored here. OUT.json is rewritten after every row, and
+a row already in it with the same command is kept, not run again: an interrupted run continues,
+and a teacher measured earlier stays beside a new student.
 
     python tools/train/eval_table.py --tf target/debug/transfusion \\
         --student models/shapes64/bundle --teacher RUN/teacher.bundle --out models/shapes64/eval
@@ -47,11 +48,17 @@ def configurations(args):
     return rows
 
 
-def run(args, model, bundle, steps, precision, prompts, seeds, captions):
+def command(args, model, bundle, steps, precision, prompts, seeds, captions):
+    """The row's key and its `transfusion eval` command line."""
     cmd = [args.tf, "eval", bundle, "--json", "--steps", str(steps), "--precision", precision,
            "--prompt-set", prompts, "--seeds", str(seeds), "--captions", str(captions)]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
+    return f"{model}-{steps}-{precision}-{prompts}", cmd
+
+
+def run(args, model, cmd):
+    """The evaluator's report of one row, with the model, the command and its wall time."""
     start = time.monotonic()
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
@@ -60,7 +67,7 @@ def run(args, model, bundle, steps, precision, prompts, seeds, captions):
     report["model"] = model
     report["command"] = " ".join(cmd)
     report["seconds"] = round(time.monotonic() - start, 1)
-    return f"{model}-{steps}-{precision}-{prompts}", report
+    return report
 
 
 def fmt(x):
@@ -86,8 +93,8 @@ def main():
     p.add_argument("--teacher", help="the teacher bundle (optional)")
     p.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8],
                    help="student steps (default 1 2 4 8)")
-    p.add_argument("--teacher-steps", type=int, nargs="+", default=[4, 8, 16],
-                   help="teacher steps (default 4 8 16)")
+    p.add_argument("--teacher-steps", type=int, nargs="+", default=[1, 2, 4, 8, 16],
+                   help="teacher steps (default 1 2 4 8 16)")
     p.add_argument("--seeds", type=int, default=4, help="seeds per prompt, student rows")
     p.add_argument("--teacher-seeds", type=int, default=2,
                    help="seeds per prompt, teacher rows (each step is two evaluations)")
@@ -98,15 +105,25 @@ def main():
     args = p.parse_args()
     if not (args.student or args.teacher):
         p.error("give --student, --teacher or both")
+    try:
+        with open(args.out + ".json") as f:
+            earlier = json.load(f)
+    except FileNotFoundError:
+        earlier = {}
     results = {}
     for config in configurations(args):
-        key, r = run(args, *config)
+        key, cmd = command(args, *config)
+        if key in earlier and earlier[key].get("command") == " ".join(cmd):
+            results[key] = r = earlier.pop(key)
+            how = "kept from " + args.out + ".json"
+        else:
+            results[key] = r = run(args, config[0], cmd)
+            how = f"{r['seconds']} s"
         print(f"{key}: overall {fmt(r['overall'])}, captions held-out "
               f"{fmt(r.get('caption_accuracy'))} seen {fmt(r.get('caption_accuracy_seen'))} "
-              f"({r['seconds']} s)", file=sys.stderr, flush=True)
-        results[key] = r
+              f"({how})", file=sys.stderr, flush=True)
         with open(args.out + ".json", "w") as f:
-            json.dump(results, f, indent=1)
+            json.dump({**results, **earlier}, f, indent=1)
             f.write("\n")
     with open(args.out + ".md", "w") as f:
         f.write(table(results))
