@@ -13,7 +13,8 @@
 #                    target/release, then target/debug build); not needed with DATA
 #   DATA             an existing shapes dataset: no generation
 #   COUNT            scenes to generate (default 150000; seed 0, train split)
-#   FROM             checkpoint the teacher continues (default models/shapes64/checkpoint)
+#   FROM             checkpoint the teacher continues (default models/shapes64/teacher, the
+#                    shipped teacher)
 #   TEACHER          a trained teacher checkpoint: no teacher stage, the budget goes to
 #                    distilling it
 #   BUDGET           seconds for the whole script (default 540); the teacher gets
@@ -40,7 +41,7 @@ OUT="$(cd "$OUT" && pwd)"
 WORK="${WORK:-$(mktemp -d)}"
 PY="${PY:-python3}"
 COUNT="${COUNT:-150000}"
-FROM="$(cd "${FROM:-$ROOT/models/shapes64/checkpoint}" && pwd)"
+FROM="$(cd "${FROM:-$ROOT/models/shapes64/teacher}" && pwd)"
 TEACHER="${TEACHER:+$(cd "$TEACHER" && pwd)}"
 BUDGET="${BUDGET:-540}"
 TEACHER_SHARE="${TEACHER_SHARE:-0.7}"
