@@ -244,7 +244,9 @@ class Ema:
 
 
 def captions_of(data: Shapes, idx) -> list[list[int]]:
-    return [data.tokens[i, : int(data.lengths[i])].tolist() for i in idx.tolist()]
+    """The caption token ids of samples `idx` (one gather, then Python lists)."""
+    tokens, lengths = data.tokens[idx].tolist(), data.lengths[idx].tolist()
+    return [t[:n] for t, n in zip(tokens, lengths)]
 
 
 def write_checkpoint(model, cfg: Config, directory: Path, tokenizer: dict | Path) -> None:
