@@ -25,6 +25,9 @@ import sys
 import time
 
 CATEGORIES = ["single_object", "two_objects", "counting", "colors", "position", "attribute_binding"]
+# Per-image and per-caption records of the evaluator's report: not kept in OUT.json (they are
+# most of its size); the row's command prints them again.
+DETAIL = ("images", "captions", "captions_seen")
 STUDENT_STEPS = 4
 
 
@@ -70,17 +73,22 @@ def run(args, model, cmd):
     return report
 
 
+def summary(report):
+    """A report without its `DETAIL` records."""
+    return {k: v for k, v in report.items() if k not in DETAIL}
+
+
 def fmt(x):
     return "–" if x is None else f"{x:.3f}"
 
 
 def table(results):
-    head = ["model", "steps", "guidance", "precision", "prompts", "overall", *CATEGORIES,
+    head = ["model", "steps", "guidance", "precision", "prompts", "seeds", "overall", *CATEGORIES,
             "captions held-out", "captions seen"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results.values():
         cells = [r["model"], str(r["steps"]), f"{r['guidance']:.1f}", r["precision"],
-                 r["prompt_set"], f"**{fmt(r['overall'])}**", *(fmt(r[c]) for c in CATEGORIES),
+                 r["prompt_set"], str(r["seeds"]), f"**{fmt(r['overall'])}**", *(fmt(r[c]) for c in CATEGORIES),
                  fmt(r.get("caption_accuracy")), fmt(r.get("caption_accuracy_seen"))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -107,18 +115,19 @@ def main():
         p.error("give --student, --teacher or both")
     try:
         with open(args.out + ".json") as f:
-            earlier = json.load(f)
+            earlier = {k: summary(v) for k, v in json.load(f).items()}
     except FileNotFoundError:
         earlier = {}
     results = {}
     for config in configurations(args):
         key, cmd = command(args, *config)
         if key in earlier and earlier[key].get("command") == " ".join(cmd):
-            results[key] = r = earlier.pop(key)
+            r = earlier.pop(key)
             how = "kept from " + args.out + ".json"
         else:
-            results[key] = r = run(args, config[0], cmd)
+            r = summary(run(args, config[0], cmd))
             how = f"{r['seconds']} s"
+        results[key] = r
         print(f"{key}: overall {fmt(r['overall'])}, captions held-out "
               f"{fmt(r.get('caption_accuracy'))} seen {fmt(r.get('caption_accuracy_seen'))} "
               f"({how})", file=sys.stderr, flush=True)
