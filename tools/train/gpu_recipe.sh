@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The shapes64 teacher and its 4-step student on one CUDA GPU in a fixed wall-clock budget
-# (tools/train/README.md, "A time-boxed GPU run"). Continues a checkpoint (default: the shipped
-# model), on a freshly generated dataset, then distils. Writes to OUT: the teacher (EMA, FP32)
+# (tools/train/README.md, "A time-boxed GPU run"). Continues a teacher checkpoint (default: the
+# shipped teacher, models/shapes64/teacher) on a freshly generated dataset, then distils it. Writes to OUT: the teacher (EMA, FP32)
 # as teacher.tar.* parts (`cat OUT/teacher.tar.* | tar -x`), the student (float16, the
 # shipping form) as student.tar, both stages' summaries and the whole log (log.txt).
 #
