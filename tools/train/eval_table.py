@@ -88,7 +88,8 @@ def table(results):
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results.values():
         cells = [r["model"], str(r["steps"]), f"{r['guidance']:.1f}", r["precision"],
-                 r["prompt_set"], str(r["seeds"]), f"**{fmt(r['overall'])}**", *(fmt(r[c]) for c in CATEGORIES),
+                 r["prompt_set"], str(r["seeds"]), f"**{fmt(r['overall'])}**",
+                 *(fmt(r[c]) for c in CATEGORIES),
                  fmt(r.get("caption_accuracy")), fmt(r.get("caption_accuracy_seen"))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -96,7 +97,7 @@ def table(results):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--tf", required=True, help="the transfusion binary")
+    p.add_argument("--tf", help="the transfusion binary (required unless --markdown-only)")
     p.add_argument("--student", help="the distilled bundle")
     p.add_argument("--teacher", help="the teacher bundle (optional)")
     p.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8],
@@ -110,14 +111,23 @@ def main():
                    help="images captioned per split on the 4-step rows")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", required=True, help="writes OUT.json and OUT.md")
+    p.add_argument("--markdown-only", action="store_true",
+                   help="run nothing: write OUT.md from every row of OUT.json, in its order "
+                   "(rows added by their own `transfusion eval` commands included)")
     args = p.parse_args()
-    if not (args.student or args.teacher):
-        p.error("give --student, --teacher or both")
     try:
         with open(args.out + ".json") as f:
             earlier = {k: summary(v) for k, v in json.load(f).items()}
     except FileNotFoundError:
         earlier = {}
+    if args.markdown_only:
+        with open(args.out + ".md", "w") as f:
+            f.write(table(earlier))
+        return
+    if not (args.student or args.teacher):
+        p.error("give --student, --teacher or both")
+    if not args.tf:
+        p.error("give --tf, the transfusion binary")
     results = {}
     for config in configurations(args):
         key, cmd = command(args, *config)
