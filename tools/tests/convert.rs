@@ -150,6 +150,31 @@ fn int8_graphs_run_integer_kernels() {
     }
 }
 
+/// onnxruntime's `session.x64quantprecision` rewrite (exact INT8 on x86 without VNNI, see
+/// docs/bundle.md) reads the weights' zero point, so every MatMulInteger must carry it.
+#[test]
+fn int8_matmuls_name_their_weight_zero_point() {
+    use prost::Message;
+    let ckpt = transfusion_tools::init::init_checkpoint("tiny", 0).unwrap();
+    for name in [GraphId::Backbone, GraphId::LmHead] {
+        let built = build_graph(name, &ckpt, Precision::Int8, Int8Parts::default()).unwrap();
+        let model = tract_onnx::pb::ModelProto::decode(built.built.bytes.as_slice()).unwrap();
+        let graph = model.graph.unwrap();
+        let matmuls: Vec<_> = graph
+            .node
+            .iter()
+            .filter(|n| n.op_type == "MatMulInteger")
+            .collect();
+        assert!(!matmuls.is_empty(), "{name}: no MatMulInteger");
+        for node in matmuls {
+            let zero = node.input.get(3).filter(|z| !z.is_empty());
+            let zero = zero.unwrap_or_else(|| panic!("{name}: {} has no b_zero_point", node.name));
+            let init = graph.initializer.iter().find(|t| &t.name == zero).unwrap();
+            assert_eq!(init.raw_data, [0u8], "{name}: {zero}");
+        }
+    }
+}
+
 #[test]
 fn shapes64_int8_files_are_at_most_30_percent_of_fp32() {
     let ckpt = transfusion_tools::init::init_checkpoint("shapes64", 0).unwrap();

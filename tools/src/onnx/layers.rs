@@ -97,15 +97,18 @@ impl<'a> Net<'a> {
         let wt = transpose(w, n_out, n_in);
         let y = if self.quantized(group) {
             // Per-output-channel symmetric int8 weights, per-tensor dynamic u8 activations:
-            // MatMulInteger runs on tract's (and onnxruntime's) integer kernels.
+            // MatMulInteger runs on tract's (and onnxruntime's) integer kernels. The weights'
+            // zero point (0) is written out: onnxruntime's `session.x64quantprecision`
+            // rewrite, which avoids its u8×s8 saturation on x86 without VNNI, needs it.
             let (q, scales) = quantize_per_channel(&wt, n_out, |i| i % n_out)?;
             let wq = self
                 .b
                 .const_i8(&format!("{prefix}.weight_i8"), &[n_in, n_out], &q);
+            let wz = self.b.const_i8(&format!("{prefix}.weight_zero"), &[], &[0]);
             let ws = self
                 .b
                 .const_f32(&format!("{prefix}.weight_scale"), &[n_out], &scales);
-            self.integer_op("MatMulInteger", x, &wq, None, &ws, vec![])
+            self.integer_op("MatMulInteger", x, &wq, Some(&wz), &ws, vec![])
         } else {
             let wc = self
                 .b
