@@ -346,11 +346,13 @@ pub fn tensor_to_f32(value: &Tensor, what: &str) -> Result<(Vec<usize>, Vec<f32>
 /// What tract's optimised plan of a graph runs its matrix products on.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct KernelSummary {
-    /// Optimised matrix products accumulating in i32 (integer kernels: MatMulInteger/ConvInteger).
+    /// Optimised matrix products accumulating in i32 (integer kernels: MatMulInteger/ConvInteger),
+    /// tract's or the SDK's.
     pub integer_matmuls: usize,
     /// Optimised matrix products accumulating in floats.
     pub float_matmuls: usize,
-    /// Distinct kernel names tract picked (e.g. `avx512vnni_mmm_i32_16x16`).
+    /// Distinct kernel names tract picked (e.g. `avx512vnni_mmm_i32_16x16`), and the SDK's own
+    /// `transfusion_avx2_maddwd_i32_4x16` where it replaced tract's INT8 products.
     pub kernels: Vec<String>,
 }
 
@@ -363,6 +365,18 @@ impl Graph {
             return summary;
         };
         for node in model.nodes() {
+            let op: &dyn TypedOp = node.op.as_ref();
+            if op.downcast_ref::<crate::fused::IntegerProduct>().is_some()
+                || op.downcast_ref::<crate::fused::IntegerConv>().is_some()
+            {
+                // The SDK's own INT8 products (x86 with AVX2 and no VNNI).
+                summary.integer_matmuls += 1;
+                let kernel = crate::fused::INTEGER_KERNEL.to_string();
+                if !summary.kernels.contains(&kernel) {
+                    summary.kernels.push(kernel);
+                }
+                continue;
+            }
             if node.op.name() != "OptMatMul" {
                 continue;
             }

@@ -15,13 +15,19 @@
 //! - [`product`]: f32 matrix products of two activations (attention), swapped in after tract
 //!   has decluttered the graph (transposes folded into the product) and before it plans its
 //!   kernels; the one operator here that agrees to rounding rather than bit for bit.
+//! - [`integer`] and [`integer_conv`]: INT8 matrix products and convolutions of u8 activations
+//!   and constant weights, swapped in at the same stage on x86 CPUs with AVX2 and no VNNI, where
+//!   tract's kernel for them is slow; exact integer arithmetic ([`i16_gemm`]), so bit for bit.
 //! - [`im2col`]: the patch matrix of INT8 convolutions, packed by tract-linalg's own packer,
 //!   swapped in after optimisation.
 //! - [`pad`]: f32 constant padding (the borders tract puts before its convolutions), swapped in
 //!   after optimisation too.
 
 mod elementwise;
+mod i16_gemm;
 mod im2col;
+mod integer;
+mod integer_conv;
 mod pad;
 mod product;
 mod quantize;
@@ -31,7 +37,10 @@ mod test_util;
 use tract_onnx::prelude::*;
 
 pub use elementwise::Elementwise;
+pub use i16_gemm::KERNEL_NAME as INTEGER_KERNEL;
 pub use im2col::QuantIm2col;
+pub use integer::IntegerProduct;
+pub use integer_conv::IntegerConv;
 pub use pad::ConstantPad;
 pub use product::ActivationProduct;
 pub use quantize::DynamicQuantizeU8;
@@ -39,7 +48,7 @@ pub use quantize::DynamicQuantizeU8;
 /// Which parts of this module graphs load with: all of them, unless the environment's
 /// `TRANSFUSION_FUSED` says otherwise — `0` for none (every graph exactly as tract plans and
 /// runs it), or a comma-separated list of parts to leave out, each with a leading `-`:
-/// `quantize`, `elementwise`, `pad`, `im2col`, `products`, `vector-state` (the upper-state
+/// `quantize`, `elementwise`, `pad`, `im2col`, `products`, `integer`, `vector-state` (the upper-state
 /// clearing of [`crate::graph::eval_node`]). For the speed A/Bs of docs/performance.md, and to
 /// rule a part out when chasing a numerical difference.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,6 +58,7 @@ pub struct Rewrites {
     pub pad: bool,
     pub im2col: bool,
     pub products: bool,
+    pub integer: bool,
     pub vector_state: bool,
 }
 
@@ -60,6 +70,7 @@ impl Rewrites {
         pad: true,
         im2col: true,
         products: true,
+        integer: true,
         vector_state: true,
     };
 
@@ -79,6 +90,7 @@ impl Rewrites {
                 pad: false,
                 im2col: false,
                 products: false,
+                integer: false,
                 vector_state: false,
             };
         }
@@ -90,11 +102,13 @@ impl Rewrites {
                 Some("pad") => &mut r.pad,
                 Some("im2col") => &mut r.im2col,
                 Some("products") => &mut r.products,
+                Some("integer") => &mut r.integer,
                 Some("vector-state") => &mut r.vector_state,
                 _ => {
                     log::warn!(
                         "TRANSFUSION_FUSED: `{word}` is not `0` nor one of -quantize, \
-                         -elementwise, -pad, -im2col, -products, -vector-state; ignored"
+                         -elementwise, -pad, -im2col, -products, -integer, -vector-state; \
+                         ignored"
                     );
                     continue;
                 }
@@ -125,27 +139,37 @@ pub fn apply(model: &mut TypedModel, rewrites: Rewrites) -> usize {
 }
 
 /// Replaces, in a model tract has decluttered but not optimised, every product of two
-/// non-constant f32 tensors [`ActivationProduct`] computes; returns how many were replaced.
+/// non-constant f32 tensors [`ActivationProduct`] computes and, where this CPU wants them
+/// ([`integer::wanted_here`]), every INT8 product and convolution [`IntegerProduct`] and
+/// [`IntegerConv`] compute; returns how many were replaced.
 pub fn apply_decluttered(model: &mut TypedModel, rewrites: Rewrites) -> usize {
-    let mut swaps = Vec::new();
-    if !rewrites.products {
-        return 0;
-    }
+    let mut swaps: Vec<(usize, Box<dyn TypedOp>)> = Vec::new();
+    let integer = rewrites.integer && integer::wanted_here();
     for node in model.nodes() {
         let Ok(facts) = model.node_input_facts(node.id) else {
             continue;
         };
-        if facts.iter().any(|f| f.konst.is_some()) {
+        let op = node.op.as_ref();
+        if let Some(op) = integer
+            .then(|| IntegerProduct::replacing(op, &facts))
+            .flatten()
+        {
+            swaps.push((node.id, Box::new(op)));
+        } else if let Some(op) = integer
+            .then(|| IntegerConv::replacing(op, &facts))
+            .flatten()
+        {
+            swaps.push((node.id, Box::new(op)));
+        } else if facts.iter().any(|f| f.konst.is_some()) || !rewrites.products {
             continue;
-        }
-        if let Some(op) = ActivationProduct::replacing(node.op.as_ref(), &facts) {
-            swaps.push((node.id, op));
+        } else if let Some(op) = ActivationProduct::replacing(op, &facts) {
+            swaps.push((node.id, Box::new(op)));
         }
     }
     let replaced = swaps.len();
     for (id, op) in swaps {
         if let Some(node) = model.nodes_mut().get_mut(id) {
-            node.op = Box::new(op);
+            node.op = op;
         }
     }
     replaced
@@ -221,6 +245,7 @@ mod tests {
         assert!(!Rewrites::parse(Some("0")).vector_state);
         let r = Rewrites::parse(Some("-products, -vector-state,-nonsense"));
         assert!(!r.products && !r.vector_state);
-        assert!(r.quantize && r.elementwise && r.pad && r.im2col);
+        assert!(r.quantize && r.elementwise && r.pad && r.im2col && r.integer);
+        assert!(!Rewrites::parse(Some("-integer")).integer);
     }
 }

@@ -1,0 +1,287 @@
+//! Exact integer matrix products `c = x · y` of i16 values in i32, the arithmetic of the INT8
+//! operators [`super::IntegerProduct`] and [`super::IntegerConv`]: `vpmaddwd` on AVX2 (two i16
+//! products summed into an i32 lane, without saturation for the 9-bit differences `q − q₀`
+//! these operators multiply), plain Rust elsewhere.
+//!
+//! The left operand is packed as rows of i16 pairs, one i32 per pair of reduced indices (what
+//! one broadcast puts in every lane); the right one as [`Panels`] of [`COLUMNS`] columns, the two
+//! values of each pair side by side.
+
+use tract_linalg::multithread::{current_tract_executor, Executor};
+
+/// The name `inspect --kernels` and [`crate::graph::KernelSummary`] give this kernel.
+pub const KERNEL_NAME: &str = "transfusion_avx2_maddwd_i32_4x16";
+
+/// Output columns per panel: two AVX2 registers of eight i32 lanes.
+pub const COLUMNS: usize = 16;
+/// Left-operand rows per kernel call.
+const ROWS: usize = 4;
+
+/// The right operand `y [k, n]` in panels of [`COLUMNS`] columns: for each pair of reduced
+/// indices `(2p, 2p + 1)`, the two values of each column side by side. Columns past `n` and the
+/// index past an odd `k` are zeros.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Panels {
+    k: usize,
+    n: usize,
+    values: Vec<i16>,
+}
+
+impl Panels {
+    /// All zeros, to be filled with [`Panels::set`].
+    pub fn zeros(k: usize, n: usize) -> Panels {
+        let len = n.div_ceil(COLUMNS) * k.div_ceil(2) * 2 * COLUMNS;
+        Panels {
+            k,
+            n,
+            values: vec![0; len],
+        }
+    }
+
+    /// From `y` in row-major order (`k` rows of `n`).
+    pub fn from_rows(y: &[i16], k: usize, n: usize) -> Panels {
+        let mut panels = Panels::zeros(k, n);
+        if n > 0 {
+            for (kk, row) in y.chunks_exact(n).enumerate().take(k) {
+                for (j, &v) in row.iter().enumerate() {
+                    panels.set(kk, j, v);
+                }
+            }
+        }
+        panels
+    }
+
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Pairs of reduced indices.
+    pub fn pairs(&self) -> usize {
+        self.k.div_ceil(2)
+    }
+
+    /// `y[kk, j] = v` (ignored outside `k × n`).
+    #[inline]
+    pub fn set(&mut self, kk: usize, j: usize, v: i16) {
+        if kk < self.k && j < self.n {
+            let at =
+                ((j / COLUMNS) * self.pairs() + kk / 2) * 2 * COLUMNS + 2 * (j % COLUMNS) + kk % 2;
+            if let Some(slot) = self.values.get_mut(at) {
+                *slot = v;
+            }
+        }
+    }
+
+    /// The panels in column order, each `pairs` runs of `2 × COLUMNS` values.
+    fn blocks(&self) -> impl Iterator<Item = &[i16]> {
+        self.values
+            .chunks_exact((self.pairs() * 2 * COLUMNS).max(1))
+    }
+}
+
+/// Rows of `k` i16 values as the left operand: one i32 per pair `(x[2p], x[2p + 1])`, the
+/// first in the low half; a zero completes an odd `k`.
+pub fn pair_rows(x: &[i16], k: usize) -> Vec<i32> {
+    let pairs = k.div_ceil(2);
+    let rows = x.len().checked_div(k).unwrap_or(0);
+    let mut out = vec![0i32; rows * pairs];
+    if k > 0 {
+        for (row, o) in x.chunks_exact(k).zip(out.chunks_exact_mut(pairs)) {
+            for (pair, o) in row.chunks(2).zip(o.iter_mut()) {
+                let lo = pair.first().map_or(0, |&v| i32::from(v));
+                let hi = pair.get(1).map_or(0, |&v| i32::from(v));
+                *o = (lo & 0xffff) | (hi << 16);
+            }
+        }
+    }
+    out
+}
+
+/// `c[i, :] = x[i, :] · y` for every row of `x` (from [`pair_rows`], `y.pairs()` per row) and of
+/// `c` (`y.n()` per row). Rows are split between the calling graph's matrix-product threads in
+/// whole kernel calls; a product of fewer than `2 × ROWS` rows (text decoding's one row) stays on
+/// the calling thread.
+pub fn product(y: &Panels, x: &[i32], c: &mut [i32]) {
+    let (n, pairs) = (y.n(), y.pairs());
+    let m = x.len().checked_div(pairs).unwrap_or(0);
+    match current_tract_executor() {
+        Executor::MultiThread(pool) if m >= 2 * ROWS && n > 0 => {
+            let parts = pool.current_num_threads().clamp(1, m / ROWS);
+            let rows = m.div_ceil(parts).next_multiple_of(ROWS);
+            pool.scope(|s| {
+                for (x, c) in x.chunks(rows * pairs).zip(c.chunks_mut(rows * n)) {
+                    s.spawn(move |_| rows_times_panels(y, x, c));
+                }
+            });
+        }
+        _ => rows_times_panels(y, x, c),
+    }
+}
+
+fn rows_times_panels(y: &Panels, x: &[i32], c: &mut [i32]) {
+    let (n, pairs) = (y.n(), y.pairs());
+    if pairs == 0 {
+        c.fill(0);
+        return;
+    }
+    let mut tile = [[0i32; COLUMNS]; ROWS];
+    for (block, panel) in y.blocks().enumerate() {
+        let first = block * COLUMNS;
+        let width = COLUMNS.min(n.saturating_sub(first));
+        for (r0, rows) in x.chunks(ROWS * pairs).enumerate() {
+            let Some(tile) = tile.get_mut(..rows.len() / pairs) else {
+                continue;
+            };
+            kernel(rows, pairs, panel, tile);
+            for (i, t) in tile.iter().enumerate() {
+                let at = (r0 * ROWS + i) * n + first;
+                if let (Some(dst), Some(src)) = (c.get_mut(at..at + width), t.get(..width)) {
+                    dst.copy_from_slice(src);
+                }
+            }
+        }
+    }
+}
+
+/// `tile[r][j] = Σ_p ⟨rows[r·pairs + p], panel[p][j]⟩` for each of `tile.len()` (≤ `ROWS`)
+/// rows.
+fn kernel(rows: &[i32], pairs: usize, panel: &[i16], tile: &mut [[i32; COLUMNS]]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 was just detected; the kernel reads and writes through slices of the
+        // lengths it checks.
+        unsafe {
+            match tile.len() {
+                4 => avx2::rows::<4>(rows, pairs, panel, tile),
+                3 => avx2::rows::<3>(rows, pairs, panel, tile),
+                2 => avx2::rows::<2>(rows, pairs, panel, tile),
+                _ => avx2::rows::<1>(rows, pairs, panel, tile),
+            }
+        }
+        return;
+    }
+    portable(rows, pairs, panel, tile);
+}
+
+/// The same sums in plain Rust (CPUs without AVX2, which never load these operators, and tests).
+fn portable(rows: &[i32], pairs: usize, panel: &[i16], tile: &mut [[i32; COLUMNS]]) {
+    for (t, row) in tile.iter_mut().zip(rows.chunks_exact(pairs.max(1))) {
+        *t = [0; COLUMNS];
+        for (&x, y) in row.iter().zip(panel.chunks_exact(2 * COLUMNS)) {
+            let (lo, hi) = (i32::from(x as i16), x >> 16);
+            for (v, y) in t.iter_mut().zip(y.chunks_exact(2)) {
+                if let [a, b] = y {
+                    *v += lo * i32::from(*a) + hi * i32::from(*b);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::COLUMNS;
+    use std::arch::x86_64::*;
+
+    /// [`super::kernel`] for `R` rows: per pair of reduced indices, one broadcast per row and two
+    /// `vpmaddwd` against the panel's two registers.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn rows<const R: usize>(
+        rows: &[i32],
+        pairs: usize,
+        panel: &[i16],
+        tile: &mut [[i32; COLUMNS]],
+    ) {
+        let mut acc = [[_mm256_setzero_si256(); 2]; R];
+        let mut x: [&[i32]; R] = [&[]; R];
+        for (slot, row) in x.iter_mut().zip(rows.chunks_exact(pairs.max(1))) {
+            *slot = row;
+        }
+        for (p, y) in panel.chunks_exact(2 * COLUMNS).take(pairs).enumerate() {
+            // SAFETY: `y` holds 2 × COLUMNS = 32 i16: two unaligned 256-bit loads.
+            let (y0, y1) = unsafe {
+                (
+                    _mm256_loadu_si256(y.as_ptr().cast()),
+                    _mm256_loadu_si256(y.as_ptr().add(COLUMNS).cast()),
+                )
+            };
+            for (a, row) in acc.iter_mut().zip(&x) {
+                let b = _mm256_set1_epi32(row.get(p).copied().unwrap_or(0));
+                a[0] = _mm256_add_epi32(a[0], _mm256_madd_epi16(b, y0));
+                a[1] = _mm256_add_epi32(a[1], _mm256_madd_epi16(b, y1));
+            }
+        }
+        for (a, t) in acc.iter().zip(tile.iter_mut()) {
+            // SAFETY: `t` holds COLUMNS = 16 i32: two unaligned 256-bit stores.
+            unsafe {
+                _mm256_storeu_si256(t.as_mut_ptr().cast(), a[0]);
+                _mm256_storeu_si256(t.as_mut_ptr().add(COLUMNS / 2).cast(), a[1]);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fused::test_util::Rng;
+
+    #[test]
+    fn the_kernel_and_the_portable_sums_equal_the_plain_products() {
+        let mut rng = Rng(9);
+        for (m, k, n) in [
+            (4usize, 37usize, 16usize),
+            (7, 2, 33),
+            (1, 1, 1),
+            (9, 64, 5),
+        ] {
+            let x: Vec<i16> = (0..m * k).map(|_| rng.below(511) as i16 - 255).collect();
+            let y: Vec<i16> = (0..k * n).map(|_| rng.below(511) as i16 - 255).collect();
+            let (panels, rows) = (Panels::from_rows(&y, k, n), pair_rows(&x, k));
+            let mut got = vec![0i32; m * n];
+            product(&panels, &rows, &mut got);
+            for i in 0..m {
+                for j in 0..n {
+                    let want: i32 = (0..k)
+                        .map(|kk| i32::from(x[i * k + kk]) * i32::from(y[kk * n + j]))
+                        .sum();
+                    assert_eq!(got[i * n + j], want, "{m}x{k}x{n} [{i}][{j}]");
+                }
+            }
+            // The portable sums, tile by tile.
+            let pairs = panels.pairs();
+            for (block, panel) in panels.blocks().enumerate() {
+                for (r0, chunk) in rows.chunks(ROWS * pairs).enumerate() {
+                    let count = chunk.len() / pairs;
+                    let (mut a, mut b) = ([[0; COLUMNS]; ROWS], [[0; COLUMNS]; ROWS]);
+                    kernel(chunk, pairs, panel, &mut a[..count]);
+                    portable(chunk, pairs, panel, &mut b[..count]);
+                    assert_eq!(a, b, "block {block} rows {r0}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rows_split_between_threads_give_the_same_products() {
+        use tract_linalg::multithread::multithread_tract_scope;
+        let mut rng = Rng(21);
+        for m in [8usize, 9, 34] {
+            let (k, n) = (64, 40);
+            let x: Vec<i16> = (0..m * k).map(|_| rng.below(511) as i16 - 255).collect();
+            let y: Vec<i16> = (0..k * n).map(|_| rng.below(511) as i16 - 255).collect();
+            let (panels, rows) = (Panels::from_rows(&y, k, n), pair_rows(&x, k));
+            let mut one = vec![0i32; m * n];
+            product(&panels, &rows, &mut one);
+            let mut three = vec![0i32; m * n];
+            multithread_tract_scope(Executor::multithread(3), || {
+                product(&panels, &rows, &mut three)
+            });
+            assert_eq!(one, three, "{m} rows");
+        }
+    }
+}

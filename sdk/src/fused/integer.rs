@@ -1,0 +1,252 @@
+//! INT8 matrix products `c = Σ_k (a − a₀)(w − w₀)` — u8 activations from
+//! `DynamicQuantizeLinear` times constant 8-bit weights, accumulated in i32 — on x86 CPUs with
+//! AVX2 and no VNNI.
+//!
+//! There tract 0.23.9 runs them on its `avx2_mmm_i32_8x8` kernel, whose inner loop reads each
+//! step's activations with a legacy-SSE `movq` between AVX2 instructions. With the upper halves
+//! of the vector registers dirty, every such read pays the SSE/AVX transition: on an AVX2-only
+//! AMD EPYC VM a `movq` + `vpmovsxbw` pair took 120 ns against 0.7 ns for its VEX form, and the
+//! INT8 backbone ran 35× slower than the FP32 one (docs/performance.md). [`IntegerProduct`]
+//! widens the weights to i16 once, at load, and multiplies with `vpmaddwd`: two i16 products
+//! summed into an i32 lane, exactly (|a − a₀| ≤ 255 and |w − w₀| ≤ 255 cannot overflow it), so
+//! its results are tract's bit for bit. Elsewhere — VNNI x86, ARM — tract's own kernels are fast
+//! and keep these products.
+
+use std::sync::Arc;
+
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_core::ops::einsum::EinSum;
+
+use super::c_order;
+use super::i16_gemm::{pair_rows, product, Panels};
+
+/// Whether this CPU runs INT8 products on tract's AVX2 kernel (AVX2 without AVX-512 VNNI or
+/// AVX-VNNI), so that [`IntegerProduct`] and [`super::IntegerConv`] are the faster way.
+pub fn wanted_here() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2")
+            && !std::arch::is_x86_feature_detected!("avx512vnni")
+            && !std::arch::is_x86_feature_detected!("avxvnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The value of a constant scalar fact, as `T`.
+pub(super) fn scalar<T: Datum + Copy>(fact: &TypedFact) -> Option<T> {
+    let k = fact.konst.as_ref()?;
+    if k.len() != 1 || k.datum_type() != T::datum_type() {
+        return None;
+    }
+    k.try_as_plain_ram()
+        .ok()?
+        .as_slice::<T>()
+        .ok()?
+        .first()
+        .copied()
+}
+
+/// Whether the seven inputs after the activations and weights of a quantized tract operator
+/// (bias, a₀, a-scale, w₀, w-scale, c₀, c-scale) are what ONNX `MatMulInteger`/`ConvInteger`
+/// give: no bias, a scalar activation zero point (u8, or the i32 tract casts it to for its
+/// convolutions), unit scales, no output zero point.
+pub(super) fn plain_integer(q: &[&TypedFact]) -> bool {
+    let [bias, a0, a_scale, _w0, w_scale, c0, c_scale] = q else {
+        return false;
+    };
+    [a_scale, w_scale, c_scale]
+        .iter()
+        .all(|f| scalar::<f32>(f) == Some(1.0))
+        && matches!(a0.datum_type, DatumType::U8 | DatumType::I32)
+        && a0.shape.volume() == 1.into()
+        && scalar::<i32>(bias) == Some(0)
+        && scalar::<i32>(c0) == Some(0)
+}
+
+/// The value of a tensor holding one 8-bit zero point (as i8, u8 or i32), if it is one.
+fn zero_of(t: &Tensor) -> Option<i16> {
+    if t.len() != 1 {
+        return None;
+    }
+    let plain = t.try_as_plain_ram().ok()?;
+    let z = match t.datum_type() {
+        DatumType::I8 => i32::from(*plain.as_slice::<i8>().ok()?.first()?),
+        DatumType::U8 => i32::from(*plain.as_slice::<u8>().ok()?.first()?),
+        DatumType::I32 => *plain.as_slice::<i32>().ok()?.first()?,
+        _ => return None,
+    };
+    i16::try_from(z).ok().filter(|z| (-128..=255).contains(z))
+}
+
+/// The constant 8-bit weights `w − w₀` as i16, with their shape.
+pub(super) fn weights(w: &TypedFact, w0: &TypedFact) -> Option<(Vec<i16>, TVec<usize>)> {
+    let t = w.konst.as_ref()?;
+    let zero = zero_of(w0.konst.as_ref()?)?;
+    let plain = t.try_as_plain_ram().ok()?;
+    let values = match t.datum_type() {
+        DatumType::I8 => {
+            let v = plain.as_slice::<i8>().ok()?;
+            v.iter().map(|&v| i16::from(v) - zero).collect()
+        }
+        DatumType::U8 => {
+            let v = plain.as_slice::<u8>().ok()?;
+            v.iter().map(|&v| i16::from(v) - zero).collect()
+        }
+        _ => return None,
+    };
+    Some((values, t.shape().into()))
+}
+
+/// The activations' zero point (input 3), a u8 value.
+pub(super) fn zero_point(a0: &Tensor) -> Option<i16> {
+    zero_of(a0).filter(|z| *z >= 0)
+}
+
+/// tract's quantized `EinSum` for a matrix product `[…, m, k] · [k, n] → […, m, n]` of u8
+/// activations and constant i8/u8 weights with a constant zero point, no bias and unit scales
+/// (how tract reads ONNX `MatMulInteger`), computed with AVX2 `vpmaddwd`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IntegerProduct {
+    panels: Arc<Panels>,
+    /// The node this replaced: its output facts, and the fallback for inputs this operator does
+    /// not take.
+    original: EinSum,
+}
+
+impl IntegerProduct {
+    /// The replacement for a quantized `EinSum` of the form above, or `None`.
+    pub fn replacing(op: &dyn TypedOp, facts: &[&TypedFact]) -> Option<IntegerProduct> {
+        let einsum = op.downcast_ref::<EinSum>()?;
+        let [fa, fw, q @ ..] = facts else {
+            return None;
+        };
+        if einsum.q_params != Some(DatumType::I32)
+            || fa.datum_type != DatumType::U8
+            || fa.konst.is_some()
+            || !plain_integer(q)
+        {
+            return None;
+        }
+        let (w, shape) = weights(fw, q.get(3)?)?;
+        let [k, n] = *shape.as_slice() else {
+            return None;
+        };
+        let rank = fa.rank();
+        if k == 0 || n == 0 || fa.shape.last() != Some(&k.into()) {
+            return None;
+        }
+        // Axes: the activation's last one is the weight's first (summed over); the weight's
+        // second is the output's last; every other activation axis keeps its position in the
+        // output. Nothing else (the scalar inputs have no axes).
+        for axis in einsum.axes.iter_all_axes() {
+            let at = |io: &TVec<TVec<usize>>, i: usize| -> Option<Option<usize>> {
+                match io.get(i).map(|p| p.as_slice()) {
+                    Some([]) | None => Some(None),
+                    Some([p]) => Some(Some(*p)),
+                    _ => None,
+                }
+            };
+            if (2..9).any(|i| at(&axis.inputs, i) != Some(None)) {
+                return None;
+            }
+            let roles = (
+                at(&axis.inputs, 0)?,
+                at(&axis.inputs, 1)?,
+                at(&axis.outputs, 0)?,
+            );
+            let fits = match roles {
+                (Some(a), Some(0), None) => a + 1 == rank,
+                (None, Some(1), Some(c)) => c + 1 == rank,
+                (Some(a), None, Some(c)) => a == c && a + 1 < rank,
+                _ => false,
+            };
+            if !fits {
+                return None;
+            }
+        }
+        Some(IntegerProduct {
+            panels: Arc::new(Panels::from_rows(&w, k, n)),
+            original: einsum.clone(),
+        })
+    }
+
+    /// The product, or `None` where the inputs are not this operator's (the caller falls back).
+    fn product(&self, a: &Tensor, a0: &Tensor) -> Option<TractResult<Tensor>> {
+        let (k, n) = (self.panels.k(), self.panels.n());
+        if a.datum_type() != DatumType::U8 || !c_order(a) || a.shape().last() != Some(&k) {
+            return None;
+        }
+        let zero = zero_point(a0)?;
+        let mut shape: TVec<usize> = a.shape().into();
+        *shape.last_mut()? = n;
+        Some(self.run(a, zero, &shape))
+    }
+
+    fn run(&self, a: &Tensor, zero: i16, shape: &[usize]) -> TractResult<Tensor> {
+        let plain = a.try_as_plain_ram()?;
+        let xs: Vec<i16> = plain
+            .as_slice::<u8>()?
+            .iter()
+            .map(|&v| i16::from(v) - zero)
+            .collect();
+        let lhs = pair_rows(&xs, self.panels.k());
+        let mut out = Tensor::zero::<i32>(shape)?;
+        let mut view = out.try_as_plain_ram_mut()?;
+        product(&self.panels, &lhs, view.as_slice_mut::<i32>()?);
+        Ok(out)
+    }
+}
+
+impl Op for IntegerProduct {
+    fn name(&self) -> StaticName {
+        "IntegerProduct(transfusion)".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        Ok(vec![format!(
+            "{} ({}×{} i16 panels)",
+            self.original.axes,
+            self.panels.k(),
+            self.panels.n()
+        )])
+    }
+
+    fn validation(&self) -> Validation {
+        Validation::Accurate
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for IntegerProduct {
+    op_out_of_plan!();
+
+    fn eval(&self, ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        if let (Some(a), Some(a0)) = (inputs.first(), inputs.get(3)) {
+            if let Some(c) = self.product(a, a0) {
+                return Ok(tvec![c?.into_tvalue()]);
+            }
+        }
+        self.original.eval(ctx, inputs)
+    }
+}
+
+impl TypedOp for IntegerProduct {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        self.original.output_facts(inputs)
+    }
+
+    fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
+        self.original.cost(inputs)
+    }
+
+    as_op!();
+}
+
+#[cfg(test)]
+#[path = "integer_tests.rs"]
+mod tests;

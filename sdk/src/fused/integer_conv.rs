@@ -1,0 +1,260 @@
+//! INT8 convolutions (ONNX `ConvInteger`: u8 activations, constant 8-bit weights, i32 out) on
+//! the CPUs where [`super::integer::wanted_here`] holds, for the same reason as
+//! [`super::IntegerProduct`]: tract's AVX2 integer kernel is slow there.
+//!
+//! Per image, the patches `x − x₀` (zeros in the padding, where `x` would be `x₀`) are written
+//! straight into the right-operand panels of [`super::i16_gemm`] — output positions as
+//! columns — and multiplied by the weights `w − w₀`, packed once at load as the left operand,
+//! one row per output channel, so the result comes out in NCHW order. Exact integer
+//! arithmetic: tract's results, bit for bit.
+
+use std::sync::Arc;
+
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat};
+use tract_onnx::tract_core::ops::einsum::EinSum;
+use tract_onnx::tract_core::ops::nn::DataFormat;
+
+use super::c_order;
+use super::i16_gemm::{pair_rows, product, Panels};
+use super::integer::{plain_integer, weights, zero_point};
+
+/// The tract operator replaced: a quantized 2-D `Conv`, or the `EinSum` tract declutters a 1×1
+/// one into (`NIHW,OI→NOHW`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Original {
+    Conv(Box<Conv>),
+    EinSum(Box<EinSum>),
+}
+
+/// A 2-D convolution of NCHW u8 activations by OIHW 8-bit weights, one group, no dilation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IntegerConv {
+    /// The weights as the left operand: one row of `c_in · kh · kw` per output channel.
+    weights: Arc<Vec<i32>>,
+    c_out: usize,
+    c_in: usize,
+    kernel: (usize, usize),
+    stride: (usize, usize),
+    original: Original,
+}
+
+impl IntegerConv {
+    /// The replacement for a quantized convolution of the form above, or `None`.
+    pub fn replacing(op: &dyn TypedOp, facts: &[&TypedFact]) -> Option<IntegerConv> {
+        let [fx, fw, q @ ..] = facts else {
+            return None;
+        };
+        if fx.datum_type != DatumType::U8 || fx.konst.is_some() || fx.rank() != 4 {
+            return None;
+        }
+        if !plain_integer(q) {
+            return None;
+        }
+        let (w, shape) = weights(fw, q.get(3)?)?;
+        if let Some(conv) = op.downcast_ref::<Conv>() {
+            let spec = &conv.pool_spec;
+            let [c_out, c_in, kh, kw] = *shape.as_slice() else {
+                return None;
+            };
+            let takes = conv.q_params == Some(DatumType::I32)
+                && conv.group == 1
+                && conv.kernel_fmt == KernelFormat::OIHW
+                && spec.data_format == DataFormat::NCHW
+                && spec.kernel_shape.as_slice() == [kh, kw]
+                && spec.dilations().iter().all(|&d| d == 1)
+                && spec.input_channels == c_in
+                && spec.output_channels == c_out;
+            let strides = spec.strides();
+            let (Some(&sh), Some(&sw)) = (strides.first(), strides.get(1)) else {
+                return None;
+            };
+            return takes.then(|| IntegerConv {
+                weights: Arc::new(pair_rows(&w, c_in * kh * kw)),
+                c_out,
+                c_in,
+                kernel: (kh, kw),
+                stride: (sh, sw),
+                original: Original::Conv(Box::new(conv.clone())),
+            });
+        }
+        let einsum = op.downcast_ref::<EinSum>()?;
+        let [c_out, c_in] = *shape.as_slice() else {
+            return None;
+        };
+        if einsum.q_params != Some(DatumType::I32)
+            || einsum.axes.to_string() != "NIHW,OI,,,,,,,->NOHW"
+        {
+            return None;
+        }
+        Some(IntegerConv {
+            weights: Arc::new(pair_rows(&w, c_in)),
+            c_out,
+            c_in,
+            kernel: (1, 1),
+            stride: (1, 1),
+            original: Original::EinSum(Box::new(einsum.clone())),
+        })
+    }
+
+    /// `(before, after)` padding of each spatial axis for an `h × w` input.
+    fn padding(&self, h: usize, w: usize) -> Option<[(usize, usize); 2]> {
+        match &self.original {
+            Original::EinSum(_) => Some([(0, 0); 2]),
+            Original::Conv(conv) => {
+                let dims = conv.pool_spec.computed_padding(&[h, w]);
+                let (y, x) = (dims.first()?, dims.get(1)?);
+                Some([(y.pad_before, y.pad_after), (x.pad_before, x.pad_after)])
+            }
+        }
+    }
+
+    /// The convolution, or `None` where the inputs are not this operator's (the caller falls
+    /// back).
+    fn convolve(&self, x: &Tensor, x0: &Tensor) -> Option<TractResult<Tensor>> {
+        let &[n, c, h, w] = x.shape() else {
+            return None;
+        };
+        if x.datum_type() != DatumType::U8 || !c_order(x) || c != self.c_in {
+            return None;
+        }
+        let zero = zero_point(x0)?;
+        let [(top, bottom), (left, right)] = self.padding(h, w)?;
+        let ((kh, kw), (sh, sw)) = (self.kernel, self.stride);
+        let oh = (h + top + bottom).checked_sub(kh)? / sh.max(1) + 1;
+        let ow = (w + left + right).checked_sub(kw)? / sw.max(1) + 1;
+        let geometry = Geometry {
+            c,
+            h,
+            w,
+            oh,
+            ow,
+            kh,
+            kw,
+            sh,
+            sw,
+            top,
+            left,
+        };
+        Some(self.run(x, zero, n, &geometry))
+    }
+
+    fn run(&self, x: &Tensor, zero: i16, n: usize, g: &Geometry) -> TractResult<Tensor> {
+        let plain = x.try_as_plain_ram()?;
+        let xs = plain.as_slice::<u8>()?;
+        let mut out = Tensor::zero::<i32>(&[n, self.c_out, g.oh, g.ow])?;
+        let mut view = out.try_as_plain_ram_mut()?;
+        let cs = view.as_slice_mut::<i32>()?;
+        let per_image = (g.c * g.h * g.w).max(1);
+        let per_output = (self.c_out * g.oh * g.ow).max(1);
+        for (image, c) in xs.chunks(per_image).zip(cs.chunks_mut(per_output)) {
+            let patches = g.patches(image, zero);
+            product(&patches, &self.weights, c);
+        }
+        Ok(out)
+    }
+}
+
+/// One convolution's sizes: input channels and size, output size, kernel, strides, and the
+/// padding before each spatial axis.
+struct Geometry {
+    c: usize,
+    h: usize,
+    w: usize,
+    oh: usize,
+    ow: usize,
+    kh: usize,
+    kw: usize,
+    sh: usize,
+    sw: usize,
+    top: usize,
+    left: usize,
+}
+
+impl Geometry {
+    /// The patch matrix of one image, `x − x₀` with zeros in the padding: row
+    /// `(channel, dy, dx)`, column `(oy, ox)`.
+    fn patches(&self, image: &[u8], zero: i16) -> Panels {
+        let mut panels = Panels::zeros(self.c * self.kh * self.kw, self.oh * self.ow);
+        for (ch, plane) in image.chunks_exact((self.h * self.w).max(1)).enumerate() {
+            for dy in 0..self.kh {
+                for dx in 0..self.kw {
+                    let kk = (ch * self.kh + dy) * self.kw + dx;
+                    for oy in 0..self.oh {
+                        let Some(iy) = (oy * self.sh + dy).checked_sub(self.top) else {
+                            continue;
+                        };
+                        let Some(row) = plane.get(iy * self.w..(iy + 1) * self.w) else {
+                            continue;
+                        };
+                        for ox in 0..self.ow {
+                            let ix = (ox * self.sw + dx).checked_sub(self.left);
+                            if let Some(&v) = ix.and_then(|ix| row.get(ix)) {
+                                panels.set(kk, oy * self.ow + ox, i16::from(v) - zero);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        panels
+    }
+}
+
+impl Op for IntegerConv {
+    fn name(&self) -> StaticName {
+        "IntegerConv(transfusion)".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        Ok(vec![format!(
+            "{}→{} channels, kernel {:?}, stride {:?}",
+            self.c_in, self.c_out, self.kernel, self.stride
+        )])
+    }
+
+    fn validation(&self) -> Validation {
+        Validation::Accurate
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for IntegerConv {
+    op_out_of_plan!();
+
+    fn eval(&self, ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        if let (Some(x), Some(x0)) = (inputs.first(), inputs.get(3)) {
+            if let Some(y) = self.convolve(x, x0) {
+                return Ok(tvec![y?.into_tvalue()]);
+            }
+        }
+        match &self.original {
+            Original::Conv(op) => op.eval(ctx, inputs),
+            Original::EinSum(op) => op.eval(ctx, inputs),
+        }
+    }
+}
+
+impl TypedOp for IntegerConv {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        match &self.original {
+            Original::Conv(op) => op.output_facts(inputs),
+            Original::EinSum(op) => op.output_facts(inputs),
+        }
+    }
+
+    fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
+        match &self.original {
+            Original::Conv(op) => op.cost(inputs),
+            Original::EinSum(op) => op.cost(inputs),
+        }
+    }
+
+    as_op!();
+}
+
+#[cfg(test)]
+#[path = "integer_conv_tests.rs"]
+mod tests;

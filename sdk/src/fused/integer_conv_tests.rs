@@ -1,0 +1,123 @@
+use super::*;
+use crate::fused::test_util::Rng;
+use tract_onnx::tract_core::axes::AxesMapping;
+use tract_onnx::tract_core::ops::cnn::{PaddingSpec, PoolSpec};
+
+fn u8s(rng: &mut Rng, shape: &[usize]) -> Tensor {
+    let n = shape.iter().product();
+    let v: Vec<u8> = (0..n).map(|_| rng.below(256) as u8).collect();
+    Tensor::from_shape(shape, &v).unwrap()
+}
+
+/// The nine inputs of a quantized convolution: activations, weights, bias 0, activation zero
+/// point, scale 1, weight zero point, scale 1, output zero point 0, scale 1.
+fn inputs(x: Tensor, x0: Tensor, w: Tensor, w0: Tensor) -> TVec<TValue> {
+    tvec![
+        x.into_tvalue(),
+        w.into_tvalue(),
+        tensor0(0i32).into_tvalue(),
+        x0.into_tvalue(),
+        tensor0(1f32).into_tvalue(),
+        w0.into_tvalue(),
+        tensor0(1f32).into_tvalue(),
+        tensor0(0i32).into_tvalue(),
+        tensor0(1f32).into_tvalue(),
+    ]
+}
+
+/// Ours against tract's own operator on the same inputs: equal, element for element.
+fn check(op: &dyn TypedOp, ins: TVec<TValue>) {
+    let facts: Vec<TypedFact> = ins
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            if i == 0 || i == 3 {
+                TypedFact::shape_and_dt_of(t)
+            } else {
+                TypedFact::try_from(t.clone().into_arc_tensor()).unwrap()
+            }
+        })
+        .collect();
+    let refs: Vec<&TypedFact> = facts.iter().collect();
+    let ours = IntegerConv::replacing(op, &refs).unwrap_or_else(|| panic!("{op:?} not taken"));
+    let ctx = EvalContext::out_of_plan();
+    let want = op.eval(&ctx, ins.clone()).unwrap().remove(0);
+    let got = ours.eval(&ctx, ins.clone()).unwrap().remove(0);
+    assert_eq!(got.into_tensor(), want.into_tensor(), "{op:?}");
+}
+
+fn conv(c_in: usize, c_out: usize, k: usize, stride: usize, pad: usize) -> Conv {
+    let spec = PoolSpec {
+        data_format: DataFormat::NCHW,
+        kernel_shape: tvec![k, k],
+        padding: PaddingSpec::Explicit(tvec![pad, pad], tvec![pad, pad]),
+        dilations: None,
+        strides: Some(tvec![stride, stride]),
+        input_channels: c_in,
+        output_channels: c_out,
+    };
+    Conv::new(spec, KernelFormat::OIHW, 1, Some(DatumType::I32))
+}
+
+#[test]
+fn convolutions_equal_tracts_at_the_patch_sizes_and_odd_ones() {
+    let mut rng = Rng(0xc0);
+    // (batch, c_in, c_out, size, kernel, stride, padding)
+    for (n, ci, co, hw, k, s, p) in [
+        (1usize, 32usize, 64usize, 8usize, 3usize, 1usize, 1usize),
+        (2, 4, 32, 16, 3, 2, 1),
+        (1, 3, 5, 7, 3, 2, 1),
+        (1, 5, 3, 6, 3, 1, 0),
+        (1, 8, 8, 5, 1, 1, 0),
+    ] {
+        for x0 in [0u8, 131, 255] {
+            let x = u8s(&mut rng, &[n, ci, hw, hw]);
+            // The converter's layout: symmetric int8 values stored as u8 with zero point 128.
+            let w = u8s(&mut rng, &[co, ci, k, k]);
+            let ins = inputs(x.clone(), tensor0(x0), w.clone(), tensor0(128u8));
+            check(&conv(ci, co, k, s, p), ins);
+            // The zero points as tract's ONNX import hands them to its convolutions: i32.
+            let ins = inputs(x, tensor0(i32::from(x0)), w, tensor0(128i32));
+            check(&conv(ci, co, k, s, p), ins);
+        }
+    }
+}
+
+#[test]
+fn a_1x1_convolution_as_tract_declutters_it() {
+    let mut rng = Rng(3);
+    let einsum = EinSum::newq(
+        "NIHW,OI,,,,,,,->NOHW".parse::<AxesMapping>().unwrap(),
+        DatumType::I32,
+        DatumType::I32,
+    );
+    let x = u8s(&mut rng, &[1, 24, 4, 4]);
+    let w = u8s(&mut rng, &[40, 24]);
+    check(&einsum, inputs(x, tensor0(77u8), w, tensor0(128u8)));
+}
+
+#[test]
+fn grouped_or_dilated_convolutions_stay_on_tract() {
+    let mut rng = Rng(4);
+    let x = u8s(&mut rng, &[1, 4, 6, 6]);
+    let w = u8s(&mut rng, &[4, 2, 3, 3]);
+    let ins = inputs(x, tensor0(1u8), w, tensor0(128u8));
+    let facts: Vec<TypedFact> = ins
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            if i == 0 || i == 3 {
+                TypedFact::shape_and_dt_of(t)
+            } else {
+                TypedFact::try_from(t.clone().into_arc_tensor()).unwrap()
+            }
+        })
+        .collect();
+    let refs: Vec<&TypedFact> = facts.iter().collect();
+    let mut grouped = conv(4, 4, 3, 1, 1);
+    grouped.group = 2;
+    assert!(IntegerConv::replacing(&grouped, &refs).is_none());
+    let mut dilated = conv(4, 4, 3, 1, 1);
+    dilated.pool_spec.dilations = Some(tvec![2, 2]);
+    assert!(IntegerConv::replacing(&dilated, &refs).is_none());
+}

@@ -1,0 +1,159 @@
+use super::*;
+use crate::fused::test_util::Rng;
+use tract_onnx::tract_core::axes::AxesMapping;
+
+/// The nine inputs of a quantized `EinSum` as tract reads `MatMulInteger`: activations,
+/// weights, bias 0, activation zero point, scale 1, weight zero point, scale 1, output zero
+/// point 0, scale 1.
+fn inputs(a: Tensor, a0: u8, w: Tensor, w0: Tensor) -> TVec<TValue> {
+    tvec![
+        a.into_tvalue(),
+        w.into_tvalue(),
+        tensor0(0i32).into_tvalue(),
+        tensor0(a0).into_tvalue(),
+        tensor0(1f32).into_tvalue(),
+        w0.into_tvalue(),
+        tensor0(1f32).into_tvalue(),
+        tensor0(0i32).into_tvalue(),
+        tensor0(1f32).into_tvalue(),
+    ]
+}
+
+/// Facts of `inputs`: every input but the activations and their zero point constant.
+fn facts(inputs: &[TValue]) -> Vec<TypedFact> {
+    inputs
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            if i == 0 || i == 3 {
+                TypedFact::shape_and_dt_of(t)
+            } else {
+                TypedFact::try_from(t.clone().into_arc_tensor()).unwrap()
+            }
+        })
+        .collect()
+}
+
+fn u8s(rng: &mut Rng, shape: &[usize]) -> Tensor {
+    let n = shape.iter().product();
+    let v: Vec<u8> = (0..n).map(|_| rng.below(256) as u8).collect();
+    Tensor::from_shape(shape, &v).unwrap()
+}
+
+fn i8s(rng: &mut Rng, shape: &[usize]) -> Tensor {
+    let n = shape.iter().product();
+    // Both extremes included: −128 and 127 are where a saturating kernel would go wrong.
+    let v: Vec<i8> = (0..n)
+        .map(|_| (rng.below(256) as i32 - 128) as i8)
+        .collect();
+    Tensor::from_shape(shape, &v).unwrap()
+}
+
+/// Ours against tract's own `EinSum` on the same inputs: equal, element for element.
+fn check(expr: &str, a: Tensor, a0: u8, w: Tensor, w0: Tensor) {
+    let einsum = EinSum::newq(
+        expr.parse::<AxesMapping>().unwrap(),
+        DatumType::I32,
+        DatumType::I32,
+    );
+    let ins = inputs(a, a0, w, w0);
+    let fs = facts(&ins);
+    let refs: Vec<&TypedFact> = fs.iter().collect();
+    let ours = IntegerProduct::replacing(&einsum, &refs)
+        .unwrap_or_else(|| panic!("{expr} {:?} not taken", ins[0].shape()));
+    let ctx = EvalContext::out_of_plan();
+    let want = einsum.eval(&ctx, ins.clone()).unwrap().remove(0);
+    let got = ours.eval(&ctx, ins.clone()).unwrap().remove(0);
+    assert_eq!(got.shape(), want.shape(), "{expr}");
+    assert_eq!(
+        got.into_tensor(),
+        want.into_tensor(),
+        "{expr} {:?}",
+        ins[0].shape()
+    );
+}
+
+#[test]
+fn products_equal_tracts_at_the_backbone_sizes_and_odd_ones() {
+    let mut rng = Rng(0x5eed);
+    for (m, k, n) in [
+        (1usize, 256usize, 256usize),
+        (17, 256, 704),
+        (34, 704, 256),
+        (5, 13, 7),
+        (4, 1, 1),
+        (3, 33, 17),
+    ] {
+        for a0 in [0u8, 128, 255] {
+            let a = u8s(&mut rng, &[1, m, k]);
+            let w = i8s(&mut rng, &[k, n]);
+            check("amk,kn,,,,,,,->amn", a, a0, w, tensor0(0i8));
+        }
+        let a = u8s(&mut rng, &[m, k]);
+        let w = i8s(&mut rng, &[k, n]);
+        check("mk,kn,,,,,,,->mn", a, 97, w, tensor0(-3i8));
+    }
+}
+
+#[test]
+fn u8_weights_with_their_zero_point_and_an_empty_batch() {
+    let mut rng = Rng(77);
+    let a = u8s(&mut rng, &[6, 40]);
+    let w = u8s(&mut rng, &[40, 20]);
+    check("mk,kn,,,,,,,->mn", a, 200, w, tensor0(128u8));
+    let a = u8s(&mut rng, &[1, 0, 40]);
+    let w = i8s(&mut rng, &[40, 20]);
+    check("amk,kn,,,,,,,->amn", a, 3, w, tensor0(0i8));
+}
+
+#[test]
+fn other_quantized_products_stay_on_tract() {
+    let mut rng = Rng(5);
+    let einsum = |expr: &str| {
+        EinSum::newq(
+            expr.parse::<AxesMapping>().unwrap(),
+            DatumType::I32,
+            DatumType::I32,
+        )
+    };
+    let taken = |e: &EinSum, ins: &TVec<TValue>| {
+        let fs = facts(ins);
+        let refs: Vec<&TypedFact> = fs.iter().collect();
+        IntegerProduct::replacing(e, &refs).is_some()
+    };
+    let base = || {
+        inputs(
+            u8s(&mut Rng(3), &[4, 8]),
+            1,
+            i8s(&mut Rng(4), &[8, 6]),
+            tensor0(0i8),
+        )
+    };
+    assert!(taken(&einsum("mk,kn,,,,,,,->mn"), &base()));
+    // Weights transposed (`nk`), and the reduced axis not last in the activations.
+    let t = inputs(
+        u8s(&mut rng, &[4, 8]),
+        1,
+        i8s(&mut rng, &[6, 8]),
+        tensor0(0i8),
+    );
+    assert!(!taken(&einsum("mk,nk,,,,,,,->mn"), &t));
+    let t = inputs(
+        u8s(&mut rng, &[8, 4]),
+        1,
+        i8s(&mut rng, &[8, 6]),
+        tensor0(0i8),
+    );
+    assert!(!taken(&einsum("km,kn,,,,,,,->mn"), &t));
+    // A scale that is not 1, a bias that is not 0.
+    let mut t = base();
+    t[4] = tensor0(0.5f32).into_tvalue();
+    assert!(!taken(&einsum("mk,kn,,,,,,,->mn"), &t));
+    let mut t = base();
+    t[2] = tensor0(7i32).into_tvalue();
+    assert!(!taken(&einsum("mk,kn,,,,,,,->mn"), &t));
+    // Not quantized.
+    let f = EinSum::new("mk,kn->mn".parse::<AxesMapping>().unwrap(), DatumType::F32);
+    let ff = [f32::fact([4usize, 8]), f32::fact([8usize, 6])];
+    assert!(IntegerProduct::replacing(&f, &[&ff[0], &ff[1]]).is_none());
+}
