@@ -15,7 +15,7 @@ pub const KERNEL_NAME: &str = "transfusion_avx2_maddwd_i32_4x16";
 /// Output columns per panel: two AVX2 registers of eight i32 lanes.
 pub const COLUMNS: usize = 16;
 /// Left-operand rows per kernel call.
-const ROWS: usize = 4;
+const ROWS: usize = 6;
 
 /// The right operand `y [k, n]` in panels of [`COLUMNS`] columns: for each pair of reduced
 /// indices `(2p, 2p + 1)`, the two values of each column side by side. Columns past `n` and the
@@ -73,6 +73,23 @@ impl Panels {
             if let Some(slot) = self.values.get_mut(at) {
                 *slot = v;
             }
+        }
+    }
+
+    /// Where column `j` of the reduced index pair 0 sits in the values, for every column: add
+    /// `2 × COLUMNS × p + t` for index `2p + t` and pass the sum to [`Panels::set_at`].
+    pub fn column_offsets(&self) -> Vec<usize> {
+        let run = self.pairs() * 2 * COLUMNS;
+        (0..self.n)
+            .map(|j| (j / COLUMNS) * run + 2 * (j % COLUMNS))
+            .collect()
+    }
+
+    /// Sets the value at `offset` (from [`Panels::column_offsets`]; ignored past the end).
+    #[inline]
+    pub fn set_at(&mut self, offset: usize, v: i16) {
+        if let Some(slot) = self.values.get_mut(offset) {
+            *slot = v;
         }
     }
 
@@ -156,6 +173,8 @@ fn kernel(rows: &[i32], pairs: usize, panel: &[i16], tile: &mut [[i32; COLUMNS]]
         // lengths it checks.
         unsafe {
             match tile.len() {
+                6 => avx2::rows::<6>(rows, pairs, panel, tile),
+                5 => avx2::rows::<5>(rows, pairs, panel, tile),
                 4 => avx2::rows::<4>(rows, pairs, panel, tile),
                 3 => avx2::rows::<3>(rows, pairs, panel, tile),
                 2 => avx2::rows::<2>(rows, pairs, panel, tile),
@@ -188,7 +207,7 @@ mod avx2 {
     use std::arch::x86_64::*;
 
     /// [`super::kernel`] for `R` rows: per pair of reduced indices, one broadcast per row and two
-    /// `vpmaddwd` against the panel's two registers.
+    /// `vpmaddwd` against the panel's two registers; the `2R` accumulators stay in registers.
     #[target_feature(enable = "avx2")]
     pub unsafe fn rows<const R: usize>(
         rows: &[i32],
@@ -196,30 +215,31 @@ mod avx2 {
         panel: &[i16],
         tile: &mut [[i32; COLUMNS]],
     ) {
-        let mut acc = [[_mm256_setzero_si256(); 2]; R];
-        let mut x: [&[i32]; R] = [&[]; R];
-        for (slot, row) in x.iter_mut().zip(rows.chunks_exact(pairs.max(1))) {
-            *slot = row;
+        if rows.len() < R * pairs || panel.len() < pairs * 2 * COLUMNS || tile.len() < R {
+            return;
         }
-        for (p, y) in panel.chunks_exact(2 * COLUMNS).take(pairs).enumerate() {
-            // SAFETY: `y` holds 2 × COLUMNS = 32 i16: two unaligned 256-bit loads.
-            let (y0, y1) = unsafe {
-                (
-                    _mm256_loadu_si256(y.as_ptr().cast()),
-                    _mm256_loadu_si256(y.as_ptr().add(COLUMNS).cast()),
-                )
-            };
-            for (a, row) in acc.iter_mut().zip(&x) {
-                let b = _mm256_set1_epi32(row.get(p).copied().unwrap_or(0));
-                a[0] = _mm256_add_epi32(a[0], _mm256_madd_epi16(b, y0));
-                a[1] = _mm256_add_epi32(a[1], _mm256_madd_epi16(b, y1));
+        let (x, mut y) = (rows.as_ptr(), panel.as_ptr());
+        let mut acc0 = [_mm256_setzero_si256(); R];
+        let mut acc1 = [_mm256_setzero_si256(); R];
+        for p in 0..pairs {
+            // SAFETY: the lengths were checked above: `y` has 2 × COLUMNS i16 left for each of
+            // the `pairs` steps, and row `r` of `x` has `pairs` values.
+            unsafe {
+                let y0 = _mm256_loadu_si256(y.cast());
+                let y1 = _mm256_loadu_si256(y.add(COLUMNS).cast());
+                for r in 0..R {
+                    let b = _mm256_set1_epi32(*x.add(r * pairs + p));
+                    acc0[r] = _mm256_add_epi32(acc0[r], _mm256_madd_epi16(b, y0));
+                    acc1[r] = _mm256_add_epi32(acc1[r], _mm256_madd_epi16(b, y1));
+                }
+                y = y.add(2 * COLUMNS);
             }
         }
-        for (a, t) in acc.iter().zip(tile.iter_mut()) {
+        for ((t, a0), a1) in tile.iter_mut().zip(acc0).zip(acc1) {
             // SAFETY: `t` holds COLUMNS = 16 i32: two unaligned 256-bit stores.
             unsafe {
-                _mm256_storeu_si256(t.as_mut_ptr().cast(), a[0]);
-                _mm256_storeu_si256(t.as_mut_ptr().add(COLUMNS / 2).cast(), a[1]);
+                _mm256_storeu_si256(t.as_mut_ptr().cast(), a0);
+                _mm256_storeu_si256(t.as_mut_ptr().add(COLUMNS / 2).cast(), a1);
             }
         }
     }

@@ -17,7 +17,7 @@ use tract_onnx::tract_core::ops::einsum::EinSum;
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
 use super::c_order;
-use super::i16_gemm::{pair_rows, product, Panels};
+use super::i16_gemm::{pair_rows, product, Panels, COLUMNS};
 use super::integer::{plain_integer, weights, zero_point};
 
 /// The tract operator replaced: a quantized 2-D `Conv`, or the `EinSum` tract declutters a 1×1
@@ -177,21 +177,23 @@ impl Geometry {
     /// `(channel, dy, dx)`, column `(oy, ox)`.
     fn patches(&self, image: &[u8], zero: i16) -> Panels {
         let mut panels = Panels::zeros(self.c * self.kh * self.kw, self.oh * self.ow);
+        let columns = panels.column_offsets();
         for (ch, plane) in image.chunks_exact((self.h * self.w).max(1)).enumerate() {
             for dy in 0..self.kh {
                 for dx in 0..self.kw {
                     let kk = (ch * self.kh + dy) * self.kw + dx;
-                    for oy in 0..self.oh {
+                    let within = 2 * COLUMNS * (kk / 2) + kk % 2;
+                    for (oy, columns) in columns.chunks(self.ow.max(1)).enumerate() {
                         let Some(iy) = (oy * self.sh + dy).checked_sub(self.top) else {
                             continue;
                         };
                         let Some(row) = plane.get(iy * self.w..(iy + 1) * self.w) else {
                             continue;
                         };
-                        for ox in 0..self.ow {
+                        for (ox, &column) in columns.iter().enumerate() {
                             let ix = (ox * self.sw + dx).checked_sub(self.left);
                             if let Some(&v) = ix.and_then(|ix| row.get(ix)) {
-                                panels.set(kk, oy * self.ow + ox, i16::from(v) - zero);
+                                panels.set_at(column + within, i16::from(v) - zero);
                             }
                         }
                     }
