@@ -114,12 +114,16 @@ pub struct Model {
 /// untrained models overflowing FP16, docs/jetson.md); `fp16` can be asked for explicitly.
 const AUTO_FP16_ON_CPU: bool = false;
 
-/// Whether `auto` picks the INT8 file of a graph that runs integer kernels on CPUs. Off: with
-/// the SDK's operators the INT8 backbone is 1.17–1.31× faster than the FP32 one on x86 with
-/// VNNI, but the INT8 patch graphs are not faster than FP32, INT8 has not been timed on ARM,
-/// and the whole image gains only 4–13 % (docs/performance.md). `int8` can be asked for
-/// explicitly, for its smaller files and that speed.
-const AUTO_INT8_ON_CPU: bool = false;
+/// Whether `auto` picks the INT8 file (with integer kernels) of graph `id` on this CPU: the
+/// backbone, on x86-64 with AVX2, where its INT8 file measured faster than the FP32 one —
+/// 1.17–1.31× on a Zen 4 with VNNI (tract's kernels), 1.6× a diffusion step on a Zen 3 without
+/// (the SDK's kernel) — and as accurate (`models/shapes64`: 0.543 INT8 against 0.525 FP32 at 12
+/// seeds); docs/performance.md. Not the patch graphs (not faster than FP32 on either CPU), not
+/// ARM (INT8 not timed there). `int8` can be asked for explicitly, for every part.
+fn auto_int8_on_cpu(id: GraphId) -> bool {
+    id == GraphId::Backbone
+        && crate::fused::int8_products_fast_here(crate::fused::Rewrites::from_env())
+}
 
 /// Whether this CPU does FP16 arithmetic natively (aarch64 `asimdhp`, reported as `fp16`).
 pub fn native_fp16() -> bool {
@@ -167,7 +171,7 @@ fn choose(
                 .is_some_and(|f| f.int8_ops);
             if on_gpu && entry.files.contains_key(&Precision::Fp16) {
                 Ok(Precision::Fp16)
-            } else if AUTO_INT8_ON_CPU && int8 && !on_gpu {
+            } else if int8 && !on_gpu && auto_int8_on_cpu(id) {
                 Ok(Precision::Int8)
             } else if AUTO_FP16_ON_CPU
                 && native_fp16()

@@ -36,6 +36,23 @@ pub fn wanted_here() -> bool {
     }
 }
 
+/// Whether INT8 matrix products run on fast integer kernels on this CPU: x86-64 with AVX-512
+/// VNNI or AVX-VNNI (tract's kernels), or with AVX2 alone when `rewrites` lets the SDK's kernel
+/// replace tract's slow one there.
+pub fn int8_products_fast_here(rewrites: super::Rewrites) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let vnni = std::arch::is_x86_feature_detected!("avx512vnni")
+            || std::arch::is_x86_feature_detected!("avxvnni");
+        vnni || (rewrites.integer && wanted_here())
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = rewrites;
+        false
+    }
+}
+
 /// The value of a constant scalar fact, as `T`.
 pub(super) fn scalar<T: Datum + Copy>(fact: &TypedFact) -> Option<T> {
     let k = fact.konst.as_ref()?;

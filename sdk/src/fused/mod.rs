@@ -39,7 +39,7 @@ use tract_onnx::prelude::*;
 pub use elementwise::Elementwise;
 pub use i16_gemm::KERNEL_NAME as INTEGER_KERNEL;
 pub use im2col::QuantIm2col;
-pub use integer::IntegerProduct;
+pub use integer::{int8_products_fast_here, IntegerProduct};
 pub use integer_conv::IntegerConv;
 pub use pad::ConstantPad;
 pub use product::ActivationProduct;
