@@ -1,43 +1,11 @@
 use super::*;
-use crate::fused::test_util::Rng;
+use crate::fused::test_util::{quantized_facts, quantized_inputs as inputs, u8s, Rng};
 use tract_onnx::tract_core::axes::AxesMapping;
 use tract_onnx::tract_core::ops::cnn::{PaddingSpec, PoolSpec};
 
-fn u8s(rng: &mut Rng, shape: &[usize]) -> Tensor {
-    let n = shape.iter().product();
-    let v: Vec<u8> = (0..n).map(|_| rng.below(256) as u8).collect();
-    Tensor::from_shape(shape, &v).unwrap()
-}
-
-/// The nine inputs of a quantized convolution: activations, weights, bias 0, activation zero
-/// point, scale 1, weight zero point, scale 1, output zero point 0, scale 1.
-fn inputs(x: Tensor, x0: Tensor, w: Tensor, w0: Tensor) -> TVec<TValue> {
-    tvec![
-        x.into_tvalue(),
-        w.into_tvalue(),
-        tensor0(0i32).into_tvalue(),
-        x0.into_tvalue(),
-        tensor0(1f32).into_tvalue(),
-        w0.into_tvalue(),
-        tensor0(1f32).into_tvalue(),
-        tensor0(0i32).into_tvalue(),
-        tensor0(1f32).into_tvalue(),
-    ]
-}
-
 /// Ours against tract's own operator on the same inputs: equal, element for element.
 fn check(op: &dyn TypedOp, ins: TVec<TValue>) {
-    let facts: Vec<TypedFact> = ins
-        .iter()
-        .enumerate()
-        .map(|(i, t)| {
-            if i == 0 || i == 3 {
-                TypedFact::shape_and_dt_of(t)
-            } else {
-                TypedFact::try_from(t.clone().into_arc_tensor()).unwrap()
-            }
-        })
-        .collect();
+    let facts = quantized_facts(&ins);
     let refs: Vec<&TypedFact> = facts.iter().collect();
     let ours = IntegerConv::replacing(op, &refs).unwrap_or_else(|| panic!("{op:?} not taken"));
     let ctx = EvalContext::out_of_plan();
@@ -102,17 +70,7 @@ fn grouped_or_dilated_convolutions_stay_on_tract() {
     let x = u8s(&mut rng, &[1, 4, 6, 6]);
     let w = u8s(&mut rng, &[4, 2, 3, 3]);
     let ins = inputs(x, tensor0(1u8), w, tensor0(128u8));
-    let facts: Vec<TypedFact> = ins
-        .iter()
-        .enumerate()
-        .map(|(i, t)| {
-            if i == 0 || i == 3 {
-                TypedFact::shape_and_dt_of(t)
-            } else {
-                TypedFact::try_from(t.clone().into_arc_tensor()).unwrap()
-            }
-        })
-        .collect();
+    let facts = quantized_facts(&ins);
     let refs: Vec<&TypedFact> = facts.iter().collect();
     let mut grouped = conv(4, 4, 3, 1, 1);
     grouped.group = 2;

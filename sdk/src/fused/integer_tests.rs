@@ -1,52 +1,9 @@
 use super::*;
-use crate::fused::test_util::Rng;
+use crate::fused::test_util::{i8s, quantized_facts as facts, quantized_inputs, u8s, Rng};
 use tract_onnx::tract_core::axes::AxesMapping;
 
-/// The nine inputs of a quantized `EinSum` as tract reads `MatMulInteger`: activations,
-/// weights, bias 0, activation zero point, scale 1, weight zero point, scale 1, output zero
-/// point 0, scale 1.
 fn inputs(a: Tensor, a0: u8, w: Tensor, w0: Tensor) -> TVec<TValue> {
-    tvec![
-        a.into_tvalue(),
-        w.into_tvalue(),
-        tensor0(0i32).into_tvalue(),
-        tensor0(a0).into_tvalue(),
-        tensor0(1f32).into_tvalue(),
-        w0.into_tvalue(),
-        tensor0(1f32).into_tvalue(),
-        tensor0(0i32).into_tvalue(),
-        tensor0(1f32).into_tvalue(),
-    ]
-}
-
-/// Facts of `inputs`: every input but the activations and their zero point constant.
-fn facts(inputs: &[TValue]) -> Vec<TypedFact> {
-    inputs
-        .iter()
-        .enumerate()
-        .map(|(i, t)| {
-            if i == 0 || i == 3 {
-                TypedFact::shape_and_dt_of(t)
-            } else {
-                TypedFact::try_from(t.clone().into_arc_tensor()).unwrap()
-            }
-        })
-        .collect()
-}
-
-fn u8s(rng: &mut Rng, shape: &[usize]) -> Tensor {
-    let n = shape.iter().product();
-    let v: Vec<u8> = (0..n).map(|_| rng.below(256) as u8).collect();
-    Tensor::from_shape(shape, &v).unwrap()
-}
-
-fn i8s(rng: &mut Rng, shape: &[usize]) -> Tensor {
-    let n = shape.iter().product();
-    // Both extremes included: −128 and 127 are where a saturating kernel would go wrong.
-    let v: Vec<i8> = (0..n)
-        .map(|_| (rng.below(256) as i32 - 128) as i8)
-        .collect();
-    Tensor::from_shape(shape, &v).unwrap()
+    quantized_inputs(a, tensor0(a0), w, w0)
 }
 
 /// Ours against tract's own `EinSum` on the same inputs: equal, element for element.
