@@ -5,7 +5,9 @@
 //!
 //! The left operand is packed as rows of i16 pairs, one i32 per pair of reduced indices (what
 //! one broadcast puts in every lane); the right one as [`Panels`] of [`COLUMNS`] columns, the two
-//! values of each pair side by side.
+//! values of each pair side by side — stored as i8 where every value fits (the constant weights
+//! of the bundle's INT8 products: half the bytes to stream, which is what a decoded token's
+//! products are bound by) and widened in registers.
 
 use tract_linalg::multithread::{current_tract_executor, Executor};
 
@@ -24,21 +26,35 @@ const ROWS: usize = 6;
 pub struct Panels {
     k: usize,
     n: usize,
-    values: Vec<i16>,
+    values: Values,
+}
+
+/// The panel values, as i16 or, when all fit, i8.
+#[derive(Debug, PartialEq, Eq)]
+enum Values {
+    Wide(Vec<i16>),
+    Narrow(Vec<i8>),
+}
+
+/// One panel: `pairs` runs of `2 × COLUMNS` values.
+#[derive(Clone, Copy)]
+enum Panel<'a> {
+    Wide(&'a [i16]),
+    Narrow(&'a [i8]),
 }
 
 impl Panels {
-    /// All zeros, to be filled with [`Panels::set`].
+    /// All zeros (i16), to be filled with [`Panels::set`] or [`Panels::set_at`].
     pub fn zeros(k: usize, n: usize) -> Panels {
         let len = n.div_ceil(COLUMNS) * k.div_ceil(2) * 2 * COLUMNS;
         Panels {
             k,
             n,
-            values: vec![0; len],
+            values: Values::Wide(vec![0; len]),
         }
     }
 
-    /// From `y` in row-major order (`k` rows of `n`).
+    /// From `y` in row-major order (`k` rows of `n`), stored as i8 when every value fits.
     pub fn from_rows(y: &[i16], k: usize, n: usize) -> Panels {
         let mut panels = Panels::zeros(k, n);
         if n > 0 {
@@ -48,7 +64,22 @@ impl Panels {
                 }
             }
         }
-        panels
+        panels.narrowed()
+    }
+
+    /// The same panels as i8 when every value fits, else unchanged.
+    fn narrowed(self) -> Panels {
+        let Values::Wide(wide) = &self.values else {
+            return self;
+        };
+        let narrow: Option<Vec<i8>> = wide.iter().map(|&v| i8::try_from(v).ok()).collect();
+        match narrow {
+            Some(narrow) => Panels {
+                values: Values::Narrow(narrow),
+                ..self
+            },
+            None => self,
+        }
     }
 
     pub fn k(&self) -> usize {
@@ -64,15 +95,19 @@ impl Panels {
         self.k.div_ceil(2)
     }
 
-    /// `y[kk, j] = v` (ignored outside `k × n`).
+    /// Whether the values are stored as i8.
+    #[cfg(test)]
+    fn is_narrow(&self) -> bool {
+        matches!(self.values, Values::Narrow(_))
+    }
+
+    /// `y[kk, j] = v` (ignored outside `k × n`, and on narrowed panels).
     #[inline]
     pub fn set(&mut self, kk: usize, j: usize, v: i16) {
         if kk < self.k && j < self.n {
             let at =
                 ((j / COLUMNS) * self.pairs() + kk / 2) * 2 * COLUMNS + 2 * (j % COLUMNS) + kk % 2;
-            if let Some(slot) = self.values.get_mut(at) {
-                *slot = v;
-            }
+            self.set_at(at, v);
         }
     }
 
@@ -85,18 +120,24 @@ impl Panels {
             .collect()
     }
 
-    /// Sets the value at `offset` (from [`Panels::column_offsets`]; ignored past the end).
+    /// Sets the value at `offset` (from [`Panels::column_offsets`]; ignored past the end, and on
+    /// narrowed panels).
     #[inline]
     pub fn set_at(&mut self, offset: usize, v: i16) {
-        if let Some(slot) = self.values.get_mut(offset) {
-            *slot = v;
+        if let Values::Wide(values) = &mut self.values {
+            if let Some(slot) = values.get_mut(offset) {
+                *slot = v;
+            }
         }
     }
 
-    /// The panels in column order, each `pairs` runs of `2 × COLUMNS` values.
-    fn blocks(&self) -> impl Iterator<Item = &[i16]> {
-        self.values
-            .chunks_exact((self.pairs() * 2 * COLUMNS).max(1))
+    /// The panels in column order.
+    fn blocks(&self) -> Box<dyn Iterator<Item = Panel<'_>> + '_> {
+        let len = (self.pairs() * 2 * COLUMNS).max(1);
+        match &self.values {
+            Values::Wide(v) => Box::new(v.chunks_exact(len).map(Panel::Wide)),
+            Values::Narrow(v) => Box::new(v.chunks_exact(len).map(Panel::Narrow)),
+        }
     }
 }
 
@@ -166,35 +207,42 @@ fn rows_times_panels(y: &Panels, x: &[i32], c: &mut [i32]) {
 
 /// `tile[r][j] = Σ_p ⟨rows[r·pairs + p], panel[p][j]⟩` for each of `tile.len()` (≤ `ROWS`)
 /// rows.
-fn kernel(rows: &[i32], pairs: usize, panel: &[i16], tile: &mut [[i32; COLUMNS]]) {
+fn kernel(rows: &[i32], pairs: usize, panel: Panel<'_>, tile: &mut [[i32; COLUMNS]]) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: AVX2 was just detected; the kernel reads and writes through slices of the
-        // lengths it checks.
+        // SAFETY: AVX2 was just detected; the kernel checks the lengths it reads and writes.
         unsafe {
-            match tile.len() {
-                6 => avx2::rows::<6>(rows, pairs, panel, tile),
-                5 => avx2::rows::<5>(rows, pairs, panel, tile),
-                4 => avx2::rows::<4>(rows, pairs, panel, tile),
-                3 => avx2::rows::<3>(rows, pairs, panel, tile),
-                2 => avx2::rows::<2>(rows, pairs, panel, tile),
-                _ => avx2::rows::<1>(rows, pairs, panel, tile),
+            match panel {
+                Panel::Wide(y) => {
+                    avx2::dispatch::<2>(rows, pairs, y.as_ptr().cast(), y.len() * 2, tile)
+                }
+                Panel::Narrow(y) => {
+                    avx2::dispatch::<1>(rows, pairs, y.as_ptr().cast(), y.len(), tile)
+                }
             }
         }
         return;
     }
-    portable(rows, pairs, panel, tile);
+    match panel {
+        Panel::Wide(y) => portable(rows, pairs, y, tile),
+        Panel::Narrow(y) => portable(rows, pairs, y, tile),
+    }
 }
 
 /// The same sums in plain Rust (CPUs without AVX2, which never load these operators, and tests).
-fn portable(rows: &[i32], pairs: usize, panel: &[i16], tile: &mut [[i32; COLUMNS]]) {
+fn portable<T: Copy + Into<i32>>(
+    rows: &[i32],
+    pairs: usize,
+    panel: &[T],
+    tile: &mut [[i32; COLUMNS]],
+) {
     for (t, row) in tile.iter_mut().zip(rows.chunks_exact(pairs.max(1))) {
         *t = [0; COLUMNS];
         for (&x, y) in row.iter().zip(panel.chunks_exact(2 * COLUMNS)) {
             let (lo, hi) = (i32::from(x as i16), x >> 16);
             for (v, y) in t.iter_mut().zip(y.chunks_exact(2)) {
                 if let [a, b] = y {
-                    *v += lo * i32::from(*a) + hi * i32::from(*b);
+                    *v += lo * (*a).into() + hi * (*b).into();
                 }
             }
         }
@@ -206,45 +254,80 @@ mod avx2 {
     use super::COLUMNS;
     use std::arch::x86_64::*;
 
-    /// [`super::kernel`] for `R` rows: per pair of reduced indices, one broadcast per row and two
-    /// `vpmaddwd` against the panel's two registers; the `2R` accumulators stay in registers.
+    /// [`rows`] for `tile.len()` rows. `y` points at `bytes` bytes of panel values of `WIDTH`
+    /// bytes each.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn dispatch<const WIDTH: usize>(
+        x: &[i32],
+        pairs: usize,
+        y: *const u8,
+        bytes: usize,
+        tile: &mut [[i32; COLUMNS]],
+    ) {
+        // SAFETY: forwarded as the caller gave them.
+        unsafe {
+            match tile.len() {
+                6 => rows::<6, WIDTH>(x, pairs, y, bytes, tile),
+                5 => rows::<5, WIDTH>(x, pairs, y, bytes, tile),
+                4 => rows::<4, WIDTH>(x, pairs, y, bytes, tile),
+                3 => rows::<3, WIDTH>(x, pairs, y, bytes, tile),
+                2 => rows::<2, WIDTH>(x, pairs, y, bytes, tile),
+                _ => rows::<1, WIDTH>(x, pairs, y, bytes, tile),
+            }
+        }
+    }
+
+    /// [`super::kernel`] for `R` rows: per pair of reduced indices, the panel's two registers
+    /// (loaded as i16, or as i8 and sign-extended: `WIDTH` 2 or 1 bytes a value), one broadcast
+    /// per row and two `vpmaddwd`; the `2R` accumulators stay in registers.
     ///
     /// The accumulators are indexed by the loop counter `r < R` over arrays of length `R`, which
     /// cannot panic; written with iterators instead, the compiler keeps them on the stack and the
     /// kernel runs 3× slower (`bench --profile`).
     #[allow(clippy::indexing_slicing)]
     #[target_feature(enable = "avx2")]
-    pub unsafe fn rows<const R: usize>(
+    unsafe fn rows<const R: usize, const WIDTH: usize>(
         rows: &[i32],
         pairs: usize,
-        panel: &[i16],
+        panel: *const u8,
+        bytes: usize,
         tile: &mut [[i32; COLUMNS]],
     ) {
-        if rows.len() < R * pairs || panel.len() < pairs * 2 * COLUMNS || tile.len() < R {
+        let step = 2 * COLUMNS * WIDTH;
+        if rows.len() < R * pairs || bytes < pairs * step || tile.len() < R {
             return;
         }
-        let (x, mut y) = (rows.as_ptr(), panel.as_ptr());
+        let (x, mut y) = (rows.as_ptr(), panel);
         let mut acc0 = [_mm256_setzero_si256(); R];
         let mut acc1 = [_mm256_setzero_si256(); R];
         for p in 0..pairs {
-            // SAFETY: the lengths were checked above: `y` has 2 × COLUMNS i16 left for each of
-            // the `pairs` steps, and row `r` of `x` has `pairs` values.
+            // SAFETY: the lengths were checked above: `y` has `step` bytes left for each of the
+            // `pairs` steps, and row `r` of `x` has `pairs` values.
             unsafe {
-                let y0 = _mm256_loadu_si256(y.cast());
-                let y1 = _mm256_loadu_si256(y.add(COLUMNS).cast());
+                let (y0, y1) = if WIDTH == 1 {
+                    (
+                        _mm256_cvtepi8_epi16(_mm_loadu_si128(y.cast())),
+                        _mm256_cvtepi8_epi16(_mm_loadu_si128(y.add(COLUMNS).cast())),
+                    )
+                } else {
+                    (
+                        _mm256_loadu_si256(y.cast()),
+                        _mm256_loadu_si256(y.add(2 * COLUMNS).cast()),
+                    )
+                };
                 for r in 0..R {
                     let b = _mm256_set1_epi32(*x.add(r * pairs + p));
                     acc0[r] = _mm256_add_epi32(acc0[r], _mm256_madd_epi16(b, y0));
                     acc1[r] = _mm256_add_epi32(acc1[r], _mm256_madd_epi16(b, y1));
                 }
-                y = y.add(2 * COLUMNS);
+                y = y.add(step);
             }
         }
-        for ((t, a0), a1) in tile.iter_mut().zip(acc0).zip(acc1) {
+        for (r, t) in tile.iter_mut().enumerate().take(R) {
             // SAFETY: `t` holds COLUMNS = 16 i32: two unaligned 256-bit stores.
             unsafe {
-                _mm256_storeu_si256(t.as_mut_ptr().cast(), a0);
-                _mm256_storeu_si256(t.as_mut_ptr().add(COLUMNS / 2).cast(), a1);
+                _mm256_storeu_si256(t.as_mut_ptr().cast(), acc0[r]);
+                _mm256_storeu_si256(t.as_mut_ptr().add(COLUMNS / 2).cast(), acc1[r]);
             }
         }
     }
@@ -255,39 +338,56 @@ mod tests {
     use super::*;
     use crate::fused::test_util::Rng;
 
+    /// Products of random `m × k` and `k × n` values within `±range`, against the plain sums; and
+    /// the AVX2 kernel against the portable one, tile by tile. Returns whether `y` was stored as
+    /// i8.
+    fn check(rng: &mut Rng, (m, k, n): (usize, usize, usize), range: usize) -> bool {
+        let value = |rng: &mut Rng| (rng.below(2 * range + 1) as i32 - range as i32) as i16;
+        let x: Vec<i16> = (0..m * k).map(|_| value(rng)).collect();
+        let mut y: Vec<i16> = (0..k * n).map(|_| value(rng)).collect();
+        // The extreme of the range once at least, so that it decides the storage.
+        y[0] = range as i16;
+        let (panels, rows) = (Panels::from_rows(&y, k, n), pair_rows(&x, k));
+        let mut got = vec![0i32; m * n];
+        product(&panels, &rows, &mut got);
+        for i in 0..m {
+            for j in 0..n {
+                let want: i32 = (0..k)
+                    .map(|kk| i32::from(x[i * k + kk]) * i32::from(y[kk * n + j]))
+                    .sum();
+                assert_eq!(got[i * n + j], want, "{m}x{k}x{n} [{i}][{j}]");
+            }
+        }
+        let pairs = panels.pairs();
+        for (block, panel) in panels.blocks().enumerate() {
+            for (r0, chunk) in rows.chunks(ROWS * pairs).enumerate() {
+                let count = chunk.len() / pairs;
+                let (mut a, mut b) = ([[0; COLUMNS]; ROWS], [[0; COLUMNS]; ROWS]);
+                kernel(chunk, pairs, panel, &mut a[..count]);
+                match panel {
+                    Panel::Wide(y) => portable(chunk, pairs, y, &mut b[..count]),
+                    Panel::Narrow(y) => portable(chunk, pairs, y, &mut b[..count]),
+                }
+                assert_eq!(a, b, "block {block} rows {r0}");
+            }
+        }
+        panels.is_narrow()
+    }
+
     #[test]
     fn the_kernel_and_the_portable_sums_equal_the_plain_products() {
         let mut rng = Rng(9);
-        for (m, k, n) in [
+        for size in [
             (4usize, 37usize, 16usize),
             (7, 2, 33),
             (1, 1, 1),
             (9, 64, 5),
+            (13, 40, 20),
         ] {
-            let x: Vec<i16> = (0..m * k).map(|_| rng.below(511) as i16 - 255).collect();
-            let y: Vec<i16> = (0..k * n).map(|_| rng.below(511) as i16 - 255).collect();
-            let (panels, rows) = (Panels::from_rows(&y, k, n), pair_rows(&x, k));
-            let mut got = vec![0i32; m * n];
-            product(&panels, &rows, &mut got);
-            for i in 0..m {
-                for j in 0..n {
-                    let want: i32 = (0..k)
-                        .map(|kk| i32::from(x[i * k + kk]) * i32::from(y[kk * n + j]))
-                        .sum();
-                    assert_eq!(got[i * n + j], want, "{m}x{k}x{n} [{i}][{j}]");
-                }
-            }
-            // The portable sums, tile by tile.
-            let pairs = panels.pairs();
-            for (block, panel) in panels.blocks().enumerate() {
-                for (r0, chunk) in rows.chunks(ROWS * pairs).enumerate() {
-                    let count = chunk.len() / pairs;
-                    let (mut a, mut b) = ([[0; COLUMNS]; ROWS], [[0; COLUMNS]; ROWS]);
-                    kernel(chunk, pairs, panel, &mut a[..count]);
-                    portable(chunk, pairs, panel, &mut b[..count]);
-                    assert_eq!(a, b, "block {block} rows {r0}");
-                }
-            }
+            // Differences of 8-bit values (up to ±255): i16 panels.
+            assert!(!check(&mut rng, size, 255), "{size:?}");
+            // Weights that fit in i8 (symmetric int8, or u8 around 128): i8 panels.
+            assert!(check(&mut rng, size, 127), "{size:?}");
         }
     }
 
