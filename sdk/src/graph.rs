@@ -352,7 +352,7 @@ pub struct KernelSummary {
     /// Optimised matrix products accumulating in floats.
     pub float_matmuls: usize,
     /// Distinct kernel names tract picked (e.g. `avx512vnni_mmm_i32_16x16`), and the SDK's own
-    /// `transfusion_avx2_maddwd_i32_4x16` where it replaced tract's INT8 products.
+    /// `transfusion_avx2_maddwd_i32_6x16` where it replaced tract's INT8 products.
     pub kernels: Vec<String>,
 }
 

@@ -12,7 +12,7 @@
 use tract_linalg::multithread::{current_tract_executor, Executor};
 
 /// The name `inspect --kernels` and [`crate::graph::KernelSummary`] give this kernel.
-pub const KERNEL_NAME: &str = "transfusion_avx2_maddwd_i32_4x16";
+pub const KERNEL_NAME: &str = "transfusion_avx2_maddwd_i32_6x16";
 
 /// Output columns per panel: two AVX2 registers of eight i32 lanes.
 pub const COLUMNS: usize = 16;
