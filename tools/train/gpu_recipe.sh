@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The shapes64 teacher and its 4-step student on one CUDA GPU in a fixed wall-clock budget
 # (tools/train/README.md, "A time-boxed GPU run"). Continues a teacher checkpoint (default: the
-# shipped teacher, models/shapes64/teacher) on a freshly generated dataset, then distils it. Writes to OUT: the teacher (EMA, FP32)
-# as teacher.tar.* parts (`cat OUT/teacher.tar.* | tar -x`), the student (float16, the
-# shipping form) as student.tar, both stages' summaries and the whole log (log.txt).
+# shipped teacher, models/shapes64/teacher) on a freshly generated dataset, then distils it.
+# Writes to OUT: the teacher (EMA, FP32) as teacher.tar.* parts (`cat OUT/teacher.tar.* |
+# tar -x`), the student (float16, the shipping form) as student.tar, both stages' summaries and
+# the whole log (log.txt).
 #
 #   tools/train/gpu_recipe.sh OUT
 #

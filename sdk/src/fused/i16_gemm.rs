@@ -141,17 +141,17 @@ impl Panels {
     }
 }
 
-/// Rows of `k` i16 values as the left operand: one i32 per pair `(x[2p], x[2p + 1])`, the
-/// first in the low half; a zero completes an odd `k`.
-pub fn pair_rows(x: &[i16], k: usize) -> Vec<i32> {
+/// Rows of `k` values as the left operand, each mapped to i16 by `value`: one i32 per pair
+/// `(x[2p], x[2p + 1])`, the first in the low half; a zero completes an odd `k`.
+pub fn pair_rows<T: Copy>(x: &[T], k: usize, value: impl Fn(T) -> i16) -> Vec<i32> {
     let pairs = k.div_ceil(2);
     let rows = x.len().checked_div(k).unwrap_or(0);
     let mut out = vec![0i32; rows * pairs];
     if k > 0 {
         for (row, o) in x.chunks_exact(k).zip(out.chunks_exact_mut(pairs)) {
             for (pair, o) in row.chunks(2).zip(o.iter_mut()) {
-                let lo = pair.first().map_or(0, |&v| i32::from(v));
-                let hi = pair.get(1).map_or(0, |&v| i32::from(v));
+                let lo = pair.first().map_or(0, |&v| i32::from(value(v)));
+                let hi = pair.get(1).map_or(0, |&v| i32::from(value(v)));
                 *o = (lo & 0xffff) | (hi << 16);
             }
         }
@@ -347,7 +347,7 @@ mod tests {
         let mut y: Vec<i16> = (0..k * n).map(|_| value(rng)).collect();
         // The extreme of the range once at least, so that it decides the storage.
         y[0] = range as i16;
-        let (panels, rows) = (Panels::from_rows(&y, k, n), pair_rows(&x, k));
+        let (panels, rows) = (Panels::from_rows(&y, k, n), pair_rows(&x, k, |v| v));
         let mut got = vec![0i32; m * n];
         product(&panels, &rows, &mut got);
         for i in 0..m {
@@ -399,7 +399,7 @@ mod tests {
             let (k, n) = (64, 40);
             let x: Vec<i16> = (0..m * k).map(|_| rng.below(511) as i16 - 255).collect();
             let y: Vec<i16> = (0..k * n).map(|_| rng.below(511) as i16 - 255).collect();
-            let (panels, rows) = (Panels::from_rows(&y, k, n), pair_rows(&x, k));
+            let (panels, rows) = (Panels::from_rows(&y, k, n), pair_rows(&x, k, |v| v));
             let mut one = vec![0i32; m * n];
             product(&panels, &rows, &mut one);
             let mut three = vec![0i32; m * n];

@@ -5,12 +5,12 @@
 //! There tract 0.23.9 runs them on its `avx2_mmm_i32_8x8` kernel, whose inner loop reads each
 //! step's activations with a legacy-SSE `movq` between AVX2 instructions. With the upper halves
 //! of the vector registers dirty, every such read pays the SSE/AVX transition: on an AVX2-only
-//! AMD EPYC VM a `movq` + `vpmovsxbw` pair took 120 ns against 0.7 ns for its VEX form, and the
-//! INT8 backbone ran 35× slower than the FP32 one (docs/performance.md). [`IntegerProduct`]
-//! widens the weights to i16 once, at load, and multiplies with `vpmaddwd`: two i16 products
-//! summed into an i32 lane, exactly (|a − a₀| ≤ 255 and |w − w₀| ≤ 255 cannot overflow it), so
-//! its results are tract's bit for bit. Elsewhere — VNNI x86, ARM — tract's own kernels are fast
-//! and keep these products.
+//! AMD EPYC VM the INT8 backbone ran more than 30× slower than the FP32 one
+//! (`TRANSFUSION_FUSED=-integer`, docs/performance.md). [`IntegerProduct`] packs the weights
+//! once, at load, and multiplies on the SDK's kernel ([`super::i16_gemm`]): `vpmaddwd`, two i16
+//! products summed into an i32 lane, exactly (|a − a₀| ≤ 255 and |w − w₀| ≤ 255 cannot
+//! overflow it), so its results are tract's bit for bit. Elsewhere — VNNI x86, ARM — tract's
+//! own kernels are fast and keep these products.
 
 use std::sync::Arc;
 
@@ -54,7 +54,7 @@ pub fn int8_products_fast_here(rewrites: super::Rewrites) -> bool {
 }
 
 /// The value of a constant scalar fact, as `T`.
-pub(super) fn scalar<T: Datum + Copy>(fact: &TypedFact) -> Option<T> {
+fn scalar<T: Datum + Copy>(fact: &TypedFact) -> Option<T> {
     let k = fact.konst.as_ref()?;
     if k.len() != 1 || k.datum_type() != T::datum_type() {
         return None;
@@ -205,12 +205,8 @@ impl IntegerProduct {
 
     fn run(&self, a: &Tensor, zero: i16, shape: &[usize]) -> TractResult<Tensor> {
         let plain = a.try_as_plain_ram()?;
-        let xs: Vec<i16> = plain
-            .as_slice::<u8>()?
-            .iter()
-            .map(|&v| i16::from(v) - zero)
-            .collect();
-        let lhs = pair_rows(&xs, self.panels.k());
+        let xs = plain.as_slice::<u8>()?;
+        let lhs = pair_rows(xs, self.panels.k(), |v| i16::from(v) - zero);
         let mut out = Tensor::zero::<i32>(shape)?;
         let mut view = out.try_as_plain_ram_mut()?;
         product(&self.panels, &lhs, view.as_slice_mut::<i32>()?);

@@ -71,7 +71,7 @@ impl IntegerConv {
                 return None;
             };
             return takes.then(|| IntegerConv {
-                weights: Arc::new(pair_rows(&w, c_in * kh * kw)),
+                weights: Arc::new(pair_rows(&w, c_in * kh * kw, |v| v)),
                 c_out,
                 c_in,
                 kernel: (kh, kw),
@@ -89,7 +89,7 @@ impl IntegerConv {
             return None;
         }
         Some(IntegerConv {
-            weights: Arc::new(pair_rows(&w, c_in)),
+            weights: Arc::new(pair_rows(&w, c_in, |v| v)),
             c_out,
             c_in,
             kernel: (1, 1),

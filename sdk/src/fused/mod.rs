@@ -48,9 +48,9 @@ pub use quantize::DynamicQuantizeU8;
 /// Which parts of this module graphs load with: all of them, unless the environment's
 /// `TRANSFUSION_FUSED` says otherwise — `0` for none (every graph exactly as tract plans and
 /// runs it), or a comma-separated list of parts to leave out, each with a leading `-`:
-/// `quantize`, `elementwise`, `pad`, `im2col`, `products`, `integer`, `vector-state` (the upper-state
-/// clearing of [`crate::graph::eval_node`]). For the speed A/Bs of docs/performance.md, and to
-/// rule a part out when chasing a numerical difference.
+/// `quantize`, `elementwise`, `pad`, `im2col`, `products`, `integer`, `vector-state` (the
+/// upper-state clearing of [`crate::graph::eval_node`]). For the speed A/Bs of
+/// docs/performance.md, and to rule a part out when chasing a numerical difference.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Rewrites {
     pub quantize: bool,
@@ -150,20 +150,22 @@ pub fn apply_decluttered(model: &mut TypedModel, rewrites: Rewrites) -> usize {
             continue;
         };
         let op = node.op.as_ref();
-        if let Some(op) = integer
-            .then(|| IntegerProduct::replacing(op, &facts))
-            .flatten()
-        {
-            swaps.push((node.id, Box::new(op)));
-        } else if let Some(op) = integer
-            .then(|| IntegerConv::replacing(op, &facts))
-            .flatten()
-        {
-            swaps.push((node.id, Box::new(op)));
-        } else if facts.iter().any(|f| f.konst.is_some()) || !rewrites.products {
-            continue;
-        } else if let Some(op) = ActivationProduct::replacing(op, &facts) {
-            swaps.push((node.id, Box::new(op)));
+        let swap: Option<Box<dyn TypedOp>> = if integer {
+            IntegerProduct::replacing(op, &facts)
+                .map(|o| Box::new(o) as _)
+                .or_else(|| IntegerConv::replacing(op, &facts).map(|o| Box::new(o) as _))
+        } else {
+            None
+        };
+        let products = rewrites.products && facts.iter().all(|f| f.konst.is_none());
+        let swap = swap.or_else(|| {
+            products
+                .then(|| ActivationProduct::replacing(op, &facts))
+                .flatten()
+                .map(|o| Box::new(o) as _)
+        });
+        if let Some(swap) = swap {
+            swaps.push((node.id, swap));
         }
     }
     let replaced = swaps.len();
