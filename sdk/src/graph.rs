@@ -266,6 +266,7 @@ fn prepare_cpu(
     let start = std::time::Instant::now();
     typed.declutter()?;
     let decluttered = start.elapsed();
+    let convs = crate::fused::conv_shapes(&typed);
     let replaced = crate::fused::apply_decluttered(&mut typed, rewrites);
     if replaced > 0 {
         log::debug!("{name}: {replaced} activation products on the SDK's operator");
@@ -275,7 +276,7 @@ fn prepare_cpu(
         "{name}: decluttered in {decluttered:?}, optimised in {:?}",
         start.elapsed() - decluttered
     );
-    let replaced = crate::fused::apply_optimized(&mut typed, rewrites);
+    let replaced = crate::fused::apply_optimized(&mut typed, rewrites, &convs);
     if replaced > 0 {
         log::debug!("{name}: {replaced} nodes on the SDK's operators after optimisation");
     }

@@ -20,9 +20,12 @@
 //!   tract's kernel for them is slow; exact integer arithmetic ([`i16_gemm`]), so bit for bit.
 //! - [`im2col`]: the patch matrix of INT8 convolutions, packed by tract-linalg's own packer,
 //!   swapped in after optimisation.
+//! - [`conv_panels`]: the patch matrix of f32 convolutions, one panel at a time for tract's
+//!   kernel, with row copies; swapped in after optimisation too.
 //! - [`pad`]: f32 constant padding (the borders tract puts before its convolutions), swapped in
 //!   after optimisation too.
 
+mod conv_panels;
 mod elementwise;
 mod i16_gemm;
 mod im2col;
@@ -36,6 +39,7 @@ mod test_util;
 
 use tract_onnx::prelude::*;
 
+pub use conv_panels::{conv_shapes, ConvShape, PanelIm2col};
 pub use elementwise::Elementwise;
 pub use i16_gemm::KERNEL_NAME as INTEGER_KERNEL;
 pub use im2col::QuantIm2col;
@@ -177,9 +181,11 @@ pub fn apply_decluttered(model: &mut TypedModel, rewrites: Rewrites) -> usize {
     replaced
 }
 
-/// Replaces, in a model tract has optimised, every node [`Elementwise`], [`ConstantPad`] or
-/// [`QuantIm2col`] computes the same way; returns how many were replaced.
-pub fn apply_optimized(model: &mut TypedModel, rewrites: Rewrites) -> usize {
+/// Replaces, in a model tract has optimised, every node [`Elementwise`], [`ConstantPad`],
+/// [`QuantIm2col`] or [`PanelIm2col`] computes the same way; returns how many were replaced.
+/// `convs`: the geometry of the graph's f32 convolutions, read by [`conv_shapes`] before tract
+/// optimised it.
+pub fn apply_optimized(model: &mut TypedModel, rewrites: Rewrites, convs: &[ConvShape]) -> usize {
     let mut swaps: Vec<(usize, Box<dyn TypedOp>)> = Vec::new();
     for node in model.nodes() {
         let Ok(facts) = model.node_input_facts(node.id) else {
@@ -191,13 +197,15 @@ pub fn apply_optimized(model: &mut TypedModel, rewrites: Rewrites) -> usize {
             swaps.push((node.id, Box::new(op)));
         } else if let Some(op) = ConstantPad::replacing(op, &types).filter(|_| rewrites.pad) {
             swaps.push((node.id, Box::new(op)));
-        } else if let Some(op) = node
-            .outputs
-            .first()
-            .and_then(|o| QuantIm2col::replacing(op, &o.fact))
-            .filter(|_| rewrites.im2col)
-        {
-            swaps.push((node.id, Box::new(op)));
+        } else if let Some(output) = node.outputs.first().filter(|_| rewrites.im2col) {
+            if let Some(op) = QuantIm2col::replacing(op, &output.fact) {
+                swaps.push((node.id, Box::new(op)));
+            } else if let Some(op) = facts
+                .first()
+                .and_then(|input| PanelIm2col::replacing(op, input, &output.fact, convs))
+            {
+                swaps.push((node.id, Box::new(op)));
+            }
         }
     }
     let replaced = swaps.len();
