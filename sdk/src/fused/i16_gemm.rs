@@ -44,7 +44,7 @@ enum Panel<'a> {
 }
 
 impl Panels {
-    /// All zeros (i16), to be filled with [`Panels::set`] or [`Panels::set_at`].
+    /// All zeros (i16), to be filled with [`Panels::set`] or [`Panels::set_pair`].
     pub fn zeros(k: usize, n: usize) -> Panels {
         let len = n.div_ceil(COLUMNS) * k.div_ceil(2) * 2 * COLUMNS;
         Panels {
@@ -107,26 +107,33 @@ impl Panels {
         if kk < self.k && j < self.n {
             let at =
                 ((j / COLUMNS) * self.pairs() + kk / 2) * 2 * COLUMNS + 2 * (j % COLUMNS) + kk % 2;
-            self.set_at(at, v);
+            if let Values::Wide(values) = &mut self.values {
+                if let Some(slot) = values.get_mut(at) {
+                    *slot = v;
+                }
+            }
         }
     }
 
-    /// Where column `j` of the reduced index pair 0 sits in the values, for every column: add
-    /// `2 × COLUMNS × p + t` for index `2p + t` and pass the sum to [`Panels::set_at`].
-    pub fn column_offsets(&self) -> Vec<usize> {
+    /// Sets the reduced index pair `p`, rows `2p` and `2p + 1` of `y`, from two rows of `n`
+    /// values (ignored past the end, and on narrowed panels).
+    pub fn set_pair(&mut self, p: usize, even: &[i16], odd: &[i16]) {
         let run = self.pairs() * 2 * COLUMNS;
-        (0..self.n)
-            .map(|j| (j / COLUMNS) * run + 2 * (j % COLUMNS))
-            .collect()
-    }
-
-    /// Sets the value at `offset` (from [`Panels::column_offsets`]; ignored past the end, and on
-    /// narrowed panels).
-    #[inline]
-    pub fn set_at(&mut self, offset: usize, v: i16) {
-        if let Values::Wide(values) = &mut self.values {
-            if let Some(slot) = values.get_mut(offset) {
-                *slot = v;
+        let (n, at) = (self.n, p * 2 * COLUMNS);
+        let Values::Wide(values) = &mut self.values else {
+            return;
+        };
+        if p >= self.k.div_ceil(2) || even.len() < n || odd.len() < n {
+            return;
+        }
+        let columns = even.chunks(COLUMNS).zip(odd.chunks(COLUMNS));
+        for (panel, (even, odd)) in values.chunks_exact_mut(run.max(1)).zip(columns) {
+            let Some(pairs) = panel.get_mut(at..at + 2 * COLUMNS) else {
+                return;
+            };
+            for (pair, (&a, &b)) in pairs.chunks_exact_mut(2).zip(even.iter().zip(odd)) {
+                pair[0] = a;
+                pair[1] = b;
             }
         }
     }

@@ -17,7 +17,7 @@ use tract_onnx::tract_core::ops::einsum::EinSum;
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
 use super::c_order;
-use super::i16_gemm::{pair_rows, product, Panels, COLUMNS};
+use super::i16_gemm::{pair_rows, product, Panels};
 use super::integer::{plain_integer, weights, zero_point};
 
 /// The tract operator replaced: a quantized 2-D `Conv`, or the `EinSum` tract declutters a 1×1
@@ -173,34 +173,62 @@ struct Geometry {
 }
 
 impl Geometry {
-    /// The patch matrix of one image, `x − x₀` with zeros in the padding: row
-    /// `(channel, dy, dx)`, column `(oy, ox)`.
+    /// The patch matrix `[C·KH·KW, OH·OW]` of one image, `x − x₀`, in the kernel's panels: two
+    /// rows at a time, each written with row copies (zeros, i.e. the zero point, in the padding),
+    /// then interleaved into the panels.
     fn patches(&self, image: &[u8], zero: i16) -> Panels {
-        let mut panels = Panels::zeros(self.c * self.kh * self.kw, self.oh * self.ow);
-        let columns = panels.column_offsets();
-        for (ch, plane) in image.chunks_exact((self.h * self.w).max(1)).enumerate() {
-            for dy in 0..self.kh {
-                for dx in 0..self.kw {
-                    let kk = (ch * self.kh + dy) * self.kw + dx;
-                    let within = 2 * COLUMNS * (kk / 2) + kk % 2;
-                    for (oy, columns) in columns.chunks(self.ow.max(1)).enumerate() {
-                        let Some(iy) = (oy * self.sh + dy).checked_sub(self.top) else {
-                            continue;
-                        };
-                        let Some(row) = plane.get(iy * self.w..(iy + 1) * self.w) else {
-                            continue;
-                        };
-                        for (ox, &column) in columns.iter().enumerate() {
-                            let ix = (ox * self.sw + dx).checked_sub(self.left);
-                            if let Some(&v) = ix.and_then(|ix| row.get(ix)) {
-                                panels.set_at(column + within, i16::from(v) - zero);
-                            }
-                        }
+        let k = self.c * self.kh * self.kw;
+        let n = self.oh * self.ow;
+        let mut panels = Panels::zeros(k, n);
+        let mut rows = vec![0i16; 2 * n];
+        for p in 0..k.div_ceil(2) {
+            let (even, odd) = rows.split_at_mut(n);
+            self.patch_row(image, 2 * p, zero, even);
+            self.patch_row(image, 2 * p + 1, zero, odd);
+            panels.set_pair(p, even, odd);
+        }
+        panels
+    }
+
+    /// Row `kk` (channel, kernel row, kernel column) of the patch matrix into `row`; zeros past
+    /// the last row.
+    fn patch_row(&self, image: &[u8], kk: usize, zero: i16, row: &mut [i16]) {
+        row.fill(0);
+        let (ch, dy, dx) = (
+            kk / (self.kh * self.kw),
+            kk / self.kw % self.kh,
+            kk % self.kw,
+        );
+        let Some(plane) = image.get(ch * self.h * self.w..(ch + 1) * self.h * self.w) else {
+            return;
+        };
+        for (oy, out) in row.chunks_exact_mut(self.ow.max(1)).enumerate() {
+            let Some(iy) = (oy * self.sh + dy).checked_sub(self.top) else {
+                continue;
+            };
+            let Some(input) = plane.get(iy * self.w..(iy + 1) * self.w) else {
+                continue;
+            };
+            if self.sw == 1 {
+                // Output columns whose input column is inside the row: one run.
+                let first = self.left.saturating_sub(dx).min(self.ow);
+                let last = (self.w + self.left).saturating_sub(dx).min(self.ow);
+                if first < last {
+                    let from = first + dx - self.left;
+                    let (out, input) = (&mut out[first..last], &input[from..]);
+                    for (o, &v) in out.iter_mut().zip(input) {
+                        *o = i16::from(v) - zero;
+                    }
+                }
+            } else {
+                for (ox, o) in out.iter_mut().enumerate() {
+                    let ix = (ox * self.sw + dx).checked_sub(self.left);
+                    if let Some(&v) = ix.and_then(|ix| input.get(ix)) {
+                        *o = i16::from(v) - zero;
                     }
                 }
             }
         }
-        panels
     }
 }
 
