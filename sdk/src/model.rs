@@ -20,6 +20,79 @@ use tract_onnx::tract_core::runtime::Runtime;
 /// it goes to (`None`: the CPU). A harness hook of the `engine` feature, not app API.
 pub type GraphLoader<'a> = dyn FnMut(GraphId, &Path, Option<&dyn Runtime>) -> Result<Graph> + 'a;
 
+/// How [`Model::load_inner`] reads the graph files.
+enum Reader<'a> {
+    /// One at a time, in bundle order, stopping at the first error ([`Model::load_with`]).
+    InOrder(&'a mut GraphLoader<'a>),
+    /// Several at once on the CPU's cores when every graph runs on the CPU ([`Model::load`]);
+    /// in bundle order on the calling thread otherwise (a GPU runtime prepares its graphs one
+    /// at a time).
+    CpuParallel(&'a (dyn Fn(GraphId, &Path, Option<&dyn Runtime>) -> Result<Graph> + Sync)),
+}
+
+/// Reads and optimises the graph files `paths` (all on the CPU) on up to one thread per core,
+/// the largest files first: loading is tract's import and optimiser, one core per graph, and
+/// the backbone alone takes about as long as the six other graphs together. Returns each graph
+/// with the time it took, or the first error in bundle order; after an error no graph is
+/// started.
+fn read_in_parallel(
+    paths: &PerGraph<PathBuf>,
+    read: &(dyn Fn(GraphId, &Path, Option<&dyn Runtime>) -> Result<Graph> + Sync),
+) -> Result<PerGraph<Option<(Graph, Duration)>>> {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Mutex;
+
+    let mut order: Vec<GraphId> = GraphId::ALL.to_vec();
+    let size = |id: GraphId| std::fs::metadata(&paths[id]).map_or(0, |m| m.len());
+    order.sort_by_key(|&id| std::cmp::Reverse(size(id)));
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = workers.min(order.len());
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let slots: PerGraph<Mutex<Option<Result<(Graph, Duration)>>>> =
+        PerGraph::from_fn(|_| Mutex::new(None));
+    let work = || {
+        while !failed.load(Ordering::Relaxed) {
+            let Some(&id) = order.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                break;
+            };
+            let start = Instant::now();
+            let result = read(id, &paths[id], None).map(|g| (g, start.elapsed()));
+            if result.is_err() {
+                failed.store(true, Ordering::Relaxed);
+            }
+            *slots[id].lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
+        }
+    };
+    std::thread::scope(|scope| {
+        // The calling thread is one of the workers; a thread that cannot be started leaves its
+        // share to the others. tract's import recurses through the graph: the main thread's
+        // stack size.
+        for _ in 1..workers {
+            let spawned = std::thread::Builder::new()
+                .name("transfusion-load".into())
+                .stack_size(8 << 20)
+                .spawn_scoped(scope, work);
+            if let Err(e) = spawned {
+                log::warn!("loading on fewer threads: {e}");
+                break;
+            }
+        }
+        work();
+    });
+    log::debug!("read {} graphs on {workers} threads", order.len());
+
+    let mut read = PerGraph::from_fn(|_| None);
+    for (id, slot) in slots.iter() {
+        match slot.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            Some(Err(e)) => return Err(e),
+            Some(Ok(graph)) => read[id] = Some(graph),
+            None => {}
+        }
+    }
+    Ok(read)
+}
+
 /// One graph at its chosen precision.
 #[derive(Debug, Clone)]
 pub(crate) struct Part {
@@ -295,9 +368,10 @@ impl Model {
         // second batch row): tract plans each graph for that size.
         let batch_1 = [("B", 1)];
         let cpu = tract_onnx::tract_core::runtime::DefaultRuntime;
-        Self::load_inner(dir.as_ref(), options, &mut |id, path, runtime| {
+        let read = |id: GraphId, path: &Path, runtime: Option<&dyn Runtime>| {
             Graph::load_specialized(id.name(), path, runtime.unwrap_or(&cpu), &batch_1)
-        })
+        };
+        Self::load_inner(dir.as_ref(), options, Reader::CpuParallel(&read))
     }
 
     /// [`Model::load`] with the caller reading each graph file (which graph, its path inside
@@ -310,14 +384,10 @@ impl Model {
         options: &LoadOptions,
         load_graph: &mut GraphLoader<'_>,
     ) -> Result<Self> {
-        Self::load_inner(dir.as_ref(), options, load_graph)
+        Self::load_inner(dir.as_ref(), options, Reader::InOrder(load_graph))
     }
 
-    fn load_inner(
-        dir: &Path,
-        options: &LoadOptions,
-        load_graph: &mut GraphLoader<'_>,
-    ) -> Result<Self> {
+    fn load_inner(dir: &Path, options: &LoadOptions, reader: Reader<'_>) -> Result<Self> {
         let start = Instant::now();
         options.validate()?;
         let gpu = gpu_runtime(options.device)?;
@@ -349,28 +419,49 @@ impl Model {
         }
         log::debug!("memory plan of {}: {plan:?}", dir.display());
         let tokenizer = Tokenizer::from_file(&tokenizer_path, manifest.special_tokens)?;
-        let parts = PerGraph::try_from_fn(|id| {
-            let (precision, file, on_gpu, path) = &chosen[id];
-            let entry = manifest.graph(id)?;
-            let runtime = gpu.filter(|_| *on_gpu);
-            let graph_start = Instant::now();
-            let mut graph = load_graph(id, path, runtime)?;
+        let finish = |id: GraphId, mut graph: Graph, took: Duration| {
+            let (precision, file, _, path) = &chosen[id];
             if let Some(n) = options.threads {
                 graph = graph.with_threads(n);
             }
-            graph.check_interface(entry, file.float)?;
+            graph.check_interface(manifest.graph(id)?, file.float)?;
             log::info!(
                 "loaded {id} ({precision}, {}) from {} in {:.1} ms",
                 graph.runtime(),
                 path.display(),
-                graph_start.elapsed().as_secs_f64() * 1e3
+                took.as_secs_f64() * 1e3
             );
             Ok::<_, Error>(Part {
                 graph,
                 precision: *precision,
                 float: file.float,
             })
-        })?;
+        };
+        let runtime = |id: GraphId| gpu.filter(|_| chosen[id].2);
+        let parts = match reader {
+            Reader::CpuParallel(read) if gpu.is_none() => {
+                let paths = chosen.map(|_, c| c.3.clone());
+                let mut read = read_in_parallel(&paths, read)?;
+                PerGraph::try_from_fn(|id| {
+                    let (graph, took) = read[id].take().ok_or_else(|| Error::Graph {
+                        graph: id.to_string(),
+                        path: paths[id].clone(),
+                        message: "was not read".into(),
+                    })?;
+                    finish(id, graph, took)
+                })?
+            }
+            Reader::CpuParallel(read) => PerGraph::try_from_fn(|id| {
+                let start = Instant::now();
+                let graph = read(id, &chosen[id].3, runtime(id))?;
+                finish(id, graph, start.elapsed())
+            })?,
+            Reader::InOrder(read) => PerGraph::try_from_fn(|id| {
+                let start = Instant::now();
+                let graph = read(id, &chosen[id].3, runtime(id))?;
+                finish(id, graph, start.elapsed())
+            })?,
+        };
         Ok(Model {
             dir: dir.to_path_buf(),
             tokenizer,

@@ -100,7 +100,9 @@ pub struct LoadOptions {
     /// the model: its graph runs set it on the calling thread for the duration of the run, so
     /// loading or running one model never changes another's, and nothing process-wide is set.
     /// More than one thread runs the products on a pool of that size, created on first use
-    /// and kept for the process (tract caches one pool per thread count).
+    /// and kept for the process (tract caches one pool per thread count). Loading is not
+    /// bound by it: [`Model::load`](crate::Model::load) reads the graph files on up to one
+    /// thread per core.
     pub threads: Option<usize>,
     pub device: Device,
     /// Graphs kept on the CPU when the device is a GPU (default: `text_embed`, a table lookup
