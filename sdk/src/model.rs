@@ -18,16 +18,25 @@ use tract_onnx::tract_core::runtime::Runtime;
 
 /// Reads one graph file of a bundle for `Model::load_with`: graph, file, and the GPU runtime
 /// it goes to (`None`: the CPU). A harness hook of the `engine` feature, not app API.
+#[cfg(feature = "engine")]
 pub type GraphLoader<'a> = dyn FnMut(GraphId, &Path, Option<&dyn Runtime>) -> Result<Graph> + 'a;
+
+/// [`GraphLoader`] for graphs read on several threads at once.
+type SharedGraphLoader<'a> =
+    dyn Fn(GraphId, &Path, Option<&dyn Runtime>) -> Result<Graph> + Sync + 'a;
+
+/// A graph read, with the time it took.
+type ReadGraph = (Graph, Duration);
 
 /// How [`Model::load_inner`] reads the graph files.
 enum Reader<'a> {
     /// One at a time, in bundle order, stopping at the first error ([`Model::load_with`]).
+    #[cfg(feature = "engine")]
     InOrder(&'a mut GraphLoader<'a>),
     /// Several at once on the CPU's cores when every graph runs on the CPU ([`Model::load`]);
     /// in bundle order on the calling thread otherwise (a GPU runtime prepares its graphs one
     /// at a time).
-    CpuParallel(&'a (dyn Fn(GraphId, &Path, Option<&dyn Runtime>) -> Result<Graph> + Sync)),
+    CpuParallel(&'a SharedGraphLoader<'a>),
 }
 
 /// Reads and optimises the graph files `paths` (all on the CPU) on up to one thread per core,
@@ -37,8 +46,8 @@ enum Reader<'a> {
 /// started.
 fn read_in_parallel(
     paths: &PerGraph<PathBuf>,
-    read: &(dyn Fn(GraphId, &Path, Option<&dyn Runtime>) -> Result<Graph> + Sync),
-) -> Result<PerGraph<Option<(Graph, Duration)>>> {
+    read: &SharedGraphLoader<'_>,
+) -> Result<PerGraph<Option<ReadGraph>>> {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::Mutex;
 
@@ -49,8 +58,7 @@ fn read_in_parallel(
     let workers = workers.min(order.len());
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
-    let slots: PerGraph<Mutex<Option<Result<(Graph, Duration)>>>> =
-        PerGraph::from_fn(|_| Mutex::new(None));
+    let slots: PerGraph<Mutex<Option<Result<ReadGraph>>>> = PerGraph::from_fn(|_| Mutex::new(None));
     let work = || {
         while !failed.load(Ordering::Relaxed) {
             let Some(&id) = order.get(next.fetch_add(1, Ordering::Relaxed)) else {
@@ -456,6 +464,7 @@ impl Model {
                 let graph = read(id, &chosen[id].3, runtime(id))?;
                 finish(id, graph, start.elapsed())
             })?,
+            #[cfg(feature = "engine")]
             Reader::InOrder(read) => PerGraph::try_from_fn(|id| {
                 let start = Instant::now();
                 let graph = read(id, &chosen[id].3, runtime(id))?;

@@ -92,12 +92,12 @@ impl Im2colPanels {
             [1, c, h, w] | [c, h, w] => [*c, *h, *w],
             _ => return None,
         };
-        let out = |i: usize, len: usize| -> Option<usize> {
-            let reach = shape.dilation[i] * (shape.kernel[i].checked_sub(1)?) + 1;
-            Some(len.checked_sub(reach)? / shape.stride[i].max(1) + 1)
+        let out = |len: usize, kernel: usize, stride: usize, dilation: usize| -> Option<usize> {
+            let reach = dilation * kernel.checked_sub(1)? + 1;
+            Some(len.checked_sub(reach)? / stride.max(1) + 1)
         };
-        let (oh, ow) = (out(0, h)?, out(1, w)?);
-        let [kh, kw] = shape.kernel;
+        let ([kh, kw], [sh, sw], [dh, dw]) = (shape.kernel, shape.stride, shape.dilation);
+        let (oh, ow) = (out(h, kh, sh, dh)?, out(w, kw, sw, dw)?);
         let k_offsets: Vec<usize> = (0..c)
             .flat_map(|ch| {
                 (0..kh).flat_map(move |ky| {
@@ -132,13 +132,14 @@ impl Im2colPanels {
         let out = out
             .get_mut(..self.k_offsets.len() * r)
             .ok_or_else(|| format_err!("im2col panel buffer shorter than {} records", self.k()))?;
-        let adjacent = cols.len() == r && cols.windows(2).all(|p| p[1] == p[0] + 1);
+        let first = cols.first().copied().unwrap_or(0);
+        let adjacent = cols.len() == r && cols.iter().zip(first..).all(|(&n, want)| n == want);
         let done = adjacent
             && match r {
-                4 => copy_records::<4>(x, &self.k_offsets, cols[0], out),
-                6 => copy_records::<6>(x, &self.k_offsets, cols[0], out),
-                8 => copy_records::<8>(x, &self.k_offsets, cols[0], out),
-                16 => copy_records::<16>(x, &self.k_offsets, cols[0], out),
+                4 => copy_records::<4>(x, &self.k_offsets, first, out),
+                6 => copy_records::<6>(x, &self.k_offsets, first, out),
+                8 => copy_records::<8>(x, &self.k_offsets, first, out),
+                16 => copy_records::<16>(x, &self.k_offsets, first, out),
                 _ => None,
             }
             .is_some();

@@ -132,8 +132,7 @@ impl Panels {
                 return;
             };
             for (pair, (&a, &b)) in pairs.chunks_exact_mut(2).zip(even.iter().zip(odd)) {
-                pair[0] = a;
-                pair[1] = b;
+                pair.copy_from_slice(&[a, b]);
             }
         }
     }

@@ -213,9 +213,8 @@ impl Geometry {
                 // Output columns whose input column is inside the row: one run.
                 let first = self.left.saturating_sub(dx).min(self.ow);
                 let last = (self.w + self.left).saturating_sub(dx).min(self.ow);
-                if first < last {
-                    let from = first + dx - self.left;
-                    let (out, input) = (&mut out[first..last], &input[from..]);
+                let from = (first + dx).saturating_sub(self.left);
+                if let (Some(out), Some(input)) = (out.get_mut(first..last), input.get(from..)) {
                     for (o, &v) in out.iter_mut().zip(input) {
                         *o = i16::from(v) - zero;
                     }
