@@ -132,7 +132,9 @@ impl Panels {
                 return;
             };
             for (pair, (&a, &b)) in pairs.chunks_exact_mut(2).zip(even.iter().zip(odd)) {
-                pair.copy_from_slice(&[a, b]);
+                if let [x, y] = pair {
+                    (*x, *y) = (a, b);
+                }
             }
         }
     }
