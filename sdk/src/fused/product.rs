@@ -149,41 +149,7 @@ struct Geometry {
     c: (usize, usize),
 }
 
-/// The products, on 256-bit vectors where the CPU has AVX2: the same loops and the same
-/// operations (separate multiplies and adds, eight partial sums per dot product), so the same
-/// values as the baseline build.
 fn run(
-    a: &Tensor,
-    b: &Tensor,
-    shape: &[usize],
-    batch: &[usize],
-    batch_strides: &[(usize, usize, usize)],
-    g: &Geometry,
-) -> TractResult<Tensor> {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: AVX2 was just detected.
-        return unsafe { run_avx2(a, b, shape, batch, batch_strides, g) };
-    }
-    run_loops(a, b, shape, batch, batch_strides, g)
-}
-
-/// [`run_loops`] compiled for AVX2.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn run_avx2(
-    a: &Tensor,
-    b: &Tensor,
-    shape: &[usize],
-    batch: &[usize],
-    batch_strides: &[(usize, usize, usize)],
-    g: &Geometry,
-) -> TractResult<Tensor> {
-    run_loops(a, b, shape, batch, batch_strides, g)
-}
-
-#[inline(always)]
-fn run_loops(
     a: &Tensor,
     b: &Tensor,
     shape: &[usize],
@@ -258,7 +224,6 @@ fn run_loops(
 }
 
 /// Σ x·y with eight partial sums, so the loop vectorises.
-#[inline(always)]
 fn dot(x: &[f32], y: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (xc, yc) = (x.chunks_exact(8), y.chunks_exact(8));
