@@ -22,6 +22,8 @@
 //!   swapped in after optimisation.
 //! - [`conv_panels`]: the patch matrix of f32 convolutions, one panel at a time for tract's
 //!   kernel, with row copies; swapped in after optimisation too.
+//! - [`softmax`]: f32 softmax over the last axis (attention weights), swapped in after
+//!   optimisation; agrees to rounding.
 //! - [`pad`]: f32 constant padding (the borders tract puts before its convolutions), swapped in
 //!   after optimisation too.
 
@@ -34,6 +36,7 @@ mod integer_conv;
 mod pad;
 mod product;
 mod quantize;
+mod softmax;
 #[cfg(test)]
 mod test_util;
 
@@ -48,11 +51,12 @@ pub use integer_conv::IntegerConv;
 pub use pad::ConstantPad;
 pub use product::ActivationProduct;
 pub use quantize::DynamicQuantizeU8;
+pub use softmax::RowSoftmax;
 
 /// Which parts of this module graphs load with: all of them, unless the environment's
 /// `TRANSFUSION_FUSED` says otherwise — `0` for none (every graph exactly as tract plans and
 /// runs it), or a comma-separated list of parts to leave out, each with a leading `-`:
-/// `quantize`, `elementwise`, `pad`, `im2col`, `products`, `integer`, `vector-state` (the
+/// `quantize`, `elementwise`, `pad`, `im2col`, `products`, `integer`, `softmax`, `vector-state` (the
 /// upper-state clearing of [`crate::graph::eval_node`]). For the speed A/Bs of
 /// docs/performance.md, and to rule a part out when chasing a numerical difference.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,6 +67,7 @@ pub struct Rewrites {
     pub im2col: bool,
     pub products: bool,
     pub integer: bool,
+    pub softmax: bool,
     pub vector_state: bool,
 }
 
@@ -75,6 +80,7 @@ impl Rewrites {
         im2col: true,
         products: true,
         integer: true,
+        softmax: true,
         vector_state: true,
     };
 
@@ -95,6 +101,7 @@ impl Rewrites {
                 im2col: false,
                 products: false,
                 integer: false,
+                softmax: false,
                 vector_state: false,
             };
         }
@@ -107,12 +114,13 @@ impl Rewrites {
                 Some("im2col") => &mut r.im2col,
                 Some("products") => &mut r.products,
                 Some("integer") => &mut r.integer,
+                Some("softmax") => &mut r.softmax,
                 Some("vector-state") => &mut r.vector_state,
                 _ => {
                     log::warn!(
                         "TRANSFUSION_FUSED: `{word}` is not `0` nor one of -quantize, \
-                         -elementwise, -pad, -im2col, -products, -integer, -vector-state; \
-                         ignored"
+                         -elementwise, -pad, -im2col, -products, -integer, -softmax, \
+                         -vector-state; ignored"
                     );
                     continue;
                 }
@@ -197,6 +205,12 @@ pub fn apply_optimized(model: &mut TypedModel, rewrites: Rewrites, convs: &[Conv
             swaps.push((node.id, Box::new(op)));
         } else if let Some(op) = ConstantPad::replacing(op, &types).filter(|_| rewrites.pad) {
             swaps.push((node.id, Box::new(op)));
+        } else if let Some(op) = facts
+            .first()
+            .and_then(|input| RowSoftmax::replacing(op, input))
+            .filter(|_| rewrites.softmax)
+        {
+            swaps.push((node.id, Box::new(op)));
         } else if let Some(output) = node.outputs.first().filter(|_| rewrites.im2col) {
             if let Some(op) = QuantIm2col::replacing(op, &output.fact) {
                 swaps.push((node.id, Box::new(op)));
@@ -255,7 +269,8 @@ mod tests {
         assert!(!Rewrites::parse(Some("0")).vector_state);
         let r = Rewrites::parse(Some("-products, -vector-state,-nonsense"));
         assert!(!r.products && !r.vector_state);
-        assert!(r.quantize && r.elementwise && r.pad && r.im2col && r.integer);
+        assert!(r.quantize && r.elementwise && r.pad && r.im2col && r.integer && r.softmax);
+        assert!(!Rewrites::parse(Some("-softmax")).softmax);
         assert!(!Rewrites::parse(Some("-integer")).integer);
     }
 }
