@@ -267,7 +267,7 @@ fn prepare_cpu(
     typed.declutter()?;
     let decluttered = start.elapsed();
     let convs = crate::fused::conv_shapes(&typed);
-    let replaced = crate::fused::apply_decluttered(&mut typed, rewrites);
+    let replaced = crate::fused::apply_decluttered(&mut typed, rewrites)?;
     if replaced > 0 {
         log::debug!("{name}: {replaced} activation products on the SDK's operator");
     }

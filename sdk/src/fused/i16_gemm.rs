@@ -167,11 +167,52 @@ pub fn pair_rows<T: Copy>(x: &[T], k: usize, value: impl Fn(T) -> i16) -> Vec<i3
     out
 }
 
+/// How the i32 sums of a tile row reach the output: as they are, or rescaled to f32.
+pub trait Store: Sync {
+    type Out: Copy + Send;
+    /// Writes `sums`, the columns from `first` on, to `out`.
+    fn store(&self, out: &mut [Self::Out], sums: &[i32], first: usize);
+}
+
+/// The sums as they are.
+pub struct Sums;
+
+impl Store for Sums {
+    type Out = i32;
+    #[inline]
+    fn store(&self, out: &mut [i32], sums: &[i32], _first: usize) {
+        out.copy_from_slice(sums);
+    }
+}
+
+/// `sum as f32 × scale[j]` for column `j`, or `× scale[0]` for every column when `scale` has
+/// one value: tract's `Cast` to f32 then `Mul`, value for value.
+pub struct Rescaled<'a>(pub &'a [f32]);
+
+impl Store for Rescaled<'_> {
+    type Out = f32;
+    #[inline]
+    fn store(&self, out: &mut [f32], sums: &[i32], first: usize) {
+        match self.0 {
+            [s] => out
+                .iter_mut()
+                .zip(sums)
+                .for_each(|(o, &v)| *o = v as f32 * s),
+            scales => {
+                let scales = scales.get(first..).unwrap_or_default();
+                for ((o, &v), &s) in out.iter_mut().zip(sums).zip(scales) {
+                    *o = v as f32 * s;
+                }
+            }
+        }
+    }
+}
+
 /// `c[i, :] = x[i, :] · y` for every row of `x` (from [`pair_rows`], `y.pairs()` per row) and of
-/// `c` (`y.n()` per row). Rows are split between the calling graph's matrix-product threads in
-/// whole kernel calls; a product of fewer than `2 × ROWS` rows (text decoding's one row) stays on
-/// the calling thread.
-pub fn product(y: &Panels, x: &[i32], c: &mut [i32]) {
+/// `c` (`y.n()` per row), written by `store`. Rows are split between the calling graph's
+/// matrix-product threads in whole kernel calls; a product of fewer than `2 × ROWS` rows (text
+/// decoding's one row) stays on the calling thread.
+pub fn product<S: Store>(y: &Panels, x: &[i32], c: &mut [S::Out], store: &S) {
     let (n, pairs) = (y.n(), y.pairs());
     let m = x.len().checked_div(pairs).unwrap_or(0);
     match current_tract_executor() {
@@ -180,18 +221,23 @@ pub fn product(y: &Panels, x: &[i32], c: &mut [i32]) {
             let rows = m.div_ceil(parts).next_multiple_of(ROWS);
             pool.scope(|s| {
                 for (x, c) in x.chunks(rows * pairs).zip(c.chunks_mut(rows * n)) {
-                    s.spawn(move |_| rows_times_panels(y, x, c));
+                    s.spawn(move |_| rows_times_panels(y, x, c, store));
                 }
             });
         }
-        _ => rows_times_panels(y, x, c),
+        _ => rows_times_panels(y, x, c, store),
     }
 }
 
-fn rows_times_panels(y: &Panels, x: &[i32], c: &mut [i32]) {
+fn rows_times_panels<S: Store>(y: &Panels, x: &[i32], c: &mut [S::Out], store: &S) {
     let (n, pairs) = (y.n(), y.pairs());
     if pairs == 0 {
-        c.fill(0);
+        let zeros = [0i32; COLUMNS];
+        for row in c.chunks_mut(n.max(1)) {
+            for (first, out) in (0..).step_by(COLUMNS).zip(row.chunks_mut(COLUMNS)) {
+                store.store(out, zeros.get(..out.len()).unwrap_or_default(), first);
+            }
+        }
         return;
     }
     let mut tile = [[0i32; COLUMNS]; ROWS];
@@ -206,7 +252,7 @@ fn rows_times_panels(y: &Panels, x: &[i32], c: &mut [i32]) {
             for (i, t) in tile.iter().enumerate() {
                 let at = (r0 * ROWS + i) * n + first;
                 if let (Some(dst), Some(src)) = (c.get_mut(at..at + width), t.get(..width)) {
-                    dst.copy_from_slice(src);
+                    store.store(dst, src, first);
                 }
             }
         }
@@ -357,7 +403,7 @@ mod tests {
         y[0] = range as i16;
         let (panels, rows) = (Panels::from_rows(&y, k, n), pair_rows(&x, k, |v| v));
         let mut got = vec![0i32; m * n];
-        product(&panels, &rows, &mut got);
+        product(&panels, &rows, &mut got, &Sums);
         for i in 0..m {
             for j in 0..n {
                 let want: i32 = (0..k)
@@ -409,10 +455,10 @@ mod tests {
             let y: Vec<i16> = (0..k * n).map(|_| rng.below(511) as i16 - 255).collect();
             let (panels, rows) = (Panels::from_rows(&y, k, n), pair_rows(&x, k, |v| v));
             let mut one = vec![0i32; m * n];
-            product(&panels, &rows, &mut one);
+            product(&panels, &rows, &mut one, &Sums);
             let mut three = vec![0i32; m * n];
             multithread_tract_scope(Executor::multithread(3), || {
-                product(&panels, &rows, &mut three)
+                product(&panels, &rows, &mut three, &Sums)
             });
             assert_eq!(one, three, "{m} rows");
         }

@@ -16,10 +16,13 @@ use std::sync::Arc;
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_core::ops::binary::TypedBinOp;
+use tract_onnx::tract_core::ops::cast::Cast;
 use tract_onnx::tract_core::ops::einsum::EinSum;
+use tract_onnx::tract_core::ops::math::Mul;
 
 use super::c_order;
-use super::i16_gemm::{pair_rows, product, Panels};
+use super::i16_gemm::{pair_rows, product, Panels, Rescaled, Store, Sums};
 
 /// Whether this CPU runs INT8 products on tract's AVX2 kernel (AVX2 without AVX-512 VNNI or
 /// AVX-VNNI), so that [`IntegerProduct`] and [`super::IntegerConv`] are the faster way.
@@ -132,6 +135,10 @@ pub struct IntegerProduct {
     /// The node this replaced: its output facts, and the fallback for inputs this operator does
     /// not take.
     original: EinSum,
+    /// Whether the product goes on to f32, scaled by a tenth input `s` of one f32 per output
+    /// column (or one in all): `c[…, j] as f32 × s[j]`, the `Cast` and `Mul` the converter puts
+    /// after every `MatMulInteger`, done as the kernel stores its tiles ([`rescale_products`]).
+    rescaled: bool,
 }
 
 impl IntegerProduct {
@@ -188,29 +195,60 @@ impl IntegerProduct {
         Some(IntegerProduct {
             panels: Arc::new(Panels::from_rows(&w, k, n)),
             original: einsum.clone(),
+            rescaled: false,
         })
     }
 
-    /// The product, or `None` where the inputs are not this operator's (the caller falls back).
-    fn product(&self, a: &Tensor, a0: &Tensor) -> Option<TractResult<Tensor>> {
+    /// The product (rescaled by `scale` when given), or `None` where the inputs are not this
+    /// operator's (the caller falls back).
+    fn product(
+        &self,
+        a: &Tensor,
+        a0: &Tensor,
+        scale: Option<&[f32]>,
+    ) -> Option<TractResult<Tensor>> {
         let (k, n) = (self.panels.k(), self.panels.n());
         if a.datum_type() != DatumType::U8 || !c_order(a) || a.shape().last() != Some(&k) {
+            return None;
+        }
+        if scale.is_some_and(|s| s.len() != 1 && s.len() != n) {
             return None;
         }
         let zero = zero_point(a0)?;
         let mut shape: TVec<usize> = a.shape().into();
         *shape.last_mut()? = n;
-        Some(self.run(a, zero, &shape))
+        Some(self.run(a, zero, &shape, scale))
     }
 
-    fn run(&self, a: &Tensor, zero: i16, shape: &[usize]) -> TractResult<Tensor> {
+    fn run(
+        &self,
+        a: &Tensor,
+        zero: i16,
+        shape: &[usize],
+        scale: Option<&[f32]>,
+    ) -> TractResult<Tensor> {
         let plain = a.try_as_plain_ram()?;
         let xs = plain.as_slice::<u8>()?;
         let lhs = pair_rows(xs, self.panels.k(), |v| i16::from(v) - zero);
-        let mut out = Tensor::zero::<i32>(shape)?;
-        let mut view = out.try_as_plain_ram_mut()?;
-        product(&self.panels, &lhs, view.as_slice_mut::<i32>()?);
-        Ok(out)
+        Ok(match scale {
+            None => {
+                let mut out = Tensor::zero::<i32>(shape)?;
+                let mut view = out.try_as_plain_ram_mut()?;
+                product(&self.panels, &lhs, view.as_slice_mut::<i32>()?, &Sums);
+                out
+            }
+            Some(scale) => {
+                let mut out = Tensor::zero::<f32>(shape)?;
+                let mut view = out.try_as_plain_ram_mut()?;
+                product(
+                    &self.panels,
+                    &lhs,
+                    view.as_slice_mut::<f32>()?,
+                    &Rescaled(scale),
+                );
+                out
+            }
+        })
     }
 }
 
@@ -238,26 +276,141 @@ impl Op for IntegerProduct {
 impl EvalOp for IntegerProduct {
     op_out_of_plan!();
 
-    fn eval(&self, ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+    fn eval(&self, ctx: &EvalContext, mut inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let scale = match self.rescaled {
+            true => Some(
+                inputs
+                    .pop()
+                    .filter(|s| s.datum_type() == DatumType::F32 && c_order(s))
+                    .ok_or_else(|| format_err!("IntegerProduct: no f32 scale input"))?,
+            ),
+            false => None,
+        };
+        let scales = match &scale {
+            Some(s) => Some(s.try_as_plain_ram()?.as_slice::<f32>()?),
+            None => None,
+        };
         if let (Some(a), Some(a0)) = (inputs.first(), inputs.get(3)) {
-            if let Some(c) = self.product(a, a0) {
+            if let Some(c) = self.product(a, a0, scales) {
                 return Ok(tvec![c?.into_tvalue()]);
             }
         }
-        self.original.eval(ctx, inputs)
+        let c = self.original.eval(ctx, inputs)?;
+        match scales {
+            None => Ok(c),
+            Some(scales) => {
+                let c = c
+                    .first()
+                    .ok_or_else(|| format_err!("IntegerProduct: no output"))?;
+                Ok(tvec![rescale(c, scales)?.into_tvalue()])
+            }
+        }
     }
+}
+
+/// `c[…, j] as f32 × scale[j]` of tract's i32 output, for the inputs the kernel does not take.
+fn rescale(c: &Tensor, scales: &[f32]) -> TractResult<Tensor> {
+    let n = c.shape().last().copied().unwrap_or(1).max(1);
+    ensure!(
+        scales.len() == 1 || scales.len() == n,
+        "IntegerProduct: {} scales for {n} columns",
+        scales.len()
+    );
+    let mut out = Tensor::zero::<f32>(c.shape())?;
+    let sums = c.try_as_plain_ram()?;
+    let rows = sums.as_slice::<i32>()?.chunks(n);
+    let mut view = out.try_as_plain_ram_mut()?;
+    for (o, row) in view.as_slice_mut::<f32>()?.chunks_mut(n).zip(rows) {
+        Rescaled(scales).store(o, row, 0);
+    }
+    Ok(out)
 }
 
 impl TypedOp for IntegerProduct {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        self.original.output_facts(inputs)
+        let products = inputs.get(..9).unwrap_or(inputs);
+        let mut facts = self.original.output_facts(products)?;
+        if self.rescaled {
+            for fact in facts.iter_mut() {
+                *fact = DatumType::F32.fact(fact.shape.clone());
+            }
+        }
+        Ok(facts)
     }
 
     fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
-        self.original.cost(inputs)
+        self.original.cost(inputs.get(..9).unwrap_or(inputs))
     }
 
     as_op!();
+}
+
+/// Folds into each [`IntegerProduct`] of `model` the `Cast` to f32 and the `Mul` by one f32 per
+/// output column (or one in all) that follow it, when nothing else reads the product or its
+/// cast: the converter's dequantization `y = f32(c) × x_scale × w_scale[j]`, done as the kernel
+/// stores its tiles instead of in two passes over the output; the same values, bit for bit.
+/// Returns how many were folded.
+pub fn rescale_products(model: &mut TypedModel) -> TractResult<usize> {
+    let mut folds = Vec::new();
+    for node in model.nodes() {
+        let Some(op) = node.op_as::<IntegerProduct>().filter(|op| !op.rescaled) else {
+            continue;
+        };
+        let outputs = model.output_outlets()?;
+        let only_successor = |outlet: OutletId| match model.outlet_successors(outlet) {
+            [next] if !outputs.contains(&outlet) => Some(model.node(next.node)),
+            _ => None,
+        };
+        let Some(cast) = only_successor(node.id.into()) else {
+            continue;
+        };
+        if cast.op_as::<Cast>().map(|c| c.to) != Some(DatumType::F32) {
+            continue;
+        }
+        let Some(mul) = only_successor(cast.id.into()) else {
+            continue;
+        };
+        let is_mul = mul
+            .op_as::<TypedBinOp>()
+            .is_some_and(|b| b.0.is::<Mul>() && b.1.is_none());
+        let scale = match mul.inputs.as_slice() {
+            [a, s] | [s, a] if is_mul && a.node == cast.id && s.node != cast.id => *s,
+            _ => continue,
+        };
+        let scale_fact = model.outlet_fact(scale)?;
+        let cast_shape = &model.outlet_fact(cast.id.into())?.shape;
+        let same_shape = model.outlet_fact(mul.id.into())?.shape == *cast_shape;
+        // One scale, or one per output column: ones on every axis but the last.
+        let per_column = match scale_fact.shape.dims().split_last() {
+            Some((last, rest)) => {
+                rest.iter().all(|d| *d == 1.into())
+                    && (*last == 1.into() || Some(last) == cast_shape.dims().last())
+            }
+            None => true,
+        };
+        if scale_fact.datum_type != DatumType::F32 || !per_column || !same_shape {
+            continue;
+        }
+        let mut inputs = node.inputs.clone();
+        inputs.push(scale);
+        let rescaled = IntegerProduct {
+            rescaled: true,
+            ..op.clone()
+        };
+        folds.push((format!("{}.rescaled", node.name), rescaled, inputs, mul.id));
+    }
+    let folded = folds.len();
+    for (name, op, inputs, mul) in folds {
+        let mut patch = TypedModelPatch::new("rescaled integer product");
+        let taps = patch.taps(model, &inputs)?;
+        let out = patch.wire_node(name, op, &taps)?;
+        let out = *out
+            .first()
+            .ok_or_else(|| format_err!("IntegerProduct wired no output"))?;
+        patch.shunt_outside(model, mul.into(), out)?;
+        patch.apply(model)?;
+    }
+    Ok(folded)
 }
 
 #[cfg(test)]

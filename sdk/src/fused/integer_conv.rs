@@ -17,7 +17,7 @@ use tract_onnx::tract_core::ops::einsum::EinSum;
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
 use super::c_order;
-use super::i16_gemm::{pair_rows, product, Panels};
+use super::i16_gemm::{pair_rows, product, Panels, Sums};
 use super::integer::{plain_integer, weights, zero_point};
 
 /// The tract operator replaced: a quantized 2-D `Conv`, or the `EinSum` tract declutters a 1×1
@@ -150,7 +150,7 @@ impl IntegerConv {
         let per_output = (self.c_out * g.oh * g.ow).max(1);
         for (image, c) in xs.chunks(per_image).zip(cs.chunks_mut(per_output)) {
             let patches = g.patches(image, zero);
-            product(&patches, &self.weights, c);
+            product(&patches, &self.weights, c, &Sums);
         }
         Ok(out)
     }

@@ -114,3 +114,77 @@ fn other_quantized_products_stay_on_tract() {
     let ff = [f32::fact([4usize, 8]), f32::fact([8usize, 6])];
     assert!(IntegerProduct::replacing(&f, &[&ff[0], &ff[1]]).is_none());
 }
+
+/// A product, its `Cast` to f32 and a `Mul` by `scale` (a constant of `scale_shape`), as the
+/// decluttered INT8 graphs have them; the model and its activations' input.
+fn dequantized_product(rng: &mut Rng, m: usize, scale_shape: &[usize]) -> (TypedModel, Tensor) {
+    let (k, n) = (40, 24);
+    let a = u8s(rng, &[1, m, k]);
+    let ins = inputs(a.clone(), 131, i8s(rng, &[k, n]), tensor0(0i8));
+    let fs = facts(&ins);
+    let refs: Vec<&TypedFact> = fs.iter().collect();
+    let einsum = EinSum::newq(
+        "amk,kn,,,,,,,->amn".parse::<AxesMapping>().unwrap(),
+        DatumType::I32,
+        DatumType::I32,
+    );
+    let product = IntegerProduct::replacing(&einsum, &refs).unwrap();
+    let mut model = TypedModel::default();
+    let mut wires = tvec![model.add_source("a", u8::fact([1, m, k])).unwrap()];
+    for (i, t) in ins.iter().enumerate().skip(1) {
+        let t = t.clone().into_tensor();
+        wires.push(model.add_const(format!("in{i}"), t).unwrap());
+    }
+    let c = model.wire_node("product", product, &wires).unwrap();
+    let cast = model
+        .wire_node("cast", Cast { to: DatumType::F32 }, &c)
+        .unwrap();
+    let scale = rng.tensor(scale_shape, |r| r.unit() * 0.01);
+    let scale = model.add_const("scale", scale).unwrap();
+    let mul = TypedBinOp(Box::new(Mul), None);
+    let y = model.wire_node("mul", mul, &[cast[0], scale]).unwrap();
+    model.select_output_outlets(&y).unwrap();
+    (model, a)
+}
+
+#[test]
+fn the_dequantization_folds_into_the_product_with_the_same_values() {
+    let mut rng = Rng(0xf01d);
+    for (m, scale_shape) in [
+        (16, vec![1, 1, 24]),
+        (1, vec![1, 1, 1]),
+        (34, vec![1, 1, 24]),
+    ] {
+        let (model, a) = dequantized_product(&mut rng, m, &scale_shape);
+        let mut folded = model.clone();
+        assert_eq!(rescale_products(&mut folded).unwrap(), 1, "{scale_shape:?}");
+        let run = |m: TypedModel| {
+            let plan = TypedSimplePlan::new(m).unwrap();
+            let casts = plan
+                .order_without_consts()
+                .iter()
+                .filter(|&&n| plan.model().node(n).op_is::<Cast>())
+                .count();
+            let out = plan.run(tvec![a.clone().into_tvalue()]).unwrap();
+            (casts, out[0].clone().into_tensor())
+        };
+        let ((casts_before, want), (casts_after, got)) = (run(model), run(folded));
+        assert_eq!((casts_before, casts_after), (1, 0), "{scale_shape:?}");
+        assert_eq!(got, want, "m {m} scale {scale_shape:?}");
+    }
+}
+
+#[test]
+fn a_product_read_elsewhere_or_a_scale_per_row_is_not_folded() {
+    let mut rng = Rng(0xf02d);
+    // One scale per row: not a per-column dequantization.
+    let (mut model, _) = dequantized_product(&mut rng, 4, &[1, 4, 1]);
+    assert_eq!(rescale_products(&mut model).unwrap(), 0);
+    // The i32 product is also an output.
+    let (mut model, _) = dequantized_product(&mut rng, 4, &[1, 1, 24]);
+    let product = model.node_by_name("product").unwrap().id;
+    let mut outputs = model.output_outlets().unwrap().to_vec();
+    outputs.push(product.into());
+    model.select_output_outlets(&outputs).unwrap();
+    assert_eq!(rescale_products(&mut model).unwrap(), 0);
+}

@@ -153,8 +153,9 @@ pub fn apply(model: &mut TypedModel, rewrites: Rewrites) -> usize {
 /// Replaces, in a model tract has decluttered but not optimised, every product of two
 /// non-constant f32 tensors [`ActivationProduct`] computes and, where this CPU wants them
 /// ([`integer::wanted_here`]), every INT8 product and convolution [`IntegerProduct`] and
-/// [`IntegerConv`] compute; returns how many were replaced.
-pub fn apply_decluttered(model: &mut TypedModel, rewrites: Rewrites) -> usize {
+/// [`IntegerConv`] compute, the first with the `Cast` and `Mul` that rescale it to f32 folded in
+/// ([`integer::rescale_products`]); returns how many were replaced or folded.
+pub fn apply_decluttered(model: &mut TypedModel, rewrites: Rewrites) -> TractResult<usize> {
     let mut swaps: Vec<(usize, Box<dyn TypedOp>)> = Vec::new();
     let integer = rewrites.integer && integer::wanted_here();
     for node in model.nodes() {
@@ -186,7 +187,12 @@ pub fn apply_decluttered(model: &mut TypedModel, rewrites: Rewrites) -> usize {
             node.op = op;
         }
     }
-    replaced
+    let rescaled = if integer {
+        integer::rescale_products(model)?
+    } else {
+        0
+    };
+    Ok(replaced + rescaled)
 }
 
 /// Replaces, in a model tract has optimised, every node [`Elementwise`], [`ConstantPad`],
