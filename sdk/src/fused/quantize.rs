@@ -62,7 +62,11 @@ fn quantize(xs: &[f32], scale: f32, zero_point: u8, ys: &mut [u8]) {
             q.clamp(-4_194_304.0, 4_194_304.0)
         };
         // Integers below 2^24 add exactly: the same value as tract's `i32` sum, clamped.
-        *y = (round_half_even(q) + zp).clamp(0.0, 255.0) as u8;
+        let v = (round_half_even(q) + zp).clamp(0.0, 255.0);
+        // SAFETY: `v` is an integer in 0..=255 (`q` is not NaN and is clamped), which `i32`
+        // holds; unlike `as u8`, whose saturation the compiler keeps per element, the unchecked
+        // conversion vectorises.
+        *y = unsafe { v.to_int_unchecked::<i32>() } as u8;
     }
 }
 
