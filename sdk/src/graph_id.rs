@@ -116,9 +116,17 @@ impl<T> PerGraph<T> {
 
     /// Like [`PerGraph::from_fn`] for a fallible `f`: the first error, in manifest order.
     pub fn try_from_fn<E>(mut f: impl FnMut(GraphId) -> Result<T, E>) -> Result<Self, E> {
+        PerGraph(GraphId::ALL).try_map_into(|id, _| f(id))
+    }
+
+    /// The table of `f(id, value)`, taking the values: the first error, in manifest order.
+    pub fn try_map_into<U, E>(
+        self,
+        mut f: impl FnMut(GraphId, T) -> Result<U, E>,
+    ) -> Result<PerGraph<U>, E> {
         let mut values = Vec::with_capacity(7);
-        for id in GraphId::ALL {
-            values.push(f(id)?);
+        for (id, value) in GraphId::ALL.into_iter().zip(self.0) {
+            values.push(f(id, value)?);
         }
         match values.try_into() {
             Ok(array) => Ok(PerGraph(array)),

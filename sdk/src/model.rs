@@ -18,7 +18,6 @@ use tract_onnx::tract_core::runtime::Runtime;
 
 /// Reads one graph file of a bundle for `Model::load_with`: graph, file, and the GPU runtime
 /// it goes to (`None`: the CPU). A harness hook of the `engine` feature, not app API.
-#[cfg(feature = "engine")]
 pub type GraphLoader<'a> = dyn FnMut(GraphId, &Path, Option<&dyn Runtime>) -> Result<Graph> + 'a;
 
 /// [`GraphLoader`] for graphs read on several threads at once.
@@ -47,7 +46,7 @@ enum Reader<'a> {
 fn read_in_parallel(
     paths: &PerGraph<PathBuf>,
     read: &SharedGraphLoader<'_>,
-) -> Result<PerGraph<Option<ReadGraph>>> {
+) -> Result<PerGraph<ReadGraph>> {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::Mutex;
 
@@ -90,15 +89,26 @@ fn read_in_parallel(
     });
     log::debug!("read {} graphs on {workers} threads", order.len());
 
-    let mut read = PerGraph::from_fn(|_| None);
-    for (id, slot) in slots.iter() {
-        match slot.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            Some(Err(e)) => return Err(e),
-            Some(Ok(graph)) => read[id] = Some(graph),
-            None => {}
+    let Ok(mut slots) = slots.try_map_into(|_, slot| {
+        Ok::<_, std::convert::Infallible>(slot.into_inner().unwrap_or_else(|e| e.into_inner()))
+    });
+    // The first error in bundle order; without one, every slot holds its graph.
+    for id in GraphId::ALL {
+        if let Some(Err(_)) = &slots[id] {
+            if let Some(Err(e)) = slots[id].take() {
+                return Err(e);
+            }
         }
     }
-    Ok(read)
+    slots.try_map_into(|id, slot| {
+        slot.unwrap_or_else(|| {
+            Err(Error::Graph {
+                graph: id.to_string(),
+                path: paths[id].clone(),
+                message: "was not read".into(),
+            })
+        })
+    })
 }
 
 /// One graph at its chosen precision.
@@ -445,31 +455,23 @@ impl Model {
                 float: file.float,
             })
         };
-        let runtime = |id: GraphId| gpu.filter(|_| chosen[id].2);
+        // One graph after the other, each checked as soon as it is read.
+        let in_order = |read: &mut GraphLoader<'_>| {
+            PerGraph::try_from_fn(|id| {
+                let (_, _, on_gpu, path) = &chosen[id];
+                let start = Instant::now();
+                let graph = read(id, path, gpu.filter(|_| *on_gpu))?;
+                finish(id, graph, start.elapsed())
+            })
+        };
         let parts = match reader {
             Reader::CpuParallel(read) if gpu.is_none() => {
-                let paths = chosen.map(|_, c| c.3.clone());
-                let mut read = read_in_parallel(&paths, read)?;
-                PerGraph::try_from_fn(|id| {
-                    let (graph, took) = read[id].take().ok_or_else(|| Error::Graph {
-                        graph: id.to_string(),
-                        path: paths[id].clone(),
-                        message: "was not read".into(),
-                    })?;
-                    finish(id, graph, took)
-                })?
+                let graphs = read_in_parallel(&chosen.map(|_, c| c.3.clone()), read)?;
+                graphs.try_map_into(|id, (graph, took)| finish(id, graph, took))?
             }
-            Reader::CpuParallel(read) => PerGraph::try_from_fn(|id| {
-                let start = Instant::now();
-                let graph = read(id, &chosen[id].3, runtime(id))?;
-                finish(id, graph, start.elapsed())
-            })?,
+            Reader::CpuParallel(read) => in_order(&mut |id, path, gpu| read(id, path, gpu))?,
             #[cfg(feature = "engine")]
-            Reader::InOrder(read) => PerGraph::try_from_fn(|id| {
-                let start = Instant::now();
-                let graph = read(id, &chosen[id].3, runtime(id))?;
-                finish(id, graph, start.elapsed())
-            })?,
+            Reader::InOrder(read) => in_order(read)?,
         };
         Ok(Model {
             dir: dir.to_path_buf(),

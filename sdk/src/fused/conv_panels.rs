@@ -3,9 +3,9 @@
 //! tract lowers the VAE's and the patch graphs' 3×3 f32 convolutions to a lazy im2col: the
 //! matrix kernel asks for one packed panel of the patch matrix at a time (`r` output positions
 //! × every channel and kernel tap) and tract's `LazyIm2col` gathers it element by element
-//! through two offset tables. That gather, not the arithmetic, is most of those graphs' time:
-//! the VAE decoder's products run at about a third of the kernel's speed on an eagerly packed
-//! operand (`transfusion bench --profile`, docs/performance.md).
+//! through two offset tables. That gather, not the arithmetic, is what those graphs' products
+//! spent most on: the VAE decoder's took 11.7 ms with it, 7.7 ms on eagerly packed operands
+//! (`transfusion bench --profile` and tract's eager-im2col knobs, docs/performance.md).
 //!
 //! [`PanelIm2col`] hands the kernel the same panels, byte for byte, built differently: the `r`
 //! positions of a panel sit side by side in the padded input whenever they lie on one output
@@ -100,15 +100,11 @@ impl Im2colPanels {
         let (oh, ow) = (out(h, kh, sh, dh)?, out(w, kw, sw, dw)?);
         let k_offsets: Vec<usize> = (0..c)
             .flat_map(|ch| {
-                (0..kh).flat_map(move |ky| {
-                    (0..kw).map(move |kx| {
-                        ch * h * w + ky * shape.dilation[0] * w + kx * shape.dilation[1]
-                    })
-                })
+                (0..kh).flat_map(move |ky| (0..kw).map(move |kx| (ch * h + ky * dh) * w + kx * dw))
             })
             .collect();
         let n_offsets: Vec<usize> = (0..oh)
-            .flat_map(|oy| (0..ow).map(move |ox| oy * shape.stride[0] * w + ox * shape.stride[1]))
+            .flat_map(|oy| (0..ow).map(move |ox| oy * sh * w + ox * sw))
             .collect();
         let input_len = k_offsets.last()? + n_offsets.last()? + 1;
         Some(Im2colPanels {
@@ -385,9 +381,7 @@ impl PanelIm2col {
                 .filter(|p| packed.k == p.k().to_dim() && packed.mn == p.mn().to_dim())
         });
         let panels = fitting.next()?;
-        if fitting
-            .any(|other| other.k_offsets != panels.k_offsets || other.n_offsets != panels.n_offsets)
-        {
+        if fitting.any(|other| other != panels) {
             return None;
         }
         Some(PanelIm2col {

@@ -10,6 +10,7 @@
 //! products are bound by) and widened in registers.
 
 use tract_linalg::multithread::{current_tract_executor, Executor};
+use tract_onnx::prelude::Datum;
 
 /// The name `inspect --kernels` and [`crate::graph::KernelSummary`] give this kernel.
 pub const KERNEL_NAME: &str = "transfusion_avx2_maddwd_i32_6x16";
@@ -169,7 +170,7 @@ pub fn pair_rows<T: Copy>(x: &[T], k: usize, value: impl Fn(T) -> i16) -> Vec<i3
 
 /// How the i32 sums of a tile row reach the output: as they are, or rescaled to f32.
 pub trait Store: Sync {
-    type Out: Copy + Send;
+    type Out: Datum + Copy + Send;
     /// Writes `sums`, the columns from `first` on, to `out`.
     fn store(&self, out: &mut [Self::Out], sums: &[i32], first: usize);
 }
@@ -232,12 +233,9 @@ pub fn product<S: Store>(y: &Panels, x: &[i32], c: &mut [S::Out], store: &S) {
 fn rows_times_panels<S: Store>(y: &Panels, x: &[i32], c: &mut [S::Out], store: &S) {
     let (n, pairs) = (y.n(), y.pairs());
     if pairs == 0 {
-        let zeros = [0i32; COLUMNS];
-        for row in c.chunks_mut(n.max(1)) {
-            for (first, out) in (0..).step_by(COLUMNS).zip(row.chunks_mut(COLUMNS)) {
-                store.store(out, zeros.get(..out.len()).unwrap_or_default(), first);
-            }
-        }
+        let zeros = vec![0i32; n];
+        c.chunks_mut(n.max(1))
+            .for_each(|row| store.store(row, &zeros, 0));
         return;
     }
     let mut tile = [[0i32; COLUMNS]; ROWS];

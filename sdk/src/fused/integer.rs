@@ -230,25 +230,18 @@ impl IntegerProduct {
         let plain = a.try_as_plain_ram()?;
         let xs = plain.as_slice::<u8>()?;
         let lhs = pair_rows(xs, self.panels.k(), |v| i16::from(v) - zero);
-        Ok(match scale {
-            None => {
-                let mut out = Tensor::zero::<i32>(shape)?;
-                let mut view = out.try_as_plain_ram_mut()?;
-                product(&self.panels, &lhs, view.as_slice_mut::<i32>()?, &Sums);
-                out
-            }
-            Some(scale) => {
-                let mut out = Tensor::zero::<f32>(shape)?;
-                let mut view = out.try_as_plain_ram_mut()?;
-                product(
-                    &self.panels,
-                    &lhs,
-                    view.as_slice_mut::<f32>()?,
-                    &Rescaled(scale),
-                );
-                out
-            }
-        })
+        match scale {
+            None => self.stored(&lhs, shape, &Sums),
+            Some(scale) => self.stored(&lhs, shape, &Rescaled(scale)),
+        }
+    }
+
+    /// A tensor of `shape` holding the product of `lhs` (paired rows) as `store` writes it.
+    fn stored<S: Store>(&self, lhs: &[i32], shape: &[usize], store: &S) -> TractResult<Tensor> {
+        let mut out = Tensor::zero_dt(S::Out::datum_type(), shape)?;
+        let mut view = out.try_as_plain_ram_mut()?;
+        product(&self.panels, lhs, view.as_slice_mut::<S::Out>()?, store);
+        Ok(out)
     }
 }
 
