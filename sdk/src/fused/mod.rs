@@ -29,6 +29,7 @@
 
 mod conv_panels;
 mod elementwise;
+mod f32_tile;
 mod i16_gemm;
 mod im2col;
 mod integer;

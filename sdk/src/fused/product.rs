@@ -5,17 +5,23 @@
 //! is packed once at load. With two activations both operands are packed on every call, for a
 //! product of 64 × (P + S) per head — at one decoded token, 13 000 multiply-adds behind two
 //! packing passes and a kernel dispatch, 27–60 µs a node, 16 such nodes a token
-//! (`transfusion bench --profile`). [`ActivationProduct`] computes them in place: a dot product
-//! per output where both operands run along the reduced axis, or a row update
-//! `c[i, :] += a[i, k] · b[k, :]` where the second runs along the output's. The summation order
-//! differs from the kernel's, so values agree to rounding (the bundle tolerances of `verify`),
-//! not bit for bit.
+//! (`transfusion bench --profile`). [`ActivationProduct`] computes them with little set-up:
+//! tiles of up to 6 rows × 16 columns ([`f32_tile`]) against the second operand in place where
+//! 16 of its columns are adjacent (`V` of `A·V`), or against a copy of them (`Kᵀ` of `Q·Kᵀ`);
+//! and for one to three rows of scores, where copying `Kᵀ` costs more than it saves, a dot
+//! product per output. The summation order differs from tract's kernel, so values agree to
+//! rounding (the bundle tolerances of `verify`), not bit for bit.
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::einsum::EinSum;
 
+use super::f32_tile::{self, pack, Left, Panel, COLUMNS, ROWS};
 use super::{c_strides, dense_f32};
+
+/// Below this many rows, scores whose operands both run along the reduced axis are dot products
+/// rather than tiles.
+const DOT_ROWS: usize = 4;
 
 /// `c[batch…, m, n] = Σ_k a[batch…, m, k] · b[batch…, k, n]`, each axis at its own position in
 /// each tensor.
@@ -140,6 +146,7 @@ impl ActivationProduct {
 }
 
 /// One product's sizes and (row, reduced) / (reduced, column) / (row, column) strides.
+#[derive(Clone, Copy)]
 struct Geometry {
     rows: usize,
     cols: usize,
@@ -147,6 +154,30 @@ struct Geometry {
     a: (usize, usize),
     b: (usize, usize),
     c: (usize, usize),
+}
+
+impl Geometry {
+    /// The same product as `cᵀ = bᵀ · aᵀ`: `b` becomes the left operand.
+    fn transposed(&self) -> Geometry {
+        Geometry {
+            rows: self.cols,
+            cols: self.rows,
+            depth: self.depth,
+            a: (self.b.1, self.b.0),
+            b: (self.a.1, self.a.0),
+            c: (self.c.1, self.c.0),
+        }
+    }
+
+    /// How many panels of the right operand must be copied: none where its columns are
+    /// adjacent (but for a last, narrower one), else one per [`COLUMNS`] columns.
+    fn copies(&self) -> usize {
+        if self.b.1 == 1 {
+            usize::from(!self.cols.is_multiple_of(COLUMNS))
+        } else {
+            self.cols.div_ceil(COLUMNS)
+        }
+    }
 }
 
 fn run(
@@ -162,45 +193,12 @@ fn run(
     let (xs, ys) = (xs.as_slice::<f32>()?, ys.as_slice::<f32>()?);
     let mut view = out.try_as_plain_ram_mut()?;
     let cs = view.as_slice_mut::<f32>()?;
-    let short = || format_err!("matrix product operand shorter than its shape");
     let mut index: TVec<usize> = tvec![0; batch.len()];
     let (mut ao, mut bo, mut co) = (0usize, 0usize, 0usize);
-    let mut row = vec![0f32; g.cols];
+    let mut scratch = Vec::new();
     loop {
-        for i in 0..g.rows {
-            let a_row = ao + i * g.a.0;
-            if g.a.1 == 1 && g.b.0 == 1 {
-                // Both operands run along the reduced axis: one dot product per output.
-                let x = xs.get(a_row..a_row + g.depth).ok_or_else(short)?;
-                for (j, r) in row.iter_mut().enumerate() {
-                    let start = bo + j * g.b.1;
-                    *r = dot(x, ys.get(start..start + g.depth).ok_or_else(short)?);
-                }
-            } else if g.b.1 == 1 {
-                // The second operand runs along the output's columns: row updates.
-                row.iter_mut().for_each(|r| *r = 0.0);
-                for kk in 0..g.depth {
-                    let x = *xs.get(a_row + kk * g.a.1).ok_or_else(short)?;
-                    let start = bo + kk * g.b.0;
-                    let y = ys.get(start..start + g.cols).ok_or_else(short)?;
-                    row.iter_mut().zip(y).for_each(|(r, &y)| *r += x * y);
-                }
-            } else {
-                for (j, r) in row.iter_mut().enumerate() {
-                    let mut sum = 0.0;
-                    for kk in 0..g.depth {
-                        let x = xs.get(a_row + kk * g.a.1).ok_or_else(short)?;
-                        let y = ys.get(bo + kk * g.b.0 + j * g.b.1).ok_or_else(short)?;
-                        sum += x * y;
-                    }
-                    *r = sum;
-                }
-            }
-            let c_row = co + i * g.c.0;
-            for (j, &r) in row.iter().enumerate() {
-                *cs.get_mut(c_row + j * g.c.1).ok_or_else(short)? = r;
-            }
-        }
+        one(xs, ys, cs, (ao, bo, co), g, &mut scratch)
+            .ok_or_else(|| format_err!("matrix product operand shorter than its shape"))?;
         let mut wrapped = true;
         for (ix, (&n, &(sa, sb, sc))) in index.iter_mut().zip(batch.iter().zip(batch_strides)).rev()
         {
@@ -221,6 +219,95 @@ fn run(
             return Ok(out);
         }
     }
+}
+
+/// One product of the batch, its operands and output starting at `ao`, `bo` and `co`. `None`
+/// when an operand is shorter than the geometry says.
+fn one(
+    xs: &[f32],
+    ys: &[f32],
+    cs: &mut [f32],
+    (ao, bo, co): (usize, usize, usize),
+    g: &Geometry,
+    scratch: &mut Vec<f32>,
+) -> Option<()> {
+    if g.rows < DOT_ROWS && g.a.1 == 1 && g.b.0 == 1 {
+        // A row or two of scores (a decoded token): a dot product per output costs less than
+        // packing the columns into panels for so few rows.
+        for i in 0..g.rows {
+            let a_row = ao + i * g.a.0;
+            let x = xs.get(a_row..a_row + g.depth)?;
+            for j in 0..g.cols {
+                let start = bo + j * g.b.1;
+                *cs.get_mut(co + i * g.c.0 + j * g.c.1)? = dot(x, ys.get(start..start + g.depth)?);
+            }
+        }
+        return Some(());
+    }
+    // Of `c = a·b` and `cᵀ = bᵀ·aᵀ`, the one with fewer panels to copy: for scores `Q·Kᵀ` of
+    // 16 positions against 50, one copy of `Qᵀ` instead of four of `Kᵀ`.
+    let flipped = g.transposed();
+    if flipped.copies() < g.copies() {
+        tiles(ys, bo, xs, ao, cs, co, &flipped, scratch)
+    } else {
+        tiles(xs, ao, ys, bo, cs, co, g, scratch)
+    }
+}
+
+/// `c = a · b` by tiles, `a`'s rows read in place and `b`'s columns by panels.
+#[allow(clippy::too_many_arguments)]
+fn tiles(
+    xs: &[f32],
+    ao: usize,
+    ys: &[f32],
+    bo: usize,
+    cs: &mut [f32],
+    co: usize,
+    g: &Geometry,
+    scratch: &mut Vec<f32>,
+) -> Option<()> {
+    let mut tile = [[0f32; COLUMNS]; ROWS];
+    for j0 in (0..g.cols).step_by(COLUMNS) {
+        let width = COLUMNS.min(g.cols - j0);
+        let panel = if g.b.1 == 1 && width == COLUMNS {
+            // Sixteen adjacent columns: the panel is the operand itself.
+            Panel {
+                values: ys,
+                offset: bo + j0,
+                stride: g.b.0,
+            }
+        } else {
+            pack(ys, bo + j0 * g.b.1, g.b, g.depth, width, scratch)?;
+            Panel {
+                values: scratch,
+                offset: 0,
+                stride: COLUMNS,
+            }
+        };
+        for i0 in (0..g.rows).step_by(ROWS) {
+            let t = tile.get_mut(..ROWS.min(g.rows - i0))?;
+            let left = Left {
+                values: xs,
+                offset: ao + i0 * g.a.0,
+                row: g.a.0,
+                step: g.a.1,
+                depth: g.depth,
+            };
+            f32_tile::tile(left, panel, t)?;
+            for (i, sums) in t.iter().enumerate() {
+                let c_row = co + (i0 + i) * g.c.0 + j0 * g.c.1;
+                let sums = sums.get(..width)?;
+                if g.c.1 == 1 {
+                    cs.get_mut(c_row..c_row + width)?.copy_from_slice(sums);
+                } else {
+                    for (j, &v) in sums.iter().enumerate() {
+                        *cs.get_mut(c_row + j * g.c.1)? = v;
+                    }
+                }
+            }
+        }
+    }
+    Some(())
 }
 
 /// Σ x·y with eight partial sums, so the loop vectorises.
@@ -338,6 +425,10 @@ mod tests {
         check("mk,nk->mn", &[3, 9], &[11, 9]);
         check("km,nk->nm", &[9, 3], &[4, 9]);
         check("bkm,bkn->bmn", &[2, 7, 3], &[2, 7, 5]);
+        // More rows than columns (no flip), a partial last panel, and tiles of every height.
+        check("mk,nk->mn", &[20, 9], &[5, 9]);
+        check("mk,kn->mn", &[7, 70], &[70, 33]);
+        check("bmk,bnk->bnm", &[3, 13, 17], &[3, 40, 17]);
     }
 
     #[test]
