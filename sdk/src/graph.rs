@@ -84,9 +84,18 @@ impl Graph {
         // tract's ONNX import and shape inference panic on some malformed graphs (fuzzing
         // found an out-of-range Unsqueeze axis: docs/bad-inputs.md); a bundle file must give
         // an error, not abort the app, so the import runs under `catch_unwind`.
+        let rewrites = crate::fused::Rewrites::from_env();
+        let on_cpu = runtime.name() == CPU_RUNTIME;
         let prepare = || -> Result<_> {
             let start = std::time::Instant::now();
-            let model = tract_onnx::onnx()
+            let mut onnx = tract_onnx::onnx();
+            if on_cpu && rewrites.norm {
+                onnx.op_register.insert(
+                    "InstanceNormalization",
+                    crate::fused::instance_normalization,
+                );
+            }
+            let model = onnx
                 .model_for_read(&mut bytes.as_slice())
                 .map_err(|e| fail("not a readable ONNX model", e))?;
             let inputs = model
@@ -126,12 +135,11 @@ impl Graph {
                     .set_symbols(&subs)
                     .map_err(|e| fail("tract could not bind its symbols", e))?;
             }
-            let rewrites = crate::fused::Rewrites::from_env();
             let replaced = crate::fused::apply(&mut typed, rewrites);
             if replaced > 0 {
                 log::debug!("{name}: {replaced} nodes on the SDK's faster operators");
             }
-            let prepared = if runtime.name() == CPU_RUNTIME {
+            let prepared = if on_cpu {
                 Prepared::Cpu(
                     prepare_cpu(name, typed, rewrites)
                         .map_err(|e| fail("tract could not optimise it", e))?,

@@ -26,6 +26,8 @@
 //!   optimisation; agrees to rounding.
 //! - [`pad`]: f32 constant padding (the borders tract puts before its convolutions), swapped in
 //!   after optimisation too.
+//! - [`norm`]: ONNX `InstanceNormalization` (the GroupNorm of the patch layers and the VAE) as
+//!   one operator, parsed so from the ONNX file on tract's CPU runtime; agrees to rounding.
 
 mod conv_panels;
 mod elementwise;
@@ -34,6 +36,7 @@ mod i16_gemm;
 mod im2col;
 mod integer;
 mod integer_conv;
+mod norm;
 mod pad;
 mod product;
 mod quantize;
@@ -49,6 +52,7 @@ pub use i16_gemm::KERNEL_NAME as INTEGER_KERNEL;
 pub use im2col::QuantIm2col;
 pub use integer::{int8_products_fast_here, IntegerProduct};
 pub use integer_conv::IntegerConv;
+pub use norm::instance_normalization;
 pub use pad::ConstantPad;
 pub use product::ActivationProduct;
 pub use quantize::DynamicQuantizeU8;
@@ -57,9 +61,9 @@ pub use softmax::RowSoftmax;
 /// Which parts of this module graphs load with: all of them, unless the environment's
 /// `TRANSFUSION_FUSED` says otherwise — `0` for none (every graph exactly as tract plans and
 /// runs it), or a comma-separated list of parts to leave out, each with a leading `-`:
-/// `quantize`, `elementwise`, `pad`, `im2col`, `products`, `integer`, `softmax`, `vector-state` (the
-/// upper-state clearing of [`crate::graph::eval_node`]). For the speed A/Bs of
-/// docs/performance.md, and to rule a part out when chasing a numerical difference.
+/// `quantize`, `elementwise`, `pad`, `im2col`, `products`, `integer`, `softmax`, `norm`,
+/// `vector-state` (the upper-state clearing of [`crate::graph::eval_node`]). For the speed A/Bs
+/// of docs/performance.md, and to rule a part out when chasing a numerical difference.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Rewrites {
     pub quantize: bool,
@@ -69,6 +73,7 @@ pub struct Rewrites {
     pub products: bool,
     pub integer: bool,
     pub softmax: bool,
+    pub norm: bool,
     pub vector_state: bool,
 }
 
@@ -82,6 +87,7 @@ impl Rewrites {
         products: true,
         integer: true,
         softmax: true,
+        norm: true,
         vector_state: true,
     };
 
@@ -103,6 +109,7 @@ impl Rewrites {
                 products: false,
                 integer: false,
                 softmax: false,
+                norm: false,
                 vector_state: false,
             };
         }
@@ -116,12 +123,13 @@ impl Rewrites {
                 Some("products") => &mut r.products,
                 Some("integer") => &mut r.integer,
                 Some("softmax") => &mut r.softmax,
+                Some("norm") => &mut r.norm,
                 Some("vector-state") => &mut r.vector_state,
                 _ => {
                     log::warn!(
                         "TRANSFUSION_FUSED: `{word}` is not `0` nor one of -quantize, \
                          -elementwise, -pad, -im2col, -products, -integer, -softmax, \
-                         -vector-state; ignored"
+                         -norm, -vector-state; ignored"
                     );
                     continue;
                 }
@@ -278,6 +286,8 @@ mod tests {
         assert!(!r.products && !r.vector_state);
         assert!(r.quantize && r.elementwise && r.pad && r.im2col && r.integer && r.softmax);
         assert!(!Rewrites::parse(Some("-softmax")).softmax);
+        assert!(!Rewrites::parse(Some("-norm")).norm);
+        assert!(!Rewrites::parse(Some("0")).norm);
         assert!(!Rewrites::parse(Some("-integer")).integer);
     }
 }
