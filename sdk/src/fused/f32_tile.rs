@@ -149,12 +149,15 @@ mod avx2 {
         unsafe {
             let mut x = a.values.as_ptr().add(a.offset);
             let mut y = panel.values.as_ptr().add(panel.offset);
+            // Each row's offset, computed once: the loop below then has no arithmetic that a
+            // dev build's overflow checks would guard.
+            let rows: [usize; R] = std::array::from_fn(|r| r * a.row);
             let mut acc0 = [_mm256_setzero_ps(); R];
             let mut acc1 = [_mm256_setzero_ps(); R];
             for _ in 0..a.depth {
                 let (y0, y1) = (_mm256_loadu_ps(y), _mm256_loadu_ps(y.add(8)));
                 for r in 0..R {
-                    let b = _mm256_broadcast_ss(&*x.add(r * a.row));
+                    let b = _mm256_broadcast_ss(&*x.add(rows[r]));
                     acc0[r] = _mm256_fmadd_ps(b, y0, acc0[r]);
                     acc1[r] = _mm256_fmadd_ps(b, y1, acc1[r]);
                 }

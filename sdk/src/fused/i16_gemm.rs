@@ -349,10 +349,13 @@ mod avx2 {
         if rows.len() < R * pairs || bytes < pairs * step || tile.len() < R {
             return;
         }
-        let (x, mut y) = (rows.as_ptr(), panel);
+        let (mut x, mut y) = (rows.as_ptr(), panel);
+        // Each row's offset, computed once: the loop below then has no arithmetic that a dev
+        // build's overflow checks would guard.
+        let offsets: [usize; R] = std::array::from_fn(|r| r * pairs);
         let mut acc0 = [_mm256_setzero_si256(); R];
         let mut acc1 = [_mm256_setzero_si256(); R];
-        for p in 0..pairs {
+        for _ in 0..pairs {
             // SAFETY: the lengths were checked above: `y` has `step` bytes left for each of the
             // `pairs` steps, and row `r` of `x` has `pairs` values.
             unsafe {
@@ -368,11 +371,12 @@ mod avx2 {
                     )
                 };
                 for r in 0..R {
-                    let b = _mm256_set1_epi32(*x.add(r * pairs + p));
+                    let b = _mm256_set1_epi32(*x.add(offsets[r]));
                     acc0[r] = _mm256_add_epi32(acc0[r], _mm256_madd_epi16(b, y0));
                     acc1[r] = _mm256_add_epi32(acc1[r], _mm256_madd_epi16(b, y1));
                 }
                 y = y.add(step);
+                x = x.add(1);
             }
         }
         for (r, t) in tile.iter_mut().enumerate().take(R) {
