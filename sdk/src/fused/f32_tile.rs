@@ -26,11 +26,16 @@ pub struct Left<'a> {
 
 /// The right operand's panel: for each reduced index `k`, [`COLUMNS`] values at
 /// `values[offset + k·stride ..]`.
+///
+/// `ahead`, when not 0, is how far past each run the next panel's run lies: the kernel asks the
+/// CPU to prefetch it while it multiplies this one, so that a product streaming its weights
+/// from memory loads the next panel during the arithmetic on this one instead of after it.
 #[derive(Clone, Copy, Debug)]
 pub struct Panel<'a> {
     pub values: &'a [f32],
     pub offset: usize,
     pub stride: usize,
+    pub ahead: usize,
 }
 
 /// Copies `width` (≤ [`COLUMNS`]) columns of `b` — value `(k, j)` at
@@ -155,6 +160,10 @@ mod avx2 {
             let mut acc0 = [_mm256_setzero_ps(); R];
             let mut acc1 = [_mm256_setzero_ps(); R];
             for _ in 0..a.depth {
+                if panel.ahead != 0 {
+                    // A prefetch reads nothing and cannot fault: past the end it is a no-op.
+                    _mm_prefetch::<_MM_HINT_T0>(y.wrapping_add(panel.ahead).cast());
+                }
                 let (y0, y1) = (_mm256_loadu_ps(y), _mm256_loadu_ps(y.add(8)));
                 for r in 0..R {
                     let b = _mm256_broadcast_ss(&*x.add(rows[r]));
@@ -207,6 +216,7 @@ mod tests {
                 values: &panel,
                 offset: 0,
                 stride: COLUMNS,
+                ahead: 0,
             };
             let mut got = vec![[0f32; COLUMNS]; rows];
             tile(left, at, &mut got).unwrap();
@@ -247,6 +257,7 @@ mod tests {
             values: &panel,
             offset: 0,
             stride: COLUMNS,
+            ahead: 0,
         };
         let mut t = vec![[7f32; COLUMNS]; 3];
         // Row 2 would end at index 8 + 3 = 11 > 10.

@@ -15,6 +15,9 @@
 //! - [`product`]: f32 matrix products of two activations (attention), swapped in after tract
 //!   has decluttered the graph (transposes folded into the product) and before it plans its
 //!   kernels; the one operator here that agrees to rounding rather than bit for bit.
+//! - [`weight_product`]: f32 matrix products of activations and a constant weight (the FP32
+//!   backbone's layers) on x86 CPUs with AVX2 and FMA, swapped in at the same stage; agrees to
+//!   rounding.
 //! - [`integer`] and [`integer_conv`]: INT8 matrix products and convolutions of u8 activations
 //!   and constant weights, swapped in at the same stage on x86 CPUs with AVX2 and no VNNI, where
 //!   tract's kernel for them is slow; exact integer arithmetic ([`i16_gemm`]), so bit for bit.
@@ -43,6 +46,7 @@ mod quantize;
 mod softmax;
 #[cfg(test)]
 mod test_util;
+mod weight_product;
 
 use tract_onnx::prelude::*;
 
@@ -57,11 +61,12 @@ pub use pad::ConstantPad;
 pub use product::ActivationProduct;
 pub use quantize::DynamicQuantizeU8;
 pub use softmax::RowSoftmax;
+pub use weight_product::WeightProduct;
 
 /// Which parts of this module graphs load with: all of them, unless the environment's
 /// `TRANSFUSION_FUSED` says otherwise — `0` for none (every graph exactly as tract plans and
 /// runs it), or a comma-separated list of parts to leave out, each with a leading `-`:
-/// `quantize`, `elementwise`, `pad`, `im2col`, `products`, `integer`, `softmax`, `norm`,
+/// `quantize`, `elementwise`, `pad`, `im2col`, `products`, `weights`, `integer`, `softmax`, `norm`,
 /// `vector-state` (the upper-state clearing of [`crate::graph::eval_node`]). For the speed A/Bs
 /// of docs/performance.md, and to rule a part out when chasing a numerical difference.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,6 +76,7 @@ pub struct Rewrites {
     pub pad: bool,
     pub im2col: bool,
     pub products: bool,
+    pub weights: bool,
     pub integer: bool,
     pub softmax: bool,
     pub norm: bool,
@@ -85,6 +91,7 @@ impl Rewrites {
         pad: true,
         im2col: true,
         products: true,
+        weights: true,
         integer: true,
         softmax: true,
         norm: true,
@@ -107,6 +114,7 @@ impl Rewrites {
                 pad: false,
                 im2col: false,
                 products: false,
+                weights: false,
                 integer: false,
                 softmax: false,
                 norm: false,
@@ -121,6 +129,7 @@ impl Rewrites {
                 Some("pad") => &mut r.pad,
                 Some("im2col") => &mut r.im2col,
                 Some("products") => &mut r.products,
+                Some("weights") => &mut r.weights,
                 Some("integer") => &mut r.integer,
                 Some("softmax") => &mut r.softmax,
                 Some("norm") => &mut r.norm,
@@ -128,7 +137,7 @@ impl Rewrites {
                 _ => {
                     log::warn!(
                         "TRANSFUSION_FUSED: `{word}` is not `0` nor one of -quantize, \
-                         -elementwise, -pad, -im2col, -products, -integer, -softmax, \
+                         -elementwise, -pad, -im2col, -products, -weights, -integer, -softmax, \
                          -norm, -vector-state; ignored"
                     );
                     continue;
@@ -160,13 +169,16 @@ pub fn apply(model: &mut TypedModel, rewrites: Rewrites) -> usize {
 }
 
 /// Replaces, in a model tract has decluttered but not optimised, every product of two
-/// non-constant f32 tensors [`ActivationProduct`] computes and, where this CPU wants them
+/// non-constant f32 tensors [`ActivationProduct`] computes, every f32 product with a constant
+/// weight [`WeightProduct`] computes where this CPU wants it ([`weight_product::wanted_here`])
+/// and, where this CPU wants them
 /// ([`integer::wanted_here`]), every INT8 product and convolution [`IntegerProduct`] and
 /// [`IntegerConv`] compute, the first with the `Cast` and `Mul` that rescale it to f32 folded in
 /// ([`integer::rescale_products`]); returns how many were replaced or folded.
 pub fn apply_decluttered(model: &mut TypedModel, rewrites: Rewrites) -> TractResult<usize> {
     let mut swaps: Vec<(usize, Box<dyn TypedOp>)> = Vec::new();
     let integer = rewrites.integer && integer::wanted_here();
+    let weights = rewrites.weights && weight_product::wanted_here();
     for node in model.nodes() {
         let Ok(facts) = model.node_input_facts(node.id) else {
             continue;
@@ -179,6 +191,12 @@ pub fn apply_decluttered(model: &mut TypedModel, rewrites: Rewrites) -> TractRes
         } else {
             None
         };
+        let swap = swap.or_else(|| {
+            weights
+                .then(|| WeightProduct::replacing(op, &facts))
+                .flatten()
+                .map(|o| Box::new(o) as _)
+        });
         let products = rewrites.products && facts.iter().all(|f| f.konst.is_none());
         let swap = swap.or_else(|| {
             products
@@ -287,6 +305,7 @@ mod tests {
         assert!(r.quantize && r.elementwise && r.pad && r.im2col && r.integer && r.softmax);
         assert!(!Rewrites::parse(Some("-softmax")).softmax);
         assert!(!Rewrites::parse(Some("-norm")).norm);
+        assert!(!Rewrites::parse(Some("-weights")).weights);
         assert!(!Rewrites::parse(Some("0")).norm);
         assert!(!Rewrites::parse(Some("-integer")).integer);
     }

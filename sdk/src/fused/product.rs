@@ -275,6 +275,7 @@ fn tiles(
                 values: ys,
                 offset: bo + j0,
                 stride: g.b.0,
+                ahead: 0,
             }
         } else {
             pack(ys, bo + j0 * g.b.1, g.b, g.depth, width, scratch)?;
@@ -282,6 +283,7 @@ fn tiles(
                 values: scratch,
                 offset: 0,
                 stride: COLUMNS,
+                ahead: 0,
             }
         };
         for i0 in (0..g.rows).step_by(ROWS) {
