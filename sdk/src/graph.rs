@@ -274,8 +274,8 @@ fn prepare_cpu(
     let start = std::time::Instant::now();
     typed.declutter()?;
     let decluttered = start.elapsed();
-    let convs = crate::fused::conv_shapes(&typed);
     let replaced = crate::fused::apply_decluttered(&mut typed, rewrites)?;
+    let convs = crate::fused::conv_shapes(&typed);
     if replaced > 0 {
         log::debug!("{name}: {replaced} activation products on the SDK's operator");
     }

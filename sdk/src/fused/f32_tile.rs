@@ -13,8 +13,10 @@ pub const COLUMNS: usize = 16;
 /// Left-operand rows per tile: with two accumulators each, 12 of the 16 AVX2 registers.
 pub const ROWS: usize = 6;
 
-/// Rows of the left operand: value `(i, k)` at `values[offset + i·row + k·step]`, for `depth`
-/// reduced indices.
+/// Rows of the left operand. The reduced index runs over `taps.len() × depth` values: for tap
+/// `t` and index `d`, value `(i, t·depth + d)` is at `values[offset + taps[t] + i·row + d·step]`.
+/// A matrix has one tap at 0 ([`ONE_TAP`]); a convolution has one per kernel position, the
+/// offset of that position in its padded input, so that its patches are read in place.
 #[derive(Clone, Copy, Debug)]
 pub struct Left<'a> {
     pub values: &'a [f32],
@@ -22,7 +24,29 @@ pub struct Left<'a> {
     pub row: usize,
     pub step: usize,
     pub depth: usize,
+    pub taps: &'a [usize],
 }
+
+/// The taps of a plain matrix.
+pub const ONE_TAP: &[usize] = &[0];
+
+/// Packed f32 values, equal when every value's bits are (tract compares operators to merge
+/// nodes, and f32 has no `Eq`).
+#[derive(Debug)]
+pub struct Bits(pub Vec<f32>);
+
+impl PartialEq for Bits {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.len() == other.0.len()
+            && self
+                .0
+                .iter()
+                .zip(&other.0)
+                .all(|(a, b)| a.to_bits() == b.to_bits())
+    }
+}
+
+impl Eq for Bits {}
 
 /// The right operand's panel: for each reduced index `k`, [`COLUMNS`] values at
 /// `values[offset + k·stride ..]`.
@@ -80,13 +104,14 @@ pub fn tile(a: Left<'_>, panel: Panel<'_>, tile: &mut [[f32; COLUMNS]]) -> Optio
     if rows == 0 {
         return Some(());
     }
-    if a.depth == 0 {
+    if a.depth == 0 || a.taps.is_empty() {
         tile.iter_mut().for_each(|t| *t = [0.0; COLUMNS]);
         return Some(());
     }
     // The last value each operand's loops read.
-    let last_a = a.offset + (rows - 1) * a.row + (a.depth - 1) * a.step;
-    let end_panel = panel.offset + (a.depth - 1) * panel.stride + COLUMNS;
+    let last_tap = a.taps.iter().copied().max()?;
+    let last_a = a.offset + last_tap + (rows - 1) * a.row + (a.depth - 1) * a.step;
+    let end_panel = panel.offset + (a.taps.len() * a.depth - 1) * panel.stride + COLUMNS;
     if last_a >= a.values.len() || end_panel > panel.values.len() {
         return None;
     }
@@ -104,11 +129,13 @@ pub fn tile(a: Left<'_>, panel: Panel<'_>, tile: &mut [[f32; COLUMNS]]) -> Optio
 fn portable(a: Left<'_>, panel: Panel<'_>, tile: &mut [[f32; COLUMNS]]) -> Option<()> {
     for (r, t) in tile.iter_mut().enumerate() {
         let mut sums = [0f32; COLUMNS];
-        for k in 0..a.depth {
-            let x = *a.values.get(a.offset + r * a.row + k * a.step)?;
-            let start = panel.offset + k * panel.stride;
-            let y = panel.values.get(start..start + COLUMNS)?;
-            sums.iter_mut().zip(y).for_each(|(s, &y)| *s += x * y);
+        for (ti, &tap) in a.taps.iter().enumerate() {
+            for d in 0..a.depth {
+                let x = *a.values.get(a.offset + tap + r * a.row + d * a.step)?;
+                let start = panel.offset + (ti * a.depth + d) * panel.stride;
+                let y = panel.values.get(start..start + COLUMNS)?;
+                sums.iter_mut().zip(y).for_each(|(s, &y)| *s += x * y);
+            }
         }
         *t = sums;
     }
@@ -149,29 +176,33 @@ mod avx2 {
         if tile.len() < R {
             return;
         }
-        // SAFETY: the caller checked that `a` holds `(R − 1)·row + (depth − 1)·step` values past
-        // `a.offset` and the panel `(depth − 1)·stride + COLUMNS` past its offset.
+        // SAFETY: the caller checked that `a` holds `max(taps) + (R − 1)·row + (depth − 1)·step`
+        // values past `a.offset` and the panel `(taps·depth − 1)·stride + COLUMNS` past its
+        // offset.
         unsafe {
-            let mut x = a.values.as_ptr().add(a.offset);
+            let base = a.values.as_ptr().add(a.offset);
             let mut y = panel.values.as_ptr().add(panel.offset);
             // Each row's offset, computed once: the loop below then has no arithmetic that a
             // dev build's overflow checks would guard.
             let rows: [usize; R] = std::array::from_fn(|r| r * a.row);
             let mut acc0 = [_mm256_setzero_ps(); R];
             let mut acc1 = [_mm256_setzero_ps(); R];
-            for _ in 0..a.depth {
-                if panel.ahead != 0 {
-                    // A prefetch reads nothing and cannot fault: past the end it is a no-op.
-                    _mm_prefetch::<_MM_HINT_T0>(y.wrapping_add(panel.ahead).cast());
+            for &tap in a.taps {
+                let mut x = base.add(tap);
+                for _ in 0..a.depth {
+                    if panel.ahead != 0 {
+                        // A prefetch reads nothing and cannot fault: past the end it is a no-op.
+                        _mm_prefetch::<_MM_HINT_T0>(y.wrapping_add(panel.ahead).cast());
+                    }
+                    let (y0, y1) = (_mm256_loadu_ps(y), _mm256_loadu_ps(y.add(8)));
+                    for r in 0..R {
+                        let b = _mm256_broadcast_ss(&*x.add(rows[r]));
+                        acc0[r] = _mm256_fmadd_ps(b, y0, acc0[r]);
+                        acc1[r] = _mm256_fmadd_ps(b, y1, acc1[r]);
+                    }
+                    x = x.add(a.step);
+                    y = y.add(panel.stride);
                 }
-                let (y0, y1) = (_mm256_loadu_ps(y), _mm256_loadu_ps(y.add(8)));
-                for r in 0..R {
-                    let b = _mm256_broadcast_ss(&*x.add(rows[r]));
-                    acc0[r] = _mm256_fmadd_ps(b, y0, acc0[r]);
-                    acc1[r] = _mm256_fmadd_ps(b, y1, acc1[r]);
-                }
-                x = x.add(a.step);
-                y = y.add(panel.stride);
             }
             for (r, t) in tile.iter_mut().enumerate().take(R) {
                 _mm256_storeu_ps(t.as_mut_ptr(), acc0[r]);
@@ -211,6 +242,7 @@ mod tests {
                 row,
                 step,
                 depth,
+                taps: ONE_TAP,
             };
             let at = Panel {
                 values: &panel,
@@ -252,6 +284,7 @@ mod tests {
             row: 4,
             step: 1,
             depth,
+            taps: ONE_TAP,
         };
         let at = Panel {
             values: &panel,

@@ -15,6 +15,8 @@
 //! - [`product`]: f32 matrix products of two activations (attention), swapped in after tract
 //!   has decluttered the graph (transposes folded into the product) and before it plans its
 //!   kernels; the one operator here that agrees to rounding rather than bit for bit.
+//! - [`direct_conv`]: f32 2-D convolutions (the patch layers' and the VAE's) read in place, on
+//!   the same CPUs, swapped in at the same stage; agrees to rounding.
 //! - [`weight_product`]: f32 matrix products of activations and a constant weight (the FP32
 //!   backbone's layers) on x86 CPUs with AVX2 and FMA, swapped in at the same stage; agrees to
 //!   rounding.
@@ -33,6 +35,7 @@
 //!   one operator, parsed so from the ONNX file on tract's CPU runtime; agrees to rounding.
 
 mod conv_panels;
+mod direct_conv;
 mod elementwise;
 mod f32_tile;
 mod i16_gemm;
@@ -51,6 +54,7 @@ mod weight_product;
 use tract_onnx::prelude::*;
 
 pub use conv_panels::{conv_shapes, ConvShape, PanelIm2col};
+pub use direct_conv::DirectConv;
 pub use elementwise::Elementwise;
 pub use i16_gemm::KERNEL_NAME as INTEGER_KERNEL;
 pub use im2col::QuantIm2col;
@@ -66,7 +70,8 @@ pub use weight_product::WeightProduct;
 /// Which parts of this module graphs load with: all of them, unless the environment's
 /// `TRANSFUSION_FUSED` says otherwise — `0` for none (every graph exactly as tract plans and
 /// runs it), or a comma-separated list of parts to leave out, each with a leading `-`:
-/// `quantize`, `elementwise`, `pad`, `im2col`, `products`, `weights`, `integer`, `softmax`, `norm`,
+/// `quantize`, `elementwise`, `pad`, `im2col`, `conv`, `products`, `weights`, `integer`, `softmax`,
+/// `norm`,
 /// `vector-state` (the upper-state clearing of [`crate::graph::eval_node`]). For the speed A/Bs
 /// of docs/performance.md, and to rule a part out when chasing a numerical difference.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,6 +80,7 @@ pub struct Rewrites {
     pub elementwise: bool,
     pub pad: bool,
     pub im2col: bool,
+    pub conv: bool,
     pub products: bool,
     pub weights: bool,
     pub integer: bool,
@@ -90,6 +96,7 @@ impl Rewrites {
         elementwise: true,
         pad: true,
         im2col: true,
+        conv: true,
         products: true,
         weights: true,
         integer: true,
@@ -113,6 +120,7 @@ impl Rewrites {
                 elementwise: false,
                 pad: false,
                 im2col: false,
+                conv: false,
                 products: false,
                 weights: false,
                 integer: false,
@@ -128,6 +136,7 @@ impl Rewrites {
                 Some("elementwise") => &mut r.elementwise,
                 Some("pad") => &mut r.pad,
                 Some("im2col") => &mut r.im2col,
+                Some("conv") => &mut r.conv,
                 Some("products") => &mut r.products,
                 Some("weights") => &mut r.weights,
                 Some("integer") => &mut r.integer,
@@ -137,8 +146,8 @@ impl Rewrites {
                 _ => {
                     log::warn!(
                         "TRANSFUSION_FUSED: `{word}` is not `0` nor one of -quantize, \
-                         -elementwise, -pad, -im2col, -products, -weights, -integer, -softmax, \
-                         -norm, -vector-state; ignored"
+                         -elementwise, -pad, -im2col, -conv, -products, -weights, -integer, \
+                         -softmax, -norm, -vector-state; ignored"
                     );
                     continue;
                 }
@@ -170,8 +179,8 @@ pub fn apply(model: &mut TypedModel, rewrites: Rewrites) -> usize {
 
 /// Replaces, in a model tract has decluttered but not optimised, every product of two
 /// non-constant f32 tensors [`ActivationProduct`] computes, every f32 product with a constant
-/// weight [`WeightProduct`] computes where this CPU wants it ([`weight_product::wanted_here`])
-/// and, where this CPU wants them
+/// weight [`WeightProduct`] computes and every f32 convolution [`DirectConv`] computes where
+/// this CPU wants them ([`weight_product::wanted_here`]) and, where this CPU wants them
 /// ([`integer::wanted_here`]), every INT8 product and convolution [`IntegerProduct`] and
 /// [`IntegerConv`] compute, the first with the `Cast` and `Mul` that rescale it to f32 folded in
 /// ([`integer::rescale_products`]); returns how many were replaced or folded.
@@ -179,6 +188,7 @@ pub fn apply_decluttered(model: &mut TypedModel, rewrites: Rewrites) -> TractRes
     let mut swaps: Vec<(usize, Box<dyn TypedOp>)> = Vec::new();
     let integer = rewrites.integer && integer::wanted_here();
     let weights = rewrites.weights && weight_product::wanted_here();
+    let convs = rewrites.conv && weight_product::wanted_here();
     for node in model.nodes() {
         let Ok(facts) = model.node_input_facts(node.id) else {
             continue;
@@ -194,6 +204,12 @@ pub fn apply_decluttered(model: &mut TypedModel, rewrites: Rewrites) -> TractRes
         let swap = swap.or_else(|| {
             weights
                 .then(|| WeightProduct::replacing(op, &facts))
+                .flatten()
+                .map(|o| Box::new(o) as _)
+        });
+        let swap = swap.or_else(|| {
+            convs
+                .then(|| DirectConv::replacing(op, &facts))
                 .flatten()
                 .map(|o| Box::new(o) as _)
         });
@@ -306,6 +322,7 @@ mod tests {
         assert!(!Rewrites::parse(Some("-softmax")).softmax);
         assert!(!Rewrites::parse(Some("-norm")).norm);
         assert!(!Rewrites::parse(Some("-weights")).weights);
+        assert!(!Rewrites::parse(Some("-conv")).conv);
         assert!(!Rewrites::parse(Some("0")).norm);
         assert!(!Rewrites::parse(Some("-integer")).integer);
     }

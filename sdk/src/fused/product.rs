@@ -16,7 +16,7 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::einsum::EinSum;
 
-use super::f32_tile::{self, pack, Left, Panel, COLUMNS, ROWS};
+use super::f32_tile::{self, pack, Left, Panel, COLUMNS, ONE_TAP, ROWS};
 use super::{c_strides, dense_f32};
 
 /// Below this many rows, scores whose operands both run along the reduced axis are dot products
@@ -294,6 +294,7 @@ fn tiles(
                 row: g.a.0,
                 step: g.a.1,
                 depth: g.depth,
+                taps: ONE_TAP,
             };
             f32_tile::tile(left, panel, t)?;
             for (i, sums) in t.iter().enumerate() {

@@ -20,7 +20,7 @@ use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::einsum::EinSum;
 
 use super::dense_f32;
-use super::f32_tile::{tile, Left, Panel, COLUMNS, ROWS};
+use super::f32_tile::{tile, Bits, Left, Panel, COLUMNS, ONE_TAP, ROWS};
 
 /// Whether the tile kernel runs here with AVX2 and FMA, so that [`WeightProduct`] is the faster
 /// way.
@@ -37,11 +37,11 @@ pub fn wanted_here() -> bool {
 
 /// The weight `w [k, n]` in panels of [`COLUMNS`] columns: panel `p` holds, for each reduced
 /// index, the 16 values of columns `16p ..` (zeros past `n`).
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 struct WeightPanels {
     k: usize,
     n: usize,
-    values: Vec<f32>,
+    values: Bits,
 }
 
 impl WeightPanels {
@@ -58,25 +58,13 @@ impl WeightPanels {
                 }
             }
         }
-        WeightPanels { k, n, values }
+        WeightPanels {
+            k,
+            n,
+            values: Bits(values),
+        }
     }
 }
-
-/// Equal when the sizes and every value's bits are (tract compares operators to merge nodes).
-impl PartialEq for WeightPanels {
-    fn eq(&self, other: &Self) -> bool {
-        self.k == other.k
-            && self.n == other.n
-            && self.values.len() == other.values.len()
-            && self
-                .values
-                .iter()
-                .zip(&other.values)
-                .all(|(a, b)| a.to_bits() == b.to_bits())
-    }
-}
-
-impl Eq for WeightPanels {}
 
 /// Where an output axis's length comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -259,8 +247,14 @@ impl WeightProduct {
         let m = xs.len().checked_div(k)?;
         let mut t = [[0f32; COLUMNS]; ROWS];
         let run = k * COLUMNS;
-        let last = self.panels.values.len().checked_div(run)?.checked_sub(1)?;
-        for (p, values) in self.panels.values.chunks_exact(run).enumerate() {
+        let last = self
+            .panels
+            .values
+            .0
+            .len()
+            .checked_div(run)?
+            .checked_sub(1)?;
+        for (p, values) in self.panels.values.0.chunks_exact(run).enumerate() {
             let j0 = p * COLUMNS;
             let width = COLUMNS.min(n.checked_sub(j0)?);
             let panel = Panel {
@@ -278,6 +272,7 @@ impl WeightProduct {
                     row: k,
                     step: 1,
                     depth: k,
+                    taps: ONE_TAP,
                 };
                 tile(left, panel, t)?;
                 for (i, sums) in t.iter().enumerate() {
