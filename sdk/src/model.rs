@@ -207,11 +207,11 @@ const AUTO_FP16_ON_CPU: bool = false;
 
 /// Whether `auto` picks the INT8 file (with integer kernels) of graph `id` on this CPU: the
 /// backbone, on x86-64 with AVX2, where its INT8 file measured faster than the FP32 one —
-/// 1.17–1.31× on a Zen 4 with VNNI (tract's kernels), 1.17–1.22× a diffusion step and 1.46× a
-/// decoded token on a Zen 3 without (the SDK's kernel) — and as accurate (`models/shapes64`:
-/// 0.543 INT8 against 0.525 FP32 at 12 seeds); docs/performance.md. Not the patch graphs (not
-/// faster than FP32 on either CPU), not ARM (INT8 not timed there). `int8` can be asked for
-/// explicitly, for every part.
+/// 1.17–1.31× on a Zen 4 with VNNI (tract's kernels); on a Zen 3 without (the SDK's kernels for
+/// both), 1.40–1.49× a diffusion step and 2.3–2.8× a decoded token in a release build — and as
+/// accurate (`models/shapes64`: 0.543 INT8 against 0.525 FP32 at 12 seeds);
+/// docs/performance.md. Not the patch graphs (not faster than FP32 on either CPU), not ARM
+/// (INT8 not timed there). `int8` can be asked for explicitly, for every part.
 fn auto_int8_on_cpu(id: GraphId) -> bool {
     id == GraphId::Backbone
         && crate::fused::int8_products_fast_here(crate::fused::Rewrites::from_env())

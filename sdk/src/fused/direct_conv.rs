@@ -78,6 +78,8 @@ impl DirectConv {
             && spec.output_channels == c_out
             && c_out > 0
             && c_in > 0
+            && kh > 0
+            && kw > 0
             && sh > 0
             && sw > 0
             && (bias.len() == 1 || bias.len() == c_out);
@@ -214,12 +216,7 @@ impl DirectConv {
         let width = COLUMNS.min(self.c_out.checked_sub(first)?);
         let bias = self.bias.0.get(first..first + width)?;
         let (sh, sw) = self.stride;
-        let panel = Panel {
-            values,
-            offset: 0,
-            stride: COLUMNS,
-            ahead: 0,
-        };
+        let panel = Panel::packed(values);
         let mut t = [[0f32; COLUMNS]; ROWS];
         for oy in 0..g.oh {
             for ox in (0..g.ow).step_by(ROWS) {
@@ -266,8 +263,8 @@ impl Geometry {
         padded.clear();
         padded.resize(channels * self.hp * self.wp, 0.0);
         let rows = image.chunks_exact(self.w.max(1));
-        let targets = padded.chunks_exact_mut(self.hp * self.wp).flat_map(|p| {
-            p.chunks_exact_mut(self.wp)
+        let targets = padded.chunks_exact_mut((self.hp * self.wp).max(1)).flat_map(|p| {
+            p.chunks_exact_mut(self.wp.max(1))
                 .skip(self.top)
                 .take(self.h)
                 .map(|row| row.get_mut(self.left..self.left + self.w))

@@ -62,6 +62,19 @@ pub struct Panel<'a> {
     pub ahead: usize,
 }
 
+impl<'a> Panel<'a> {
+    /// A packed panel: runs of [`COLUMNS`] values one after the other from the start of
+    /// `values`, nothing prefetched.
+    pub fn packed(values: &'a [f32]) -> Panel<'a> {
+        Panel {
+            values,
+            offset: 0,
+            stride: COLUMNS,
+            ahead: 0,
+        }
+    }
+}
+
 /// Copies `width` (≤ [`COLUMNS`]) columns of `b` — value `(k, j)` at
 /// `values[offset + k·k_stride + j·j_stride]` — for `depth` reduced indices into `panel` as
 /// runs of [`COLUMNS`], zeros past `width`. `None` when `b` is shorter than that.
@@ -244,12 +257,7 @@ mod tests {
                 depth,
                 taps: ONE_TAP,
             };
-            let at = Panel {
-                values: &panel,
-                offset: 0,
-                stride: COLUMNS,
-                ahead: 0,
-            };
+            let at = Panel::packed(&panel);
             let mut got = vec![[0f32; COLUMNS]; rows];
             tile(left, at, &mut got).unwrap();
             let mut plain = vec![[0f32; COLUMNS]; rows];
@@ -286,12 +294,7 @@ mod tests {
             depth,
             taps: ONE_TAP,
         };
-        let at = Panel {
-            values: &panel,
-            offset: 0,
-            stride: COLUMNS,
-            ahead: 0,
-        };
+        let at = Panel::packed(&panel);
         let mut t = vec![[7f32; COLUMNS]; 3];
         // Row 2 would end at index 8 + 3 = 11 > 10.
         assert!(tile(left(4), at, &mut t).is_none());

@@ -2,37 +2,39 @@
 //!
 //! The bundle's files stay standard ONNX (onnxruntime and `onnx.checker` read the very same
 //! files); after tract has translated a graph, nodes whose tract implementation is slow at our
-//! sizes are swapped for an operator of this module that computes the same values — bit for
-//! bit, except the activation products, which agree to rounding. Each operator is tested
-//! against tract's own on random inputs, and `transfusion verify` holds the whole graphs to
-//! the bundle tolerances.
+//! sizes are swapped for an operator of this module that computes the same values: bit for bit
+//! where the arithmetic is exact or in tract's order (the integer operators, the element-wise
+//! ones, padding, the patch matrices), to rounding where the sums run in another order or the
+//! exponential is another one (the f32 products and convolutions, softmax, the norm). Each
+//! operator is tested against tract's own on random inputs, and `transfusion verify` holds the
+//! whole graphs to the bundle tolerances.
 //!
 //! - [`quantize`]: `DynamicQuantizeLinear`, swapped in before tract optimises the graph (its
 //!   optimiser has nothing to do with it).
+//! - [`norm`]: ONNX `InstanceNormalization` (the GroupNorm of the patch layers and the VAE) as
+//!   one operator, parsed so from the ONNX file on tract's CPU runtime.
 //! - [`elementwise`]: f32 add/sub/mul/div with broadcasting, swapped in after tract has
 //!   optimised the graph — so its own fusions (RMSNorm, SiLU, bias into the matrix products)
 //!   have run first — for the generic and per-channel binary operators it left.
 //! - [`product`]: f32 matrix products of two activations (attention), swapped in after tract
 //!   has decluttered the graph (transposes folded into the product) and before it plans its
-//!   kernels; the one operator here that agrees to rounding rather than bit for bit.
-//! - [`direct_conv`]: f32 2-D convolutions (the patch layers' and the VAE's) read in place, on
-//!   the same CPUs, swapped in at the same stage; agrees to rounding.
-//! - [`weight_product`]: f32 matrix products of activations and a constant weight (the FP32
-//!   backbone's layers) on x86 CPUs with AVX2 and FMA, swapped in at the same stage; agrees to
-//!   rounding.
+//!   kernels.
+//! - [`weight_product`] and [`direct_conv`]: f32 matrix products of activations and a constant
+//!   weight (the FP32 backbone's layers) and f32 2-D convolutions (the patch layers' and the
+//!   VAE's), swapped in at the same stage on x86 CPUs with AVX2 and FMA.
+//! - [`f32_tile`]: the f32 kernel of these three.
 //! - [`integer`] and [`integer_conv`]: INT8 matrix products and convolutions of u8 activations
 //!   and constant weights, swapped in at the same stage on x86 CPUs with AVX2 and no VNNI, where
-//!   tract's kernel for them is slow; exact integer arithmetic ([`i16_gemm`]), so bit for bit.
+//!   tract's kernel for them is slow; exact integer arithmetic ([`i16_gemm`]).
 //! - [`im2col`]: the patch matrix of INT8 convolutions, packed by tract-linalg's own packer,
 //!   swapped in after optimisation.
 //! - [`conv_panels`]: the patch matrix of f32 convolutions, one panel at a time for tract's
-//!   kernel, with row copies; swapped in after optimisation too.
+//!   kernel, with row copies, for the convolutions [`direct_conv`] leaves to tract; swapped in
+//!   after optimisation too.
 //! - [`softmax`]: f32 softmax over the last axis (attention weights), swapped in after
-//!   optimisation; agrees to rounding.
+//!   optimisation.
 //! - [`pad`]: f32 constant padding (the borders tract puts before its convolutions), swapped in
 //!   after optimisation too.
-//! - [`norm`]: ONNX `InstanceNormalization` (the GroupNorm of the patch layers and the VAE) as
-//!   one operator, parsed so from the ONNX file on tract's CPU runtime; agrees to rounding.
 
 mod conv_panels;
 mod direct_conv;

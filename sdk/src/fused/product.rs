@@ -279,12 +279,7 @@ fn tiles(
             }
         } else {
             pack(ys, bo + j0 * g.b.1, g.b, g.depth, width, scratch)?;
-            Panel {
-                values: scratch,
-                offset: 0,
-                stride: COLUMNS,
-                ahead: 0,
-            }
+            Panel::packed(scratch)
         };
         for i0 in (0..g.rows).step_by(ROWS) {
             let t = tile.get_mut(..ROWS.min(g.rows - i0))?;
