@@ -263,12 +263,14 @@ impl Geometry {
         padded.clear();
         padded.resize(channels * self.hp * self.wp, 0.0);
         let rows = image.chunks_exact(self.w.max(1));
-        let targets = padded.chunks_exact_mut((self.hp * self.wp).max(1)).flat_map(|p| {
-            p.chunks_exact_mut(self.wp.max(1))
-                .skip(self.top)
-                .take(self.h)
-                .map(|row| row.get_mut(self.left..self.left + self.w))
-        });
+        let targets = padded
+            .chunks_exact_mut((self.hp * self.wp).max(1))
+            .flat_map(|p| {
+                p.chunks_exact_mut(self.wp.max(1))
+                    .skip(self.top)
+                    .take(self.h)
+                    .map(|row| row.get_mut(self.left..self.left + self.w))
+            });
         for (row, target) in rows.zip(targets) {
             if let Some(target) = target {
                 target.copy_from_slice(row);
