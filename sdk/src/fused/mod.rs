@@ -36,6 +36,20 @@
 //! - [`pad`]: f32 constant padding (the borders tract puts before its convolutions), swapped in
 //!   after optimisation too.
 
+/// `output_facts` and `cost` of a typed operator that computes what its `original` field, the
+/// tract operator it replaced, computes: the same facts and the same cost.
+macro_rules! facts_and_cost_of_original {
+    () => {
+        fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+            self.original.output_facts(inputs)
+        }
+
+        fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
+            self.original.cost(inputs)
+        }
+    };
+}
+
 mod conv_panels;
 mod direct_conv;
 mod elementwise;

@@ -319,13 +319,7 @@ impl EvalOp for WeightProduct {
 }
 
 impl TypedOp for WeightProduct {
-    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        self.original.output_facts(inputs)
-    }
-
-    fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
-        self.original.cost(inputs)
-    }
+    facts_and_cost_of_original!();
 
     as_op!();
 }
