@@ -122,9 +122,18 @@ pub fn tile(a: Left<'_>, panel: Panel<'_>, tile: &mut [[f32; COLUMNS]]) -> Optio
         return Some(());
     }
     // The last value each operand's loops read.
+    // Checked, so that no geometry can wrap around into an index that passes: the AVX2 kernel
+    // reads without bounds checks.
     let last_tap = a.taps.iter().copied().max()?;
-    let last_a = a.offset + last_tap + (rows - 1) * a.row + (a.depth - 1) * a.step;
-    let end_panel = panel.offset + (a.taps.len() * a.depth - 1) * panel.stride + COLUMNS;
+    let last_a = a
+        .offset
+        .checked_add(last_tap)?
+        .checked_add((rows - 1).checked_mul(a.row)?)?
+        .checked_add((a.depth - 1).checked_mul(a.step)?)?;
+    let end_panel = (a.taps.len().checked_mul(a.depth)? - 1)
+        .checked_mul(panel.stride)?
+        .checked_add(panel.offset)?
+        .checked_add(COLUMNS)?;
     if last_a >= a.values.len() || end_panel > panel.values.len() {
         return None;
     }
