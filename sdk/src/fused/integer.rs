@@ -135,10 +135,51 @@ pub struct IntegerProduct {
     /// The node this replaced: its output facts, and the fallback for inputs this operator does
     /// not take.
     original: EinSum,
-    /// Whether the product goes on to f32, scaled by a tenth input `s` of one f32 per output
-    /// column (or one in all): `c[…, j] as f32 × s[j]`, the `Cast` and `Mul` the converter puts
-    /// after every `MatMulInteger`, done as the kernel stores its tiles ([`rescale_products`]).
-    rescaled: bool,
+    /// Whether the product goes on to f32 ([`rescale_products`]).
+    rescale: Rescale,
+}
+
+/// How an [`IntegerProduct`] goes on to f32: `c[…, j] as f32 × s[j]` with `s` one f32 per output
+/// column (or one in all), the `Cast` and `Mul` the converter puts after every `MatMulInteger`,
+/// done as the kernel stores its tiles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Rescale {
+    /// It does not: the i32 sums are the output.
+    No,
+    /// `s` is a tenth input.
+    By,
+    /// `s` is the product of a tenth and an eleventh input (`x_scale × w_scale[j]`, the
+    /// activation's scale from `DynamicQuantizeLinear` times the weight's), computed once a
+    /// call as tract's `Mul` computed it.
+    ByProduct,
+}
+
+impl Rescale {
+    /// How many inputs past the nine of the quantized product it takes.
+    fn inputs(self) -> usize {
+        match self {
+            Rescale::No => 0,
+            Rescale::By => 1,
+            Rescale::ByProduct => 2,
+        }
+    }
+}
+
+/// `p[j] × q[j]` for each column, either side one value for all (broadcast): the scales' `Mul`.
+fn scale_product(p: &[f32], q: &[f32]) -> TractResult<Vec<f32>> {
+    let n = p.len().max(q.len());
+    let at = |v: &[f32], j: usize| v.get(if v.len() == 1 { 0 } else { j }).copied();
+    (0..n)
+        .map(|j| Some(at(p, j)? * at(q, j)?))
+        .collect::<Option<Vec<f32>>>()
+        .filter(|_| (p.len() == 1 || p.len() == n) && (q.len() == 1 || q.len() == n))
+        .ok_or_else(|| {
+            format_err!(
+                "IntegerProduct: scales of {} and {} values do not broadcast",
+                p.len(),
+                q.len()
+            )
+        })
 }
 
 impl IntegerProduct {
@@ -195,7 +236,7 @@ impl IntegerProduct {
         Some(IntegerProduct {
             panels: Arc::new(Panels::from_rows(&w, k, n)),
             original: einsum.clone(),
-            rescaled: false,
+            rescale: Rescale::No,
         })
     }
 
@@ -270,19 +311,28 @@ impl EvalOp for IntegerProduct {
     op_out_of_plan!();
 
     fn eval(&self, ctx: &EvalContext, mut inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let scale = match self.rescaled {
-            true => Some(
-                inputs
-                    .pop()
-                    .filter(|s| s.datum_type() == DatumType::F32 && c_order(s))
-                    .ok_or_else(|| format_err!("IntegerProduct: no f32 scale input"))?,
-            ),
-            false => None,
+        let extra = self.rescale.inputs();
+        let tail: TVec<TValue> = inputs.drain(inputs.len().saturating_sub(extra)..).collect();
+        ensure!(
+            tail.len() == extra,
+            "IntegerProduct: {} scale inputs, expected {extra}",
+            tail.len()
+        );
+        let f32s = |t: &TValue| -> TractResult<Vec<f32>> {
+            ensure!(
+                t.datum_type() == DatumType::F32 && c_order(t),
+                "IntegerProduct: a scale input is {:?}, expected f32",
+                t.datum_type()
+            );
+            Ok(t.try_as_plain_ram()?.as_slice::<f32>()?.to_vec())
         };
-        let scales = match &scale {
-            Some(s) => Some(s.try_as_plain_ram()?.as_slice::<f32>()?),
-            None => None,
+        let scales = match tail.as_slice() {
+            [] => None,
+            [s] => Some(f32s(s)?),
+            [p, q] => Some(scale_product(&f32s(p)?, &f32s(q)?)?),
+            _ => bail!("IntegerProduct: more than two scale inputs"),
         };
+        let scales = scales.as_deref();
         if let (Some(a), Some(a0)) = (inputs.first(), inputs.get(3)) {
             if let Some(c) = self.product(a, a0, scales) {
                 return Ok(tvec![c?.into_tvalue()]);
@@ -323,7 +373,7 @@ impl TypedOp for IntegerProduct {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         let products = inputs.get(..9).unwrap_or(inputs);
         let mut facts = self.original.output_facts(products)?;
-        if self.rescaled {
+        if self.rescale != Rescale::No {
             for fact in facts.iter_mut() {
                 *fact = DatumType::F32.fact(fact.shape.clone());
             }
@@ -346,7 +396,10 @@ impl TypedOp for IntegerProduct {
 pub fn rescale_products(model: &mut TypedModel) -> TractResult<usize> {
     let mut folds = Vec::new();
     for node in model.nodes() {
-        let Some(op) = node.op_as::<IntegerProduct>().filter(|op| !op.rescaled) else {
+        let Some(op) = node
+            .op_as::<IntegerProduct>()
+            .filter(|op| op.rescale == Rescale::No)
+        else {
             continue;
         };
         let outputs = model.output_outlets()?;
@@ -370,24 +423,65 @@ pub fn rescale_products(model: &mut TypedModel) -> TractResult<usize> {
             [a, s] | [s, a] if is_mul && a.node == cast.id && s.node != cast.id => *s,
             _ => continue,
         };
-        let scale_fact = model.outlet_fact(scale)?;
         let cast_shape = &model.outlet_fact(cast.id.into())?.shape;
         let same_shape = model.outlet_fact(mul.id.into())?.shape == *cast_shape;
-        // One scale, or one per output column: ones on every axis but the last.
-        let per_column = match scale_fact.shape.dims().split_last() {
-            Some((last, rest)) => {
-                rest.iter().all(|d| *d == 1.into())
-                    && (*last == 1.into() || Some(last) == cast_shape.dims().last())
-            }
-            None => true,
+        // f32, and one scale or one per output column: ones on every axis but the last.
+        let per_column = |outlet: OutletId| {
+            model.outlet_fact(outlet).is_ok_and(|f| {
+                f.datum_type == DatumType::F32
+                    && match f.shape.dims().split_last() {
+                        Some((last, rest)) => {
+                            rest.iter().all(|d| *d == 1.into())
+                                && (*last == 1.into() || Some(last) == cast_shape.dims().last())
+                        }
+                        None => true,
+                    }
+            })
         };
-        if scale_fact.datum_type != DatumType::F32 || !per_column || !same_shape {
+        if !per_column(scale) || !same_shape {
             continue;
         }
+        // The scale itself a product of two such factors read by nothing else (`x_scale ×
+        // w_scale`, given leading axes of length 1 to match the product's rank): they are taken
+        // instead, and the `Mul` and the axes go too.
+        let mut product = scale;
+        while let [from] = model.node(product.node).inputs.as_slice() {
+            let added = model
+                .node(product.node)
+                .op_as::<AxisOp>()
+                .is_some_and(|op| matches!(op, AxisOp::Add(_)));
+            if !added || only_successor(product).is_none() {
+                break;
+            }
+            product = *from;
+        }
+        let producer = model.node(product.node);
+        let factors = match producer.inputs.as_slice() {
+            [p, q]
+                if producer
+                    .op_as::<TypedBinOp>()
+                    .is_some_and(|b| b.0.is::<Mul>() && b.1.is_none())
+                    && only_successor(product).is_some()
+                    && per_column(*p)
+                    && per_column(*q) =>
+            {
+                Some((*p, *q))
+            }
+            _ => None,
+        };
         let mut inputs = node.inputs.clone();
-        inputs.push(scale);
+        let rescale = match factors {
+            Some((p, q)) => {
+                inputs.extend([p, q]);
+                Rescale::ByProduct
+            }
+            None => {
+                inputs.push(scale);
+                Rescale::By
+            }
+        };
         let rescaled = IntegerProduct {
-            rescaled: true,
+            rescale,
             ..op.clone()
         };
         folds.push((format!("{}.rescaled", node.name), rescaled, inputs, mul.id));

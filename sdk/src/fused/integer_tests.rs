@@ -118,6 +118,17 @@ fn other_quantized_products_stay_on_tract() {
 /// A product, its `Cast` to f32 and a `Mul` by `scale` (a constant of `scale_shape`), as the
 /// decluttered INT8 graphs have them; the model and its activations' input.
 fn dequantized_product(rng: &mut Rng, m: usize, scale_shape: &[usize]) -> (TypedModel, Tensor) {
+    dequantized_product_with(rng, m, scale_shape, false)
+}
+
+/// [`dequantized_product`], with `split` the scale computed in the graph as the converter
+/// writes it: a scalar `x_scale` input (what `DynamicQuantizeLinear` gives) times the constant.
+fn dequantized_product_with(
+    rng: &mut Rng,
+    m: usize,
+    scale_shape: &[usize],
+    split: bool,
+) -> (TypedModel, Tensor) {
     let (k, n) = (40, 24);
     let a = u8s(rng, &[1, m, k]);
     let ins = inputs(a.clone(), 131, i8s(rng, &[k, n]), tensor0(0i8));
@@ -140,7 +151,20 @@ fn dequantized_product(rng: &mut Rng, m: usize, scale_shape: &[usize]) -> (Typed
         .wire_node("cast", Cast { to: DatumType::F32 }, &c)
         .unwrap();
     let scale = rng.tensor(scale_shape, |r| r.unit() * 0.01);
-    let scale = model.add_const("scale", scale).unwrap();
+    let mut scale = model.add_const("scale", scale).unwrap();
+    if split {
+        let x_scale = model.add_source("x_scale", f32::scalar_fact()).unwrap();
+        let w_scale = scale;
+        let mul = TypedBinOp(Box::new(Mul), None);
+        // As tract wires a broadcast: the scalar gets the constant's rank.
+        let mut wired = x_scale;
+        for i in 0..scale_shape.len() {
+            wired = model
+                .wire_node(format!("x_scale.axis{i}"), AxisOp::Add(0), &[wired])
+                .unwrap()[0];
+        }
+        scale = model.wire_node("scales", mul, &[wired, w_scale]).unwrap()[0];
+    }
     let mul = TypedBinOp(Box::new(Mul), None);
     let y = model.wire_node("mul", mul, &[cast[0], scale]).unwrap();
     model.select_output_outlets(&y).unwrap();
@@ -171,6 +195,30 @@ fn the_dequantization_folds_into_the_product_with_the_same_values() {
         let ((casts_before, want), (casts_after, got)) = (run(model), run(folded));
         assert_eq!((casts_before, casts_after), (1, 0), "{scale_shape:?}");
         assert_eq!(got, want, "m {m} scale {scale_shape:?}");
+    }
+}
+
+#[test]
+fn a_scale_computed_in_the_graph_folds_with_its_factors() {
+    let mut rng = Rng(0xf03d);
+    for (m, scale_shape) in [(16, vec![1, 1, 24]), (1, vec![1, 1, 1])] {
+        let (model, a) = dequantized_product_with(&mut rng, m, &scale_shape, true);
+        let mut folded = model.clone();
+        assert_eq!(rescale_products(&mut folded).unwrap(), 1, "{scale_shape:?}");
+        let muls = |m: &TypedModel| {
+            m.nodes()
+                .iter()
+                .filter(|n| n.op_as::<TypedBinOp>().is_some())
+                .count()
+        };
+        assert_eq!((muls(&model), muls(&folded)), (2, 0), "{scale_shape:?}");
+        let x_scale = tensor0(0.0123f32);
+        let run = |m: TypedModel| {
+            let plan = TypedSimplePlan::new(m).unwrap();
+            let ins = tvec![a.clone().into_tvalue(), x_scale.clone().into_tvalue()];
+            plan.run(ins).unwrap()[0].clone().into_tensor()
+        };
+        assert_eq!(run(folded), run(model), "m {m} scale {scale_shape:?}");
     }
 }
 
