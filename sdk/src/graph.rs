@@ -263,9 +263,9 @@ impl Graph {
 const CPU_RUNTIME: &str = "cpu";
 
 /// What tract's CPU runtime does to prepare a graph (declutter, optimise, plan), with the SDK's
-/// operators swapped in as `rewrites` allows: activation products between declutter and optimisation
-/// ([`crate::fused::apply_decluttered`]), element-wise and padding nodes after it
-/// ([`crate::fused::apply_optimized`]).
+/// operators swapped in as `rewrites` allows: products and convolutions between declutter and
+/// optimisation ([`crate::fused::apply_decluttered`]), element-wise, padding, patch-matrix and
+/// softmax nodes after it ([`crate::fused::apply_optimized`]).
 fn prepare_cpu(
     name: &str,
     mut typed: TypedModel,
@@ -277,7 +277,7 @@ fn prepare_cpu(
     let replaced = crate::fused::apply_decluttered(&mut typed, rewrites)?;
     let convs = crate::fused::conv_shapes(&typed);
     if replaced > 0 {
-        log::debug!("{name}: {replaced} activation products on the SDK's operator");
+        log::debug!("{name}: {replaced} products and convolutions on the SDK's operators");
     }
     typed.optimize()?;
     log::debug!(

@@ -119,7 +119,7 @@ impl DirectConv {
         let &[n, c, h, w] = x.shape() else {
             return None;
         };
-        if !dense_f32(x) || c != self.c_in {
+        if !dense_f32(x) || c != self.c_in || h == 0 || w == 0 {
             return None;
         }
         let dims = self.original.pool_spec.computed_padding(&[h, w]);
@@ -131,6 +131,10 @@ impl DirectConv {
         );
         let oh = hp.checked_sub(kh)? / sh + 1;
         let ow = wp.checked_sub(kw)? / sw + 1;
+        // tract's output size (another for a ceil-mode pooling padding): the tiles cover ours.
+        if (oh, ow) != (y.convoluted, xd.convoluted) {
+            return None;
+        }
         let g = Geometry {
             h,
             w,

@@ -1,7 +1,8 @@
-//! f32 tiles of a matrix product `c = a · b`, the arithmetic of [`super::ActivationProduct`]:
-//! up to [`ROWS`] rows of `a`, read in place at any strides, against a panel of [`COLUMNS`]
-//! columns of `b` — one run of 16 values per reduced index, either `b` itself (where its
-//! columns are adjacent) or a copy made by [`pack`].
+//! f32 tiles of a matrix product `c = a · b`, the arithmetic of [`super::ActivationProduct`],
+//! [`super::WeightProduct`] and [`super::DirectConv`]: up to [`ROWS`] rows of `a`, read in place
+//! at any strides (and, for a convolution, at several tap offsets), against a panel of
+//! [`COLUMNS`] columns of `b` — one run of 16 values per reduced index: `b` itself where 16 of
+//! its columns are adjacent, a copy made by [`pack`], or panels packed once at load.
 //!
 //! On x86 CPUs with AVX2 and FMA the tile's `2 × ROWS` accumulators stay in registers: per
 //! reduced index, two loads of the panel, one broadcast per row and two fused multiply-adds.
@@ -200,7 +201,7 @@ mod avx2 {
         }
         // SAFETY: the caller checked that `a` holds `max(taps) + (R − 1)·row + (depth − 1)·step`
         // values past `a.offset` and the panel `(taps·depth − 1)·stride + COLUMNS` past its
-        // offset.
+        // offset: every pointer made with `add` and every read stays inside them.
         unsafe {
             let base = a.values.as_ptr().add(a.offset);
             let mut y = panel.values.as_ptr().add(panel.offset);
@@ -222,8 +223,10 @@ mod avx2 {
                         acc0[r] = _mm256_fmadd_ps(b, y0, acc0[r]);
                         acc1[r] = _mm256_fmadd_ps(b, y1, acc1[r]);
                     }
-                    x = x.add(a.step);
-                    y = y.add(panel.stride);
+                    // Past the last index these point beyond the operands, never read:
+                    // `wrapping_add`, which (unlike `add`) allows that.
+                    x = x.wrapping_add(a.step);
+                    y = y.wrapping_add(panel.stride);
                 }
             }
             for (r, t) in tile.iter_mut().enumerate().take(R) {

@@ -153,17 +153,19 @@ fn dequantized_product_with(
     let scale = rng.tensor(scale_shape, |r| r.unit() * 0.01);
     let mut scale = model.add_const("scale", scale).unwrap();
     if split {
-        let x_scale = model.add_source("x_scale", f32::scalar_fact()).unwrap();
-        let w_scale = scale;
+        // As the decluttered INT8 graphs have it: `x_scale [1] × w_scale [n]`, then leading axes
+        // of length 1 up to the product's rank.
+        let x_scale = model.add_source("x_scale", f32::fact([1usize])).unwrap();
+        let n = *scale_shape.last().unwrap();
+        let w_scale = rng.tensor(&[n], |r| r.unit() * 0.01);
+        let w_scale = model.add_const("w_scale", w_scale).unwrap();
         let mul = TypedBinOp(Box::new(Mul), None);
-        // As tract wires a broadcast: the scalar gets the constant's rank.
-        let mut wired = x_scale;
-        for i in 0..scale_shape.len() {
-            wired = model
-                .wire_node(format!("x_scale.axis{i}"), AxisOp::Add(0), &[wired])
+        scale = model.wire_node("scales", mul, &[x_scale, w_scale]).unwrap()[0];
+        for i in 1..scale_shape.len() {
+            scale = model
+                .wire_node(format!("scales.axis{i}"), AxisOp::Add(0), &[scale])
                 .unwrap()[0];
         }
-        scale = model.wire_node("scales", mul, &[wired, w_scale]).unwrap()[0];
     }
     let mul = TypedBinOp(Box::new(Mul), None);
     let y = model.wire_node("mul", mul, &[cast[0], scale]).unwrap();
@@ -212,7 +214,7 @@ fn a_scale_computed_in_the_graph_folds_with_its_factors() {
                 .count()
         };
         assert_eq!((muls(&model), muls(&folded)), (2, 0), "{scale_shape:?}");
-        let x_scale = tensor0(0.0123f32);
+        let x_scale = tensor1(&[0.0123f32]);
         let run = |m: TypedModel| {
             let plan = TypedSimplePlan::new(m).unwrap();
             let ins = tvec![a.clone().into_tvalue(), x_scale.clone().into_tvalue()];

@@ -122,7 +122,7 @@ impl InstanceNorm {
     }
 }
 
-/// Σ of `xs` and of `(x − shift)²`, with eight partial sums each so the loops vectorise.
+/// Σ `value(x)` over `xs`, with eight partial sums so the loop vectorises.
 fn sum(xs: &[f32], value: impl Fn(f32) -> f32) -> f32 {
     let mut acc = [0f32; 8];
     let chunks = xs.chunks_exact(8);

@@ -6,11 +6,12 @@
 //! product of 64 × (P + S) per head — at one decoded token, 13 000 multiply-adds behind two
 //! packing passes and a kernel dispatch, 27–60 µs a node, 16 such nodes a token
 //! (`transfusion bench --profile`). [`ActivationProduct`] computes them with little set-up:
-//! tiles of up to 6 rows × 16 columns ([`f32_tile`]) against the second operand in place where
-//! 16 of its columns are adjacent (`V` of `A·V`), or against a copy of them (`Kᵀ` of `Q·Kᵀ`);
-//! and for one to three rows of scores, where copying `Kᵀ` costs more than it saves, a dot
-//! product per output. The summation order differs from tract's kernel, so values agree to
-//! rounding (the bundle tolerances of `verify`), not bit for bit.
+//! tiles of up to 6 rows × 16 columns ([`f32_tile`]) against panels of the second operand, read
+//! in place where 16 of its columns are adjacent (`V` of `A·V`) and copied otherwise — for
+//! scores `Q·Kᵀ` as `(K·Qᵀ)ᵀ` when that copies fewer panels (one of `Qᵀ` for the 16 positions of
+//! a step, instead of four of `Kᵀ`); and for one to three rows of scores, where a copy costs
+//! more than it saves, a dot product per output. The summation order differs from tract's
+//! kernel, so values agree to rounding (the bundle tolerances of `verify`), not bit for bit.
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;

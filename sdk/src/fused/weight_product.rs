@@ -80,15 +80,16 @@ enum OutAxis {
 /// tract's f32 `EinSum` of an activation and a constant weight where the activation's last axes
 /// are summed against the weight's first ones and the weight's last axis is the output's last:
 /// `[…, m, k] · [k, n] → […, m, n]` as ONNX `MatMul` gives it, also with the reduced index split
-/// over several axes (`[s, h, d] · [h, d, n]`, the attention output projection) and with axes of
-/// length 1 that only one side has. In memory that is always rows of `k` values times a
+/// over several axes (`[s, h, d] · [h, d, n]`, the attention output projection), with axes of
+/// length 1 that only the activation or only the output has. In memory that is always rows of `k` values times a
 /// `[k, n]` matrix. Computed on [`super::f32_tile`]'s kernel.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WeightProduct {
     panels: Arc<WeightPanels>,
-    /// The activation's rank and how many of its last axes are summed over.
+    /// The activation's rank and the lengths of its last axes, those summed over (the weight's
+    /// first ones).
     rank: usize,
-    reduced: usize,
+    reduced: TVec<usize>,
     /// The activation's axes of length 1 that the output does not have.
     units: TVec<usize>,
     out_axes: TVec<OutAxis>,
@@ -159,14 +160,14 @@ impl WeightProduct {
         }
         *out_axes.get_mut(c_columns)? = OutAxis::Columns;
         let n = *w.shape().last()?;
-        let k: usize = w.shape().get(..w_columns)?.iter().product();
-        let a_k: Option<usize> = fa
-            .shape
+        let reduced_dims: TVec<usize> = w.shape().get(..w_columns)?.into();
+        let k: usize = reduced_dims.iter().product();
+        // Each summed axis as long on both sides (tract would broadcast a 1 against the other).
+        let same = reduced_dims
             .iter()
-            .skip(k_first)
-            .map(|d| d.as_i64().and_then(|d| usize::try_from(d).ok()))
-            .product();
-        if k == 0 || n == 0 || a_k != Some(k) {
+            .enumerate()
+            .all(|(i, &d)| fa.shape.get(k_first + i) == Some(&d.into()));
+        if k == 0 || n == 0 || !same {
             return None;
         }
         let plain = w.try_as_plain_ram().ok()?;
@@ -174,7 +175,7 @@ impl WeightProduct {
         Some(WeightProduct {
             panels: Arc::new(WeightPanels::from_rows(values, k, n)),
             rank,
-            reduced: reduced.len(),
+            reduced: reduced_dims,
             units,
             out_axes,
             original: einsum.clone(),
@@ -184,12 +185,12 @@ impl WeightProduct {
     /// The product, or `None` where the activation is not this operator's (the caller falls
     /// back).
     fn product(&self, a: &Tensor) -> Option<TractResult<Tensor>> {
-        let (k, n) = (self.panels.k, self.panels.n);
+        let n = self.panels.n;
         let sa = a.shape();
-        let k_first = self.rank.checked_sub(self.reduced)?;
+        let k_first = self.rank.checked_sub(self.reduced.len())?;
         if !dense_f32(a)
             || sa.len() != self.rank
-            || sa.get(k_first..)?.iter().product::<usize>() != k
+            || sa.get(k_first..)? != self.reduced.as_slice()
             || self.units.iter().any(|&u| sa.get(u) != Some(&1))
         {
             return None;
@@ -416,6 +417,11 @@ mod tests {
             .unwrap();
         assert!(WeightProduct::replacing(&einsum("bmk,bkn->mn"), &[&a3, &w3]).is_none());
         assert!(WeightProduct::replacing(&einsum("mbk,kbn->mn"), &[&a3, &w3]).is_none());
+        // Summed axes of the same total length but not axis for axis (tract broadcasts a 1).
+        let a16 = f32::fact([2usize, 1, 6]);
+        let w61 = TypedFact::try_from(Tensor::zero::<f32>(&[6, 1, 5]).unwrap().into_arc_tensor())
+            .unwrap();
+        assert!(WeightProduct::replacing(&einsum("mab,abn->mn"), &[&a16, &w61]).is_none());
         // An activation axis of real length summed away on its own.
         let w4 =
             TypedFact::try_from(Tensor::zero::<f32>(&[4, 5]).unwrap().into_arc_tensor()).unwrap();
