@@ -14,14 +14,13 @@
 
 use std::sync::Arc;
 
-use tract_linalg::multithread::{current_tract_executor, Executor};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat};
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
-use super::dense_f32;
 use super::f32_tile::{tile, Bits, Left, Panel, COLUMNS, ROWS};
+use super::{dense_f32, each_on_pool};
 
 /// tract's f32 `Conv` of NCHW activations by constant OIHW weights: one group, 2-D, no
 /// dilation, a constant bias (one per output channel, or one for all).
@@ -159,9 +158,9 @@ impl DirectConv {
         let cs = view.as_slice_mut::<f32>()?;
         let per_image = self.c_in * g.h * g.w;
         let plane = g.oh * g.ow;
-        let padded = g.top > 0 || g.left > 0 || g.hp > g.h || g.wp > g.w;
+        let per_block = g.taps.len() * self.c_in * COLUMNS;
+        let padded = g.hp > g.h || g.wp > g.w;
         let mut scratch = Vec::new();
-        let short = || format_err!("DirectConv: operand shorter than its shape");
         for (image, c) in xs
             .chunks_exact(per_image.max(1))
             .zip(cs.chunks_mut((self.c_out * plane).max(1)))
@@ -172,36 +171,17 @@ impl DirectConv {
             } else {
                 image
             };
-            let per_block = self.panels.0.len() / self.c_out.div_ceil(COLUMNS).max(1);
+            // One part per block of 16 output channels: its weights and its output planes.
             let blocks = self
                 .panels
                 .0
                 .chunks_exact(per_block.max(1))
                 .zip(c.chunks_mut((COLUMNS * plane).max(1)))
                 .enumerate();
-            match current_tract_executor() {
-                Executor::MultiThread(pool) if self.c_out > COLUMNS => {
-                    let failed = std::sync::atomic::AtomicBool::new(false);
-                    pool.scope(|s| {
-                        for (b, (panel, out)) in blocks {
-                            let failed = &failed;
-                            s.spawn(move |_| {
-                                if self.block(input, g, b, panel, out).is_none() {
-                                    failed.store(true, std::sync::atomic::Ordering::Relaxed);
-                                }
-                            });
-                        }
-                    });
-                    if failed.into_inner() {
-                        return Err(short());
-                    }
-                }
-                _ => {
-                    for (b, (panel, out)) in blocks {
-                        self.block(input, g, b, panel, out).ok_or_else(short)?;
-                    }
-                }
-            }
+            each_on_pool(blocks, self.c_out > COLUMNS, |(b, (panel, out))| {
+                self.block(input, g, b, panel, out)
+            })
+            .ok_or_else(|| format_err!("DirectConv: operand shorter than its shape"))?;
         }
         Ok(out)
     }

@@ -97,3 +97,28 @@ fn convolutions_it_does_not_compute_stay_on_tract() {
     let fw = TypedFact::shape_and_dt_of(&w);
     assert!(DirectConv::replacing(&conv(4, 4, 3, 1, (1, 1)), &[&fx, &fw, &fb]).is_none());
 }
+
+#[test]
+fn output_channels_split_between_threads_give_the_same_convolution() {
+    use tract_linalg::multithread::{multithread_tract_scope, Executor};
+    let mut rng = Rng(9);
+    let op = conv(8, 40, 3, 1, (1, 1));
+    let x = rng.tensor(&[1, 8, 9, 9], |r| r.unit() - 0.5);
+    let w = rng.tensor(&[40, 8, 3, 3], |r| r.unit() - 0.5);
+    let b = rng.tensor(&[40], |r| r.unit());
+    let [fx, fw, fb] = facts(&x, &w, &b);
+    let ours = DirectConv::replacing(&op, &[&fx, &fw, &fb]).unwrap();
+    let run = || {
+        let ins = tvec![
+            x.clone().into_tvalue(),
+            w.clone().into_tvalue(),
+            b.clone().into_tvalue()
+        ];
+        ours.eval(&EvalContext::out_of_plan(), ins)
+            .unwrap()
+            .remove(0)
+    };
+    let one = run();
+    let three = multithread_tract_scope(Executor::multithread(3), run);
+    assert_eq!(one, three);
+}

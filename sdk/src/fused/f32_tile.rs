@@ -9,6 +9,19 @@
 //! Elsewhere the same sums run in plain Rust, which the compiler vectorises over the 16
 //! columns. Each output is summed in the order of the reduced index in both.
 
+/// Whether the tile runs on its AVX2 and FMA kernel on this CPU (elsewhere on plain Rust loops,
+/// which are not faster than tract's own kernels).
+pub fn avx2_fma_here() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Output columns per tile: two AVX2 registers of eight f32 lanes.
 pub const COLUMNS: usize = 16;
 /// Left-operand rows per tile: with two accumulators each, 12 of the 16 AVX2 registers.
@@ -139,7 +152,7 @@ pub fn tile(a: Left<'_>, panel: Panel<'_>, tile: &mut [[f32; COLUMNS]]) -> Optio
         return None;
     }
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+    if avx2_fma_here() {
         // SAFETY: AVX2 and FMA were just detected; every index the kernel reads was checked
         // above, and it writes `tile.len()` rows.
         unsafe { avx2::dispatch(a, panel, tile) };

@@ -86,10 +86,10 @@ pub use weight_product::WeightProduct;
 /// Which parts of this module graphs load with: all of them, unless the environment's
 /// `TRANSFUSION_FUSED` says otherwise — `0` for none (every graph exactly as tract plans and
 /// runs it), or a comma-separated list of parts to leave out, each with a leading `-`:
-/// `quantize`, `elementwise`, `pad`, `im2col`, `conv`, `products`, `weights`, `integer`, `softmax`,
-/// `norm`,
-/// `vector-state` (the upper-state clearing of [`crate::graph::eval_node`]). For the speed A/Bs
-/// of docs/performance.md, and to rule a part out when chasing a numerical difference.
+/// `quantize`, `elementwise`, `pad`, `im2col`, `conv`, `products`, `weights`, `integer`,
+/// `softmax`, `norm`, `vector-state` (the upper-state clearing of [`crate::graph::eval_node`]).
+/// For the speed A/Bs of docs/performance.md, and to rule a part out when chasing a numerical
+/// difference.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Rewrites {
     pub quantize: bool,
@@ -193,18 +193,21 @@ pub fn apply(model: &mut TypedModel, rewrites: Rewrites) -> usize {
     replaced
 }
 
-/// Replaces, in a model tract has decluttered but not optimised, every product of two
-/// non-constant f32 tensors [`ActivationProduct`] computes, every f32 product with a constant
-/// weight [`WeightProduct`] computes and every f32 convolution [`DirectConv`] computes where
-/// this CPU wants them ([`weight_product::wanted_here`]) and, where this CPU wants them
-/// ([`integer::wanted_here`]), every INT8 product and convolution [`IntegerProduct`] and
-/// [`IntegerConv`] compute, the first with the `Cast` and `Mul` that rescale it to f32 folded in
-/// ([`integer::rescale_products`]); returns how many were replaced or folded.
+/// Replaces, in a model tract has decluttered but not optimised:
+/// - every product of two non-constant f32 tensors that [`ActivationProduct`] computes;
+/// - where this CPU runs the tile kernel fast ([`f32_tile::avx2_fma_here`]), every f32 product
+///   with a constant weight that [`WeightProduct`] computes and every f32 convolution that
+///   [`DirectConv`] computes;
+/// - where this CPU wants them ([`integer::wanted_here`]), every INT8 product and convolution
+///   that [`IntegerProduct`] and [`IntegerConv`] compute, the first with the `Cast` and `Mul`
+///   that rescale it to f32 folded in ([`integer::rescale_products`]).
+///
+/// Returns how many were replaced or folded.
 pub fn apply_decluttered(model: &mut TypedModel, rewrites: Rewrites) -> TractResult<usize> {
     let mut swaps: Vec<(usize, Box<dyn TypedOp>)> = Vec::new();
     let integer = rewrites.integer && integer::wanted_here();
-    let weights = rewrites.weights && weight_product::wanted_here();
-    let convs = rewrites.conv && weight_product::wanted_here();
+    let tiles = f32_tile::avx2_fma_here();
+    let (weights, convs) = (rewrites.weights && tiles, rewrites.conv && tiles);
     for node in model.nodes() {
         let Ok(facts) = model.node_input_facts(node.id) else {
             continue;
@@ -313,6 +316,42 @@ fn c_order(t: &Tensor) -> bool {
         ok
     });
     t.len() == shape.iter().product::<usize>() && ordered
+}
+
+/// How many matrix-product threads the calling graph's runs use.
+fn pool_threads() -> usize {
+    match tract_linalg::multithread::current_tract_executor() {
+        tract_linalg::multithread::Executor::MultiThread(pool) => pool.current_num_threads(),
+        _ => 1,
+    }
+}
+
+/// Calls `work` on each of `parts` (disjoint pieces of one operator's output): spread over the
+/// calling graph's matrix-product threads when `spread` and it has a pool, in turn on this
+/// thread otherwise. `None` when any call returned `None`.
+fn each_on_pool<T: Send>(
+    parts: impl Iterator<Item = T> + Send,
+    spread: bool,
+    work: impl Fn(T) -> Option<()> + Sync,
+) -> Option<()> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    match tract_linalg::multithread::current_tract_executor() {
+        tract_linalg::multithread::Executor::MultiThread(pool) if spread => {
+            let failed = AtomicBool::new(false);
+            pool.scope(|s| {
+                for part in parts {
+                    let (failed, work) = (&failed, &work);
+                    s.spawn(move |_| {
+                        if work(part).is_none() {
+                            failed.store(true, Ordering::Relaxed);
+                        }
+                    });
+                }
+            });
+            (!failed.into_inner()).then_some(())
+        }
+        _ => parts.map(work).collect(),
+    }
 }
 
 /// C-order strides of `shape`, in elements (tract's natural strides).

@@ -228,6 +228,17 @@ mod tests {
     use super::*;
     use crate::fused::test_util::{f32s, Rng};
 
+    /// The operator's output for `x`, `scale`, `bias`, or its error.
+    fn normed(x: &Tensor, scale: &Tensor, bias: &Tensor) -> TractResult<Tensor> {
+        let inputs = tvec![
+            x.clone().into_tvalue(),
+            scale.clone().into_tvalue(),
+            bias.clone().into_tvalue()
+        ];
+        let mut out = InstanceNorm::new(1e-5).eval(&EvalContext::out_of_plan(), inputs)?;
+        Ok(out.remove(0).into_tensor())
+    }
+
     /// Against the definition in f64, at the VAE's shape kind and odd ones.
     #[test]
     fn normalises_each_plane_as_defined() {
@@ -242,19 +253,7 @@ mod tests {
             let c = shape[1];
             let scale = rng.tensor(&[c], |r| r.unit() + 0.5);
             let bias = rng.tensor(&[c], |r| r.unit() - 0.5);
-            let op = InstanceNorm::new(1e-5);
-            let ctx = EvalContext::out_of_plan();
-            let got = op
-                .eval(
-                    &ctx,
-                    tvec![
-                        x.clone().into_tvalue(),
-                        scale.clone().into_tvalue(),
-                        bias.clone().into_tvalue()
-                    ],
-                )
-                .unwrap()
-                .remove(0);
+            let got = normed(&x, &scale, &bias).unwrap();
             assert_eq!(got.shape(), x.shape());
             let (xs, got) = (f32s(&x), f32s(&got));
             let (scale, bias) = (f32s(&scale), f32s(&bias));
@@ -284,17 +283,7 @@ mod tests {
         let x = rng.tensor(&[1, 2, 6], |r| r.unit() * 4.0 - 1.0);
         let scale = tensor1(&[1.5f32, 0.5]);
         let bias = tensor1(&[0.25f32, -1.0]);
-        let want = InstanceNorm::new(1e-5)
-            .eval(
-                &EvalContext::out_of_plan(),
-                tvec![
-                    x.clone().into_tvalue(),
-                    scale.clone().into_tvalue(),
-                    bias.clone().into_tvalue()
-                ],
-            )
-            .unwrap()
-            .remove(0);
+        let want = normed(&x, &scale, &bias).unwrap();
         for dt in [DatumType::F32, DatumType::F16] {
             let cast = |t: &Tensor| t.cast_to_dt(dt).unwrap().into_owned();
             let mut model = InferenceModel::default();
@@ -319,31 +308,11 @@ mod tests {
 
     #[test]
     fn wrong_parameters_are_errors() {
-        let op = InstanceNorm::new(1e-5);
-        let ctx = EvalContext::out_of_plan();
         let x = Tensor::zero::<f32>(&[1, 3, 4]).unwrap();
         let two = Tensor::zero::<f32>(&[2]).unwrap();
-        let err = op
-            .eval(
-                &ctx,
-                tvec![
-                    x.into_tvalue(),
-                    two.clone().into_tvalue(),
-                    two.into_tvalue()
-                ],
-            )
-            .unwrap_err();
+        let err = normed(&x, &two, &two).unwrap_err();
         assert!(format!("{err}").contains("3 channels"), "{err}");
         let scalar = tensor0(1f32);
-        assert!(op
-            .eval(
-                &ctx,
-                tvec![
-                    scalar.clone().into_tvalue(),
-                    scalar.clone().into_tvalue(),
-                    scalar.into_tvalue()
-                ]
-            )
-            .is_err());
+        assert!(normed(&scalar, &scalar, &scalar).is_err());
     }
 }

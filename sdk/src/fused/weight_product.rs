@@ -2,38 +2,24 @@
 //! the FP32 backbone's projections and MLP layers, on x86 CPUs with AVX2 and FMA.
 //!
 //! There tract plans them on its `fma_mmm_f32_32x3` kernel, 32 weight rows by 3 positions a
-//! tile, which at the 16 positions of a diffusion step (and the 34 of a prefill) runs at about
-//! half the CPU's multiply-add rate: 0.12–0.14 ms for a 256 × 704 product of 16 rows, where the
-//! same product on [`super::f32_tile`]'s 6 × 16 tiles takes 0.06 (weights in cache) to 0.09 ms
-//! (streamed, as in a step) (`transfusion bench --profile`, docs/performance.md).
-//! [`WeightProduct`] packs the weight once, at load, into panels of 16 columns — one run of 16
-//! values per reduced index, what the tile kernel reads — and multiplies the activations' rows
-//! in place. The sums run in the order of the reduced index with fused multiply-adds, not in
+//! tile, which at the 16 positions of a diffusion step takes 0.12–0.14 ms for a 256 × 704
+//! product (`transfusion bench --profile`, docs/performance.md). [`WeightProduct`] packs the
+//! weight once, at load, into panels of 16 columns — one run of 16 values per reduced index,
+//! what [`super::f32_tile`]'s kernel reads — multiplies the activations' rows in place, and has
+//! the CPU prefetch the next panel while it multiplies one: 0.08 ms for the same product (0.11
+//! without the prefetch, the weights then arriving from memory after the arithmetic instead of
+//! during it). The sums run in the order of the reduced index with fused multiply-adds, not in
 //! tract's order, so values agree to rounding (the bundle tolerances of `verify`), not bit for
 //! bit. Elsewhere — ARM, x86 without FMA — tract's kernels keep these products.
 
 use std::sync::Arc;
 
-use tract_linalg::multithread::{current_tract_executor, Executor};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::einsum::EinSum;
 
-use super::dense_f32;
 use super::f32_tile::{tile, Bits, Left, Panel, COLUMNS, ONE_TAP, ROWS};
-
-/// Whether the tile kernel runs here with AVX2 and FMA, so that [`WeightProduct`] is the faster
-/// way.
-pub fn wanted_here() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
+use super::{dense_f32, each_on_pool, pool_threads};
 
 /// The weight `w [k, n]` in panels of [`COLUMNS`] columns: panel `p` holds, for each reduced
 /// index, the 16 values of columns `16p ..` (zeros past `n`).
@@ -81,8 +67,8 @@ enum OutAxis {
 /// are summed against the weight's first ones and the weight's last axis is the output's last:
 /// `[…, m, k] · [k, n] → […, m, n]` as ONNX `MatMul` gives it, also with the reduced index split
 /// over several axes (`[s, h, d] · [h, d, n]`, the attention output projection), with axes of
-/// length 1 that only the activation or only the output has. In memory that is always rows of `k` values times a
-/// `[k, n]` matrix. Computed on [`super::f32_tile`]'s kernel.
+/// length 1 that only the activation or only the output has. In memory that is always rows of
+/// `k` values times a `[k, n]` matrix. Computed on [`super::f32_tile`]'s kernel.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WeightProduct {
     panels: Arc<WeightPanels>,
@@ -215,29 +201,18 @@ impl WeightProduct {
         let cs = view.as_slice_mut::<f32>()?;
         let (k, n) = (self.panels.k, self.panels.n);
         let m = xs.len().checked_div(k).unwrap_or(0);
-        let short = || format_err!("WeightProduct: operand shorter than its shape");
-        match current_tract_executor() {
-            Executor::MultiThread(pool) if m >= 2 * ROWS => {
-                // Rows split between the graph's matrix-product threads in whole tiles.
-                let parts = pool.current_num_threads().clamp(1, m / ROWS);
-                let rows = m.div_ceil(parts).next_multiple_of(ROWS);
-                let failed = std::sync::atomic::AtomicBool::new(false);
-                pool.scope(|s| {
-                    for (x, c) in xs.chunks(rows * k).zip(cs.chunks_mut(rows * n)) {
-                        let failed = &failed;
-                        s.spawn(move |_| {
-                            if self.rows(x, c).is_none() {
-                                failed.store(true, std::sync::atomic::Ordering::Relaxed);
-                            }
-                        });
-                    }
-                });
-                if failed.into_inner() {
-                    return Err(short());
-                }
-            }
-            _ => self.rows(xs, cs).ok_or_else(short)?,
-        }
+        // Rows split between the graph's matrix-product threads in whole tiles; a product of
+        // fewer than two tiles' rows (a decoded token's one) stays on this thread.
+        let threads = pool_threads();
+        let spread = threads > 1 && m >= 2 * ROWS;
+        let rows = if spread {
+            m.div_ceil(threads.min(m / ROWS)).next_multiple_of(ROWS)
+        } else {
+            m.max(1)
+        };
+        let parts = xs.chunks(rows * k).zip(cs.chunks_mut(rows * n));
+        each_on_pool(parts, spread, |(x, c)| self.rows(x, c))
+            .ok_or_else(|| format_err!("WeightProduct: operand shorter than its shape"))?;
         Ok(out)
     }
 
@@ -374,7 +349,7 @@ mod tests {
 
     #[test]
     fn rows_split_between_threads_give_the_same_products() {
-        use tract_linalg::multithread::multithread_tract_scope;
+        use tract_linalg::multithread::{multithread_tract_scope, Executor};
         let einsum = EinSum::new("mk,kn->mn".parse::<AxesMapping>().unwrap(), DatumType::F32);
         let mut rng = Rng(3);
         let a = rng.tensor(&[34, 40], |r| r.unit());
