@@ -24,6 +24,8 @@ Dependencies: numpy and onnxruntime only. Usage:
     ort_bench.py BUNDLE --precision fp32 --threads 1 --steps 1,2,4,8 --prompt-tokens 32 \\
         --runs 20 --json
 
+`--graphs` also times each graph call back to back, as `transfusion bench --profile` does.
+
 Exit status 0 on success; 2 with a message on stderr when the bundle or onnxruntime fails (for
 example a float16 graph with an operator onnxruntime's CPU provider lacks in float16).
 """
@@ -273,6 +275,54 @@ class Generator:
         return time.perf_counter() - start
 
 
+def graph_calls(gen, prompt_tokens, runs, warmup, rng):
+    """p50 ms of each graph call an image and a decoded token make, each call repeated back to
+    back on random inputs: the cases and sizes of `transfusion bench --profile` (backbone
+    prefill of `[BOS] + prompt + [BOI]`, a 16-position step after it, one decoded token after
+    the committed image; `patch_in`, `patch_out`, `vae_decoder`), for a per-graph comparison.
+    """
+    g = gen.g
+    prefix, n = prompt_tokens + 2, g["num_patches"]
+    bb = gen.parts["backbone"]
+
+    def backbone_feeds(s, p):
+        feeds = {
+            "embeddings": bb.f(rng.standard_normal((1, s, g["dim"]))),
+            "positions": np.arange(p, p + s, dtype=np.int64),
+            "attention_mask": bb.f(np.zeros((s, p + s))),
+        }
+        past = (1, g["n_heads"], p, g["head_dim"])
+        for layer in range(g["n_layers"]):
+            feeds[f"past_key.{layer}"] = bb.f(rng.standard_normal(past))
+            feeds[f"past_value.{layer}"] = bb.f(rng.standard_normal(past))
+        return bb, feeds
+
+    latent = rng.standard_normal((1, g["latent_channels"], g["latent_size"], g["latent_size"]))
+    pin, pout, vae = gen.parts["patch_in"], gen.parts["patch_out"], gen.parts["vae_decoder"]
+    skips = {k: v for k, v in pin.run({"latent": pin.f(latent), "timestep": pin.f([500.0])}).items()
+             if k.startswith("skip.")}
+    out_feeds = {"hidden": pout.f(rng.standard_normal((1, n, g["dim"]))), "timestep": pout.f([500.0])}
+    out_feeds.update(skips)
+    cases = [
+        ("backbone", "prefill", *backbone_feeds(prefix, 0)),
+        ("backbone", "step", *backbone_feeds(n, prefix)),
+        ("backbone", "decode", *backbone_feeds(1, prefix + n + 1)),
+        ("patch_in", "call", pin, {"latent": pin.f(latent), "timestep": pin.f([500.0])}),
+        ("patch_out", "call", pout, out_feeds),
+        ("vae_decoder", "call", vae, {"latent": vae.f(latent)}),
+    ]
+    rows = []
+    for graph, case, part, feeds in cases:
+        times = []
+        for run in range(warmup + runs):
+            start = time.perf_counter()
+            part.session.run(None, feeds)
+            if run >= warmup:
+                times.append((time.perf_counter() - start) * 1e3)
+        rows.append({"graph": graph, "case": case, "ms_p50": percentile(times, 0.5)})
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("bundle")
@@ -288,6 +338,9 @@ def main():
     ap.add_argument("--no-spin", action="store_true",
                     help="idle onnxruntime pool threads sleep instead of spinning")
     ap.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    ap.add_argument("--graphs", action="store_true",
+                    help="also time each graph call back to back, as `transfusion bench "
+                         "--profile` does (p50 of --runs calls per case)")
     args = ap.parse_args()
     try:
         steps_list = [int(s) for s in args.steps.split(",") if s.strip()]
@@ -328,6 +381,8 @@ def main():
             row[f"ort_{name}_ms_p50"] = percentile(values, 0.5)
         results.append(row)
 
+    calls = graph_calls(gen, args.prompt_tokens, args.runs, args.warmup, rng) if args.graphs else None
+
     report = {
         "tool": "ort_bench.py",
         "onnxruntime": ort.__version__,
@@ -342,6 +397,8 @@ def main():
         "ort_load_ms": gen.load_ms,
         "results": results,
     }
+    if calls is not None:
+        report["graph_calls"] = calls
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -353,6 +410,8 @@ def main():
             print(f"{r['steps']:>5} {r['ort_image_ms_p50']:>9.2f} {r['ort_image_ms_p90']:>9.2f} "
                   f"{r['ort_backbone_ms_p50']:>9.2f} {r['ort_patch_ms_p50']:>7.2f} "
                   f"{r['ort_vae_decode_ms_p50']:>7.2f} {r['ort_host_ms_p50']:>7.2f}")
+        for c in calls or []:
+            print(f"{c['graph']} {c['case']}: {c['ms_p50']:.3f} ms per call (p50)")
 
 
 if __name__ == "__main__":
