@@ -45,7 +45,7 @@ enum Panel<'a> {
 }
 
 impl Panels {
-    /// All zeros (i16), to be filled with [`Panels::set`] or [`Panels::set_pair`].
+    /// All zeros (i16), to be filled with [`Panels::set_pair`].
     pub fn zeros(k: usize, n: usize) -> Panels {
         let len = n.div_ceil(COLUMNS) * k.div_ceil(2) * 2 * COLUMNS;
         Panels {
@@ -59,10 +59,14 @@ impl Panels {
     pub fn from_rows(y: &[i16], k: usize, n: usize) -> Panels {
         let mut panels = Panels::zeros(k, n);
         if n > 0 {
-            for (kk, row) in y.chunks_exact(n).enumerate().take(k) {
-                for (j, &v) in row.iter().enumerate() {
-                    panels.set(kk, j, v);
-                }
+            // Two rows at a time, one pair run per panel: without an index computation per
+            // value (the INT8 backbone's 56 weights are packed at every load).
+            let zeros = vec![0; n];
+            let mut rows = y.chunks_exact(n).take(k);
+            for p in 0..k.div_ceil(2) {
+                let even = rows.next().unwrap_or(&zeros);
+                let odd = rows.next().unwrap_or(&zeros);
+                panels.set_pair(p, even, odd);
             }
         }
         panels.narrowed()
@@ -73,13 +77,16 @@ impl Panels {
         let Values::Wide(wide) = &self.values else {
             return self;
         };
-        let narrow: Option<Vec<i8>> = wide.iter().map(|&v| i8::try_from(v).ok()).collect();
-        match narrow {
-            Some(narrow) => Panels {
-                values: Values::Narrow(narrow),
-                ..self
-            },
-            None => self,
+        // A check, then a plain cast: collecting `Option`s does not vectorise, and this runs over
+        // every INT8 weight at load.
+        if !wide.iter().all(|&v| (-128..=127).contains(&v)) {
+            return self;
+        }
+        #[allow(clippy::cast_possible_truncation)] // every value fits: checked above
+        let narrow = wide.iter().map(|&v| v as i8).collect();
+        Panels {
+            values: Values::Narrow(narrow),
+            ..self
         }
     }
 
@@ -100,20 +107,6 @@ impl Panels {
     #[cfg(test)]
     fn is_narrow(&self) -> bool {
         matches!(self.values, Values::Narrow(_))
-    }
-
-    /// `y[kk, j] = v` (ignored outside `k × n`, and on narrowed panels).
-    #[inline]
-    pub fn set(&mut self, kk: usize, j: usize, v: i16) {
-        if kk < self.k && j < self.n {
-            let at =
-                ((j / COLUMNS) * self.pairs() + kk / 2) * 2 * COLUMNS + 2 * (j % COLUMNS) + kk % 2;
-            if let Values::Wide(values) = &mut self.values {
-                if let Some(slot) = values.get_mut(at) {
-                    *slot = v;
-                }
-            }
-        }
     }
 
     /// Sets the reduced index pair `p`, rows `2p` and `2p + 1` of `y`, from two rows of `n`

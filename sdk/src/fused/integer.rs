@@ -110,11 +110,11 @@ pub(super) fn weights(w: &TypedFact, w0: &TypedFact) -> Option<(Vec<i16>, TVec<u
     let values = match t.datum_type() {
         DatumType::I8 => {
             let v = plain.as_slice::<i8>().ok()?;
-            v.iter().map(|&v| i16::from(v) - zero).collect()
+            v.iter().map(|&v| i16::from(v).wrapping_sub(zero)).collect()
         }
         DatumType::U8 => {
             let v = plain.as_slice::<u8>().ok()?;
-            v.iter().map(|&v| i16::from(v) - zero).collect()
+            v.iter().map(|&v| i16::from(v).wrapping_sub(zero)).collect()
         }
         _ => return None,
     };
