@@ -6,8 +6,9 @@
 //! calls a row is most of the work: its 8 softmax nodes cost 0.34 ms of a 4.5 ms INT8 step
 //! (`transfusion bench --profile`, docs/performance.md). [`RowSoftmax`] runs the same three
 //! passes as plain loops over each row: the maximum, `exp(x − max)` and its sum, then the
-//! product by the sum's reciprocal. The exponential is the C library's (`f32::exp`) rather than
-//! tract's polynomial, so values agree to rounding, not bit for bit.
+//! product by the sum's reciprocal. The exponential is a polynomial of its own ([`exp`]),
+//! written so that the loop vectorises, not tract's, so values agree to rounding, not bit for
+//! bit.
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
@@ -38,17 +39,70 @@ impl RowSoftmax {
     }
 }
 
+/// Lanes of the partial maxima and sums (one AVX2 register of f32).
+const LANES: usize = 8;
+
 /// Softmax of each row of `n` values of `xs`, in place.
 fn rows(xs: &mut [f32], n: usize) {
     for row in xs.chunks_exact_mut(n.max(1)) {
-        let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-        let mut sum = 0f32;
+        let max = lanes(row, f32::NEG_INFINITY, f32::max);
         for v in row.iter_mut() {
-            *v = (*v - max).exp();
-            sum += *v;
+            *v = exp(*v - max);
         }
-        let scale = sum.recip();
+        let scale = lanes(row, 0.0, |a, b| a + b).recip();
         row.iter_mut().for_each(|v| *v *= scale);
+    }
+}
+
+/// `xs` folded by `f` in [`LANES`] independent lanes, then across them: a fold the compiler
+/// vectorises (one accumulator is a chain it may not reorder).
+#[inline(always)]
+fn lanes(xs: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut acc = [init; LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let tail = chunks.remainder().iter().fold(init, |a, &v| f(a, v));
+    for chunk in chunks {
+        for (a, &v) in acc.iter_mut().zip(chunk) {
+            *a = f(*a, v);
+        }
+    }
+    acc.iter().fold(tail, |a, &v| f(a, v))
+}
+
+/// `e^x` for `x ≤ 88`, within a few units in the last place: Cephes' single-precision
+/// reduction and polynomial (`x = n·ln 2 + r`, `|r| ≤ ln 2 / 2`, `e^r` of degree 7, times
+/// `2^n` built in the exponent bits). Below −87 it is 0 (where `e^x` would be subnormal: the
+/// masked scores, −∞, included); a NaN stays NaN. Branch-free, so a loop over a row vectorises —
+/// the C library's `expf` is a call per value, which made the backbone's softmax nodes 4 % of
+/// an INT8 step (docs/performance.md).
+#[inline(always)]
+fn exp(x: f32) -> f32 {
+    /// Adding and subtracting 1.5 · 2²³ rounds an f32 below 2²² to the nearest integer.
+    const ROUND: f32 = 12_582_912.0;
+    // `max`/`min` replace a NaN (`clamp` would keep it), so `n` below is always an integer in
+    // −126..=127.
+    #[allow(clippy::manual_clamp)]
+    let c = x.max(-87.0).min(88.0);
+    let n = (c * std::f32::consts::LOG2_E + ROUND) - ROUND;
+    // ln 2 in two parts, the first exact in a few bits, so `n · LN2_HI` is exact.
+    let r = c - n * 0.693_359_4 - n * -2.121_944_4e-4;
+    let p = 1.987_569_2e-4_f32;
+    let p = p * r + 1.398_199_9e-3;
+    let p = p * r + 8.333_452e-3;
+    let p = p * r + 4.166_579_6e-2;
+    let p = p * r + 1.666_666_5e-1;
+    let p = p * r + 0.5;
+    let e = p * r * r + r + 1.0;
+    // SAFETY: `n` is an integer in −126..=127 (`c` is clamped to −87..=88), which `i32` holds;
+    // `n + 127` is then a normal exponent, 1..=254.
+    let bits = (unsafe { n.to_int_unchecked::<i32>() } + 127) << 23;
+    let scaled = e * f32::from_bits(bits.unsigned_abs());
+    if x.is_nan() {
+        x
+    } else if x < -87.0 {
+        0.0
+    } else {
+        scaled
     }
 }
 
@@ -121,6 +175,28 @@ mod tests {
                 assert!((w - g).abs() <= 1e-6 * w.abs(), "{w} {g}");
             }
         }
+    }
+
+    /// The polynomial against the C library's `expf` over the range the scores take, and at
+    /// its edges.
+    #[test]
+    fn exp_agrees_with_the_c_library() {
+        let mut x = -90.0f32;
+        while x <= 88.0 {
+            let (want, got) = (x.exp(), exp(x));
+            if x < -87.0 {
+                assert_eq!(got, 0.0, "{x}");
+            } else {
+                assert!(
+                    (want - got).abs() <= 3.0 * f32::EPSILON * want,
+                    "{x}: {want} {got}"
+                );
+            }
+            x += 0.013;
+        }
+        assert_eq!(exp(0.0), 1.0);
+        assert_eq!(exp(f32::NEG_INFINITY), 0.0);
+        assert!(exp(f32::NAN).is_nan());
     }
 
     #[test]
