@@ -73,6 +73,8 @@ pub struct Panel<'a> {
     pub values: &'a [f32],
     pub offset: usize,
     pub stride: usize,
+    /// A hint: only the AVX2 kernel prefetches, so elsewhere nothing reads it.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub ahead: usize,
 }
 
