@@ -126,6 +126,11 @@ impl ActivationProduct {
             *shape.get_mut(pc)? = n;
             batch.push(n);
         }
+        if depth == 0 || shape.contains(&0) {
+            // A sum of no terms (the weighted sum over an empty past, in a prefill split at
+            // the cache) is zeros, and an empty output has nothing to compute.
+            return Some(Tensor::zero::<f32>(&shape));
+        }
         let (ta, tb, tc) = (c_strides(sa), c_strides(sb), c_strides(&shape));
         let stride = |s: &TVec<usize>, p: usize| s.get(p).copied();
         let geometry = Geometry {
@@ -348,7 +353,7 @@ impl EvalOp for ActivationProduct {
 
     fn eval(&self, ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         if let [a, b] = inputs.as_slice() {
-            if dense_f32(a) && dense_f32(b) && a.len() > 0 && b.len() > 0 {
+            if dense_f32(a) && dense_f32(b) {
                 if let Some(c) = self.product(a, b) {
                     return Ok(tvec![c?.into_tvalue()]);
                 }
@@ -412,6 +417,11 @@ mod tests {
             check("abmk,abnk->bmn", &[1, 4, s, 64], &[1, 4, t, 64]);
             // Weighted sum: A·V, V along the output's columns.
             check("bmk,abkn->mbn", &[4, s, t], &[1, 4, t, 64]);
+        }
+        // The backbone without its batch axis: the weighted sum into `[S, H, hd]`, and its
+        // part over an empty past (no reduced values) or for no positions.
+        for (s, t) in [(34usize, 34usize), (34, 0), (0, 5), (16, 50)] {
+            check("amk,akn->man", &[4, s, t], &[4, t, 64]);
         }
         // Odd depths and widths, no batch, and a layout neither fast path takes.
         check("mk,kn->mn", &[5, 13], &[13, 7]);
