@@ -286,9 +286,9 @@ impl std::ops::Deref for FileBytes {
     }
 }
 
-/// The bytes of the file at `path`, mapped where the OS allows it (read where it does not). Mapping saves the copy into fresh heap pages
-/// that reading makes: the first load of the FP32 backbone (25 MB) takes 132–138 ms mapped
-/// against 152–157 ms read (docs/performance.md).
+/// The bytes of the file at `path`, mapped where the OS allows it (read where it does not).
+/// Mapping saves the copy into fresh heap pages that reading makes: the FP32 model loads in
+/// 128–134 ms mapped against 148–152 ms read, alternating `bench` runs (docs/performance.md).
 fn file_bytes(path: &Path) -> std::io::Result<FileBytes> {
     let file = std::fs::File::open(path)?;
     // SAFETY: the mapping is read-only and lives only while its protobuf is decoded (the

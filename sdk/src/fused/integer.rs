@@ -107,6 +107,8 @@ pub(super) fn weights(w: &TypedFact, w0: &TypedFact) -> Option<(Vec<i16>, TVec<u
     let t = w.konst.as_ref()?;
     let zero = zero_of(w0.konst.as_ref()?)?;
     let plain = t.try_as_plain_ram().ok()?;
+    // Both values lie in −128..=255, so the difference never wraps; `wrapping_sub` only keeps
+    // the dev build's overflow check out of a loop over every weight at load.
     let values = match t.datum_type() {
         DatumType::I8 => {
             let v = plain.as_slice::<i8>().ok()?;
