@@ -20,6 +20,7 @@ use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat};
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
 use super::f32_tile::{tile, Bits, Left, Panel, COLUMNS, ROWS};
+use super::pad::copy_rows;
 use super::{dense_f32, each_on_pool};
 
 /// tract's f32 `Conv` of NCHW activations by constant OIHW weights: one group, 2-D, no
@@ -166,7 +167,8 @@ impl DirectConv {
             .zip(cs.chunks_mut((self.c_out * plane).max(1)))
         {
             let input: &[f32] = if padded {
-                g.pad(image, self.c_in, &mut scratch);
+                g.pad(image, self.c_in, &mut scratch)
+                    .ok_or_else(|| format_err!("DirectConv: input shorter than its shape"))?;
                 &scratch
             } else {
                 image
@@ -242,24 +244,18 @@ struct Geometry {
 }
 
 impl Geometry {
-    /// `image` (`channels` planes of `h × w`) with its zero padding, into `padded`.
-    fn pad(&self, image: &[f32], channels: usize, padded: &mut Vec<f32>) {
+    /// `image` (`channels` planes of `h × w`) with its zero padding, into `padded`; `None`
+    /// when `image` is not that size.
+    fn pad(&self, image: &[f32], channels: usize, padded: &mut Vec<f32>) -> Option<()> {
         padded.clear();
         padded.resize(channels * self.hp * self.wp, 0.0);
-        let rows = image.chunks_exact(self.w.max(1));
-        let targets = padded
-            .chunks_exact_mut((self.hp * self.wp).max(1))
-            .flat_map(|p| {
-                p.chunks_exact_mut(self.wp.max(1))
-                    .skip(self.top)
-                    .take(self.h)
-                    .map(|row| row.get_mut(self.left..self.left + self.w))
-            });
-        for (row, target) in rows.zip(targets) {
-            if let Some(target) = target {
-                target.copy_from_slice(row);
-            }
-        }
+        let pads = [
+            (0, 0),
+            (self.top, self.hp.checked_sub(self.h + self.top)?),
+            (self.left, self.wp.checked_sub(self.w + self.left)?),
+        ];
+        let shape = [channels, self.h, self.w];
+        copy_rows(image, &shape, &pads, &[channels, self.hp, self.wp], padded)
     }
 }
 

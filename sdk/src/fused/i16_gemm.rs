@@ -9,7 +9,6 @@
 //! of the bundle's INT8 products: half the bytes to stream, which is what a decoded token's
 //! products are bound by) and widened in registers.
 
-use tract_linalg::multithread::{current_tract_executor, Executor};
 use tract_onnx::prelude::Datum;
 
 /// The name `inspect --kernels` and [`crate::graph::KernelSummary`] give this kernel.
@@ -209,17 +208,16 @@ impl Store for Rescaled<'_> {
 pub fn product<S: Store>(y: &Panels, x: &[i32], c: &mut [S::Out], store: &S) {
     let (n, pairs) = (y.n(), y.pairs());
     let m = x.len().checked_div(pairs).unwrap_or(0);
-    match current_tract_executor() {
-        Executor::MultiThread(pool) if m >= 2 * ROWS && n > 0 => {
-            let parts = pool.current_num_threads().clamp(1, m / ROWS);
-            let rows = m.div_ceil(parts).next_multiple_of(ROWS);
-            pool.scope(|s| {
-                for (x, c) in x.chunks(rows * pairs).zip(c.chunks_mut(rows * n)) {
-                    s.spawn(move |_| rows_times_panels(y, x, c, store));
-                }
+    match super::rows_per_part(m, ROWS).filter(|_| n > 0) {
+        Some(rows) => {
+            let parts = x.chunks(rows * pairs).zip(c.chunks_mut(rows * n));
+            // Every part succeeds: `rows_times_panels` skips what does not fit.
+            let _ = super::each_on_pool(parts, true, |(x, c)| {
+                rows_times_panels(y, x, c, store);
+                Some(())
             });
         }
-        _ => rows_times_panels(y, x, c, store),
+        None => rows_times_panels(y, x, c, store),
     }
 }
 
@@ -442,7 +440,7 @@ mod tests {
 
     #[test]
     fn rows_split_between_threads_give_the_same_products() {
-        use tract_linalg::multithread::multithread_tract_scope;
+        use tract_linalg::multithread::{multithread_tract_scope, Executor};
         let mut rng = Rng(21);
         for m in [8usize, 9, 34] {
             let (k, n) = (64, 40);

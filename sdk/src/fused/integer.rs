@@ -21,8 +21,8 @@ use tract_onnx::tract_core::ops::cast::Cast;
 use tract_onnx::tract_core::ops::einsum::EinSum;
 use tract_onnx::tract_core::ops::math::Mul;
 
-use super::c_order;
 use super::i16_gemm::{pair_rows, product, Panels, Rescaled, Store, Sums};
+use super::{c_order, single_position};
 
 /// Whether this CPU runs INT8 products on tract's AVX2 kernel (AVX2 without AVX-512 VNNI or
 /// AVX-VNNI), so that [`IntegerProduct`] and [`super::IntegerConv`] are the faster way.
@@ -210,20 +210,13 @@ impl IntegerProduct {
         // second is the output's last; every other activation axis keeps its position in the
         // output. Nothing else (the scalar inputs have no axes).
         for axis in einsum.axes.iter_all_axes() {
-            let at = |io: &TVec<TVec<usize>>, i: usize| -> Option<Option<usize>> {
-                match io.get(i).map(|p| p.as_slice()) {
-                    Some([]) | None => Some(None),
-                    Some([p]) => Some(Some(*p)),
-                    _ => None,
-                }
-            };
-            if (2..9).any(|i| at(&axis.inputs, i) != Some(None)) {
+            if (2..9).any(|i| single_position(&axis.inputs, i) != Some(None)) {
                 return None;
             }
             let roles = (
-                at(&axis.inputs, 0)?,
-                at(&axis.inputs, 1)?,
-                at(&axis.outputs, 0)?,
+                single_position(&axis.inputs, 0)?,
+                single_position(&axis.inputs, 1)?,
+                single_position(&axis.outputs, 0)?,
             );
             let fits = match roles {
                 (Some(a), Some(0), None) => a + 1 == rank,
@@ -320,21 +313,32 @@ impl EvalOp for IntegerProduct {
             "IntegerProduct: {} scale inputs, expected {extra}",
             tail.len()
         );
-        let f32s = |t: &TValue| -> TractResult<Vec<f32>> {
-            ensure!(
-                t.datum_type() == DatumType::F32 && c_order(t),
-                "IntegerProduct: a scale input is {:?}, expected f32",
-                t.datum_type()
-            );
-            Ok(t.try_as_plain_ram()?.as_slice::<f32>()?.to_vec())
-        };
-        let scales = match tail.as_slice() {
+        let views = tail
+            .iter()
+            .map(|t| {
+                ensure!(
+                    t.datum_type() == DatumType::F32 && c_order(t),
+                    "IntegerProduct: a scale input is {:?}, expected f32",
+                    t.datum_type()
+                );
+                t.try_as_plain_ram()
+            })
+            .collect::<TractResult<TVec<_>>>()?;
+        let f32s = views
+            .iter()
+            .map(|v| v.as_slice::<f32>())
+            .collect::<TractResult<TVec<&[f32]>>>()?;
+        // Read in place; only a product of two factors is computed (once a call).
+        let product;
+        let scales = match f32s.as_slice() {
             [] => None,
-            [s] => Some(f32s(s)?),
-            [p, q] => Some(scale_product(&f32s(p)?, &f32s(q)?)?),
+            [s] => Some(*s),
+            [p, q] => {
+                product = scale_product(p, q)?;
+                Some(product.as_slice())
+            }
             _ => bail!("IntegerProduct: more than two scale inputs"),
         };
-        let scales = scales.as_deref();
         if let (Some(a), Some(a0)) = (inputs.first(), inputs.get(3)) {
             if let Some(c) = self.product(a, a0, scales) {
                 return Ok(tvec![c?.into_tvalue()]);

@@ -213,32 +213,12 @@ pub fn apply_decluttered(model: &mut TypedModel, rewrites: Rewrites) -> TractRes
             continue;
         };
         let op = node.op.as_ref();
-        let swap: Option<Box<dyn TypedOp>> = if integer {
-            IntegerProduct::replacing(op, &facts)
-                .map(|o| Box::new(o) as _)
-                .or_else(|| IntegerConv::replacing(op, &facts).map(|o| Box::new(o) as _))
-        } else {
-            None
-        };
-        let swap = swap.or_else(|| {
-            weights
-                .then(|| WeightProduct::replacing(op, &facts))
-                .flatten()
-                .map(|o| Box::new(o) as _)
-        });
-        let swap = swap.or_else(|| {
-            convs
-                .then(|| DirectConv::replacing(op, &facts))
-                .flatten()
-                .map(|o| Box::new(o) as _)
-        });
         let products = rewrites.products && facts.iter().all(|f| f.konst.is_none());
-        let swap = swap.or_else(|| {
-            products
-                .then(|| ActivationProduct::replacing(op, &facts))
-                .flatten()
-                .map(|o| Box::new(o) as _)
-        });
+        let swap = offer(integer, || IntegerProduct::replacing(op, &facts))
+            .or_else(|| offer(integer, || IntegerConv::replacing(op, &facts)))
+            .or_else(|| offer(weights, || WeightProduct::replacing(op, &facts)))
+            .or_else(|| offer(convs, || DirectConv::replacing(op, &facts)))
+            .or_else(|| offer(products, || ActivationProduct::replacing(op, &facts)));
         if let Some(swap) = swap {
             swaps.push((node.id, swap));
         }
@@ -255,6 +235,11 @@ pub fn apply_decluttered(model: &mut TypedModel, rewrites: Rewrites) -> TractRes
         0
     };
     Ok(replaced + rescaled)
+}
+
+/// The operator `replacing` gives, boxed, when the rewrite is `on`.
+fn offer<O: TypedOp>(on: bool, replacing: impl FnOnce() -> Option<O>) -> Option<Box<dyn TypedOp>> {
+    on.then(replacing).flatten().map(|o| Box::new(o) as _)
 }
 
 /// Replaces, in a model tract has optimised, every node [`Elementwise`], [`ConstantPad`],
@@ -318,12 +303,31 @@ fn c_order(t: &Tensor) -> bool {
     t.len() == shape.iter().product::<usize>() && ordered
 }
 
+/// The one position an axis has in input or output `i` of an `EinSum` (`positions` being the
+/// axis's `inputs` or `outputs`): `Some(None)` where it has none, `None` where it repeats.
+fn single_position(positions: &TVec<TVec<usize>>, i: usize) -> Option<Option<usize>> {
+    match positions.get(i).map(|p| p.as_slice()) {
+        Some([]) | None => Some(None),
+        Some([p]) => Some(Some(*p)),
+        _ => None,
+    }
+}
+
 /// How many matrix-product threads the calling graph's runs use.
 fn pool_threads() -> usize {
     match tract_linalg::multithread::current_tract_executor() {
         tract_linalg::multithread::Executor::MultiThread(pool) => pool.current_num_threads(),
         _ => 1,
     }
+}
+
+/// Rows per part when `m` rows of a product are spread over the calling graph's
+/// matrix-product threads in whole tiles of `tile` rows, or `None` to keep them on this thread:
+/// one thread, or fewer than two tiles' rows (a decoded token's one).
+fn rows_per_part(m: usize, tile: usize) -> Option<usize> {
+    let threads = pool_threads();
+    (threads > 1 && tile > 0 && m >= 2 * tile)
+        .then(|| m.div_ceil(threads.min(m / tile)).next_multiple_of(tile))
 }
 
 /// Calls `work` on each of `parts` (disjoint pieces of one operator's output): spread over the

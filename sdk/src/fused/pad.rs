@@ -70,8 +70,9 @@ impl ConstantPad {
     }
 }
 
-/// Copies every row (last axis) of `xs`, of shape `shape`, to its padded place in `ys`.
-fn copy_rows(
+/// Copies every row (last axis) of `xs`, of shape `shape`, to its padded place in `ys` (of
+/// shape `out_shape`, its padding already filled); [`super::DirectConv`] pads its inputs so too.
+pub(super) fn copy_rows(
     xs: &[f32],
     shape: &[usize],
     pads: &[(usize, usize)],

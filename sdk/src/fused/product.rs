@@ -18,7 +18,7 @@ use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::einsum::EinSum;
 
 use super::f32_tile::{self, pack, Left, Panel, COLUMNS, ONE_TAP, ROWS};
-use super::{c_strides, dense_f32};
+use super::{c_strides, dense_f32, single_position};
 
 /// Below this many rows, scores whose operands both run along the reduced axis are dot products
 /// rather than tiles.
@@ -56,22 +56,15 @@ impl ActivationProduct {
         {
             return None;
         }
-        let one = |positions: &TVec<TVec<usize>>, ix: usize| -> Option<Option<usize>> {
-            match positions.get(ix).map(|p| p.as_slice()) {
-                Some([]) => Some(None),
-                Some([p]) => Some(Some(*p)),
-                _ => None,
-            }
-        };
         let unit = |fact: &TypedFact, p: Option<usize>| {
             p.is_none_or(|p| fact.shape.get(p).is_some_and(|d| d.is_one()))
         };
         // Candidates per role, with whether the axis has length 1.
         let (mut batch, mut ms, mut ns, mut ks) = (tvec![], tvec![], tvec![], tvec![]);
         for axis in einsum.axes.iter_all_axes() {
-            let a = one(&axis.inputs, 0)?;
-            let b = one(&axis.inputs, 1)?;
-            let c = one(&axis.outputs, 0)?;
+            let a = single_position(&axis.inputs, 0)?;
+            let b = single_position(&axis.inputs, 1)?;
+            let c = single_position(&axis.outputs, 0)?;
             let ones = unit(fa, a) && unit(fb, b);
             match (a, b, c) {
                 (Some(a), Some(b), Some(c)) => batch.push((a, b, c)),
@@ -127,8 +120,8 @@ impl ActivationProduct {
             batch.push(n);
         }
         if depth == 0 || shape.contains(&0) {
-            // A sum of no terms (the weighted sum over an empty past, in a prefill split at
-            // the cache) is zeros, and an empty output has nothing to compute.
+            // A sum of no terms (a weighted sum over an empty past) is zeros, and an empty
+            // output has nothing to compute.
             return Some(Tensor::zero::<f32>(&shape));
         }
         let (ta, tb, tc) = (c_strides(sa), c_strides(sb), c_strides(&shape));
@@ -418,8 +411,8 @@ mod tests {
             // Weighted sum: A·V, V along the output's columns.
             check("bmk,abkn->mbn", &[4, s, t], &[1, 4, t, 64]);
         }
-        // The backbone without its batch axis: the weighted sum into `[S, H, hd]`, and its
-        // part over an empty past (no reduced values) or for no positions.
+        // A weighted sum into `[S, H, hd]` (the heads' transpose folded in), also over an empty
+        // past (no reduced values) and for no positions.
         for (s, t) in [(34usize, 34usize), (34, 0), (0, 5), (16, 50)] {
             check("amk,akn->man", &[4, s, t], &[4, t, 64]);
         }

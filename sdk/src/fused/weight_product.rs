@@ -19,7 +19,7 @@ use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::einsum::EinSum;
 
 use super::f32_tile::{tile, Bits, Left, Panel, COLUMNS, ONE_TAP, ROWS};
-use super::{dense_f32, each_on_pool, pool_threads};
+use super::{dense_f32, each_on_pool, rows_per_part, single_position};
 
 /// The weight `w [k, n]` in panels of [`COLUMNS`] columns: panel `p` holds, for each reduced
 /// index, the 16 values of columns `16p ..` (zeros past `n`).
@@ -105,17 +105,10 @@ impl WeightProduct {
         let mut out_axes = tvec![OutAxis::Unit; einsum.axes.rank(InOut::Out(0))];
         let (mut kept, mut reduced, mut units, mut columns) = (tvec![], tvec![], tvec![], None);
         for axis in einsum.axes.iter_all_axes() {
-            let one = |positions: &TVec<TVec<usize>>, i: usize| -> Option<Option<usize>> {
-                match positions.get(i).map(|p| p.as_slice()) {
-                    Some([]) | None => Some(None),
-                    Some([p]) => Some(Some(*p)),
-                    _ => None,
-                }
-            };
             match (
-                one(&axis.inputs, 0)?,
-                one(&axis.inputs, 1)?,
-                one(&axis.outputs, 0)?,
+                single_position(&axis.inputs, 0)?,
+                single_position(&axis.inputs, 1)?,
+                single_position(&axis.outputs, 0)?,
             ) {
                 (Some(a), None, Some(c)) => kept.push((a, c)),
                 (Some(a), Some(w), None) => reduced.push((a, w)),
@@ -201,17 +194,10 @@ impl WeightProduct {
         let cs = view.as_slice_mut::<f32>()?;
         let (k, n) = (self.panels.k, self.panels.n);
         let m = xs.len().checked_div(k).unwrap_or(0);
-        // Rows split between the graph's matrix-product threads in whole tiles; a product of
-        // fewer than two tiles' rows (a decoded token's one) stays on this thread.
-        let threads = pool_threads();
-        let spread = threads > 1 && m >= 2 * ROWS;
-        let rows = if spread {
-            m.div_ceil(threads.min(m / ROWS)).next_multiple_of(ROWS)
-        } else {
-            m.max(1)
-        };
+        let split = rows_per_part(m, ROWS);
+        let rows = split.unwrap_or(m).max(1);
         let parts = xs.chunks(rows * k).zip(cs.chunks_mut(rows * n));
-        each_on_pool(parts, spread, |(x, c)| self.rows(x, c))
+        each_on_pool(parts, split.is_some(), |(x, c)| self.rows(x, c))
             .ok_or_else(|| format_err!("WeightProduct: operand shorter than its shape"))?;
         Ok(out)
     }
