@@ -310,13 +310,16 @@ enum Side<'a> {
 fn run(step: Arith, layout: &Layout, a: Side, b: Side, out: &mut Tensor) -> TractResult<()> {
     let mut view = out.try_as_plain_ram_mut()?;
     let out = view.as_slice_mut::<f32>()?;
-    match step {
-        Arith::Add => walk(layout, a, b, out, |x, y| x + y),
-        Arith::Sub => walk(layout, a, b, out, |x, y| x - y),
-        Arith::SubF => walk(layout, a, b, out, |x, y| y - x),
-        Arith::Mul => walk(layout, a, b, out, |x, y| x * y),
-        Arith::Div => walk(layout, a, b, out, |x, y| x / y),
-    }
+    super::wide::avx2(
+        #[inline(always)]
+        || match step {
+            Arith::Add => walk(layout, a, b, out, |x, y| x + y),
+            Arith::Sub => walk(layout, a, b, out, |x, y| x - y),
+            Arith::SubF => walk(layout, a, b, out, |x, y| y - x),
+            Arith::Mul => walk(layout, a, b, out, |x, y| x * y),
+            Arith::Div => walk(layout, a, b, out, |x, y| x / y),
+        },
+    )
 }
 
 /// The outer odometer; `f` is inlined into each inner loop.

@@ -149,13 +149,18 @@ pub fn pair_rows<T: Copy>(x: &[T], k: usize, value: impl Fn(T) -> i16) -> Vec<i3
     let rows = x.len().checked_div(k).unwrap_or(0);
     let mut out = vec![0i32; rows * pairs];
     if k > 0 {
-        for (row, o) in x.chunks_exact(k).zip(out.chunks_exact_mut(pairs)) {
-            for (pair, o) in row.chunks(2).zip(o.iter_mut()) {
-                let lo = pair.first().map_or(0, |&v| i32::from(value(v)));
-                let hi = pair.get(1).map_or(0, |&v| i32::from(value(v)));
-                *o = (lo & 0xffff) | (hi << 16);
-            }
-        }
+        super::wide::avx2(
+            #[inline(always)]
+            || {
+                for (row, o) in x.chunks_exact(k).zip(out.chunks_exact_mut(pairs)) {
+                    for (pair, o) in row.chunks(2).zip(o.iter_mut()) {
+                        let lo = pair.first().map_or(0, |&v| i32::from(value(v)));
+                        let hi = pair.get(1).map_or(0, |&v| i32::from(value(v)));
+                        *o = (lo & 0xffff) | (hi << 16);
+                    }
+                }
+            },
+        );
     }
     out
 }

@@ -66,6 +66,7 @@ mod softmax;
 #[cfg(test)]
 mod test_util;
 mod weight_product;
+mod wide;
 
 use tract_onnx::prelude::*;
 

@@ -123,6 +123,7 @@ impl InstanceNorm {
 }
 
 /// Σ `value(x)` over `xs`, with eight partial sums so the loop vectorises.
+#[inline(always)]
 fn sum(xs: &[f32], value: impl Fn(f32) -> f32) -> f32 {
     let mut acc = [0f32; 8];
     let chunks = xs.chunks_exact(8);
@@ -136,6 +137,7 @@ fn sum(xs: &[f32], value: impl Fn(f32) -> f32) -> f32 {
 }
 
 /// Normalises `plane` into `out` (same length).
+#[inline(always)]
 fn normalise(plane: &[f32], out: &mut [f32], epsilon: f32, scale: f32, bias: f32) {
     let n = plane.len().max(1) as f32;
     let mean = sum(plane, |x| x) / n;
@@ -200,13 +202,15 @@ impl EvalOp for InstanceNorm {
             let mut view = out.try_as_plain_ram_mut()?;
             let ys = view.as_slice_mut::<f32>()?;
             let params = scale.iter().zip(bias).cycle();
-            for ((xp, yp), (&s, &b)) in xs
-                .chunks_exact(plane)
-                .zip(ys.chunks_exact_mut(plane))
-                .zip(params)
-            {
-                normalise(xp, yp, self.epsilon, s, b);
-            }
+            let planes = xs.chunks_exact(plane).zip(ys.chunks_exact_mut(plane));
+            super::wide::avx2(
+                #[inline(always)]
+                || {
+                    for ((xp, yp), (&s, &b)) in planes.zip(params) {
+                        normalise(xp, yp, self.epsilon, s, b);
+                    }
+                },
+            );
         }
         Ok(tvec![out.into_tvalue()])
     }

@@ -17,20 +17,26 @@ pub struct DynamicQuantizeU8;
 const LANES: usize = 16;
 
 /// `(min(0, xs), max(0, xs))`, NaNs ignored (as tract's fold ignores them).
+///
+/// Written as compare-and-select, `if v < lo { v } else { lo }`, which is one `minps` (and
+/// `maxps`) on x86 and skips a NaN `v` as tract's fold does; `f32::min`, which returns the other
+/// operand of a NaN on either side, compiles to a scalar compare and blend per value instead.
+#[inline(always)]
 fn range(xs: &[f32]) -> (f32, f32) {
+    let min = |lo: f32, v: f32| if v < lo { v } else { lo };
+    let max = |hi: f32, v: f32| if v > hi { v } else { hi };
     let mut lo = [0f32; LANES];
     let mut hi = [0f32; LANES];
     let chunks = xs.chunks_exact(LANES);
     let tail = chunks.remainder();
     for chunk in chunks {
         for ((l, h), &v) in lo.iter_mut().zip(hi.iter_mut()).zip(chunk) {
-            *l = l.min(v);
-            *h = h.max(v);
+            *l = min(*l, v);
+            *h = max(*h, v);
         }
     }
-    let fold = |acc: f32, xs: &[f32], f: fn(f32, f32) -> f32| xs.iter().fold(acc, |a, &v| f(a, v));
-    let lo = fold(fold(0.0, &lo, f32::min), tail, f32::min);
-    let hi = fold(fold(0.0, &hi, f32::max), tail, f32::max);
+    let lo = lo.into_iter().chain(tail.iter().copied()).fold(0.0, min);
+    let hi = hi.into_iter().chain(tail.iter().copied()).fold(0.0, max);
     (lo, hi)
 }
 
@@ -50,6 +56,7 @@ fn round_half_even(v: f32) -> f32 {
     ((v.abs() + M) - M).copysign(v)
 }
 
+#[inline(always)]
 fn quantize(xs: &[f32], scale: f32, zero_point: u8, ys: &mut [u8]) {
     let zp = f32::from(zero_point);
     for (y, &x) in ys.iter_mut().zip(xs) {
@@ -68,6 +75,15 @@ fn quantize(xs: &[f32], scale: f32, zero_point: u8, ys: &mut [u8]) {
         // conversion vectorises.
         *y = unsafe { v.to_int_unchecked::<i32>() } as u8;
     }
+}
+
+/// Quantizes `xs` into `ys`; returns the scale and the zero point.
+#[inline(always)]
+fn quantize_all(xs: &[f32], ys: &mut [u8]) -> (f32, u8) {
+    let (lo, hi) = range(xs);
+    let (scale, zero_point) = scale_and_zero_point(lo, hi);
+    quantize(xs, scale, zero_point, ys);
+    (scale, zero_point)
 }
 
 impl Op for DynamicQuantizeU8 {
@@ -90,10 +106,11 @@ impl EvalOp for DynamicQuantizeU8 {
         let input = input.cast_to::<f32>()?;
         let plain = input.try_as_plain_ram()?;
         let xs = plain.as_slice::<f32>()?;
-        let (lo, hi) = range(xs);
-        let (scale, zero_point) = scale_and_zero_point(lo, hi);
         let mut ys = vec![0u8; xs.len()];
-        quantize(xs, scale, zero_point, &mut ys);
+        let (scale, zero_point) = super::wide::avx2(
+            #[inline(always)]
+            || quantize_all(xs, &mut ys),
+        );
         // The buffer becomes the tensor's storage: no second copy per call.
         let y = tract_ndarray::ArrayD::from_shape_vec(input.shape(), ys)?.into_tensor();
         Ok(tvec!(

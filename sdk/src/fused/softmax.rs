@@ -44,8 +44,20 @@ const LANES: usize = 8;
 
 /// Softmax of each row of `n` values of `xs`, in place.
 fn rows(xs: &mut [f32], n: usize) {
+    super::wide::avx2(
+        #[inline(always)]
+        || rows_here(xs, n),
+    );
+}
+
+/// [`rows`], compiled for the instruction set of its caller.
+#[inline(always)]
+fn rows_here(xs: &mut [f32], n: usize) {
     for row in xs.chunks_exact_mut(n.max(1)) {
-        let max = lanes(row, f32::NEG_INFINITY, f32::max);
+        // Compare and select: one `maxps` on x86 (`f32::max`, which returns the other operand of
+        // a NaN on either side, is a compare and blend per value). The partial maxima start at
+        // −∞ and only take non-NaN values, so both agree.
+        let max = lanes(row, f32::NEG_INFINITY, |a, v| if v > a { v } else { a });
         for v in row.iter_mut() {
             *v = exp(*v - max);
         }
@@ -79,10 +91,10 @@ fn lanes(xs: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
 fn exp(x: f32) -> f32 {
     /// Adding and subtracting 1.5 · 2²³ rounds an f32 below 2²² to the nearest integer.
     const ROUND: f32 = 12_582_912.0;
-    // `max`/`min` replace a NaN (`clamp` would keep it), so `n` below is always an integer in
-    // −126..=127.
-    #[allow(clippy::manual_clamp)]
-    let c = x.max(-87.0).min(88.0);
+    // Both selects replace a NaN (`clamp` would keep it), so `n` below is always an integer in
+    // −126..=127; written as compare and select, they are one `maxps` and one `minps` on x86.
+    let c = if x > -87.0 { x } else { -87.0 };
+    let c = if c < 88.0 { c } else { 88.0 };
     let n = (c * std::f32::consts::LOG2_E + ROUND) - ROUND;
     // ln 2 in two parts, the first exact in a few bits, so `n · LN2_HI` is exact.
     let r = c - n * 0.693_359_4 - n * -2.121_944_4e-4;
