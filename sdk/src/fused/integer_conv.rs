@@ -173,61 +173,106 @@ struct Geometry {
 }
 
 impl Geometry {
-    /// The patch matrix `[C·KH·KW, OH·OW]` of one image, `x − x₀`, in the kernel's panels: two
-    /// rows at a time, each written with row copies (zeros, i.e. the zero point, in the padding),
-    /// then interleaved into the panels.
-    fn patches(&self, image: &[u8], zero: i16) -> Panels {
-        let k = self.c * self.kh * self.kw;
-        let n = self.oh * self.ow;
-        let mut panels = Panels::zeros(k, n);
-        let mut rows = vec![0i16; 2 * n];
-        for p in 0..k.div_ceil(2) {
-            let (even, odd) = rows.split_at_mut(n);
-            self.patch_row(image, 2 * p, zero, even);
-            self.patch_row(image, 2 * p + 1, zero, odd);
-            panels.set_pair(p, even, odd);
-        }
-        panels
+    /// Rows and columns of the padded image: every position a kernel tap reads, from the first
+    /// padding row and column on.
+    fn padded_size(&self) -> (usize, usize) {
+        (
+            self.oh.saturating_sub(1) * self.sh + self.kh,
+            self.ow.saturating_sub(1) * self.sw + self.kw,
+        )
     }
 
-    /// Row `kk` (channel, kernel row, kernel column) of the patch matrix into `row`; zeros past
-    /// the last row.
-    fn patch_row(&self, image: &[u8], kk: usize, zero: i16, row: &mut [i16]) {
-        row.fill(0);
+    /// The image as `x − x₀` in i16, each channel plane inside its padding (zeros, i.e. the zero
+    /// point), [`Geometry::padded_size`] per plane: a patch row is then a few copies, without a
+    /// bounds decision or a conversion per value.
+    #[inline(always)]
+    fn padded(&self, image: &[u8], zero: i16) -> Vec<i16> {
+        let (ph, pw) = self.padded_size();
+        let mut padded = vec![0i16; self.c * ph * pw];
+        let planes = image.chunks_exact((self.h * self.w).max(1));
+        for (plane, out) in planes.zip(padded.chunks_exact_mut((ph * pw).max(1))) {
+            let rows = plane.chunks_exact(self.w.max(1));
+            // Input row `iy` is padded row `iy + top`; what lies past the padded size is never
+            // read.
+            for (input, out) in rows.zip(out.chunks_exact_mut(pw.max(1)).skip(self.top)) {
+                let out = out.get_mut(self.left..).unwrap_or_default();
+                for (o, &v) in out.iter_mut().zip(input) {
+                    *o = i16::from(v) - zero;
+                }
+            }
+        }
+        padded
+    }
+
+    /// The patch matrix `[C·KH·KW, OH·OW]` of one image, `x − x₀`, in the kernel's panels: two
+    /// rows at a time, each copied out of the padded image, then interleaved into the panels.
+    fn patches(&self, image: &[u8], zero: i16) -> Panels {
+        super::wide::avx2(
+            #[inline(always)]
+            || {
+                let padded = self.padded(image, zero);
+                let k = self.c * self.kh * self.kw;
+                let n = self.oh * self.ow;
+                let mut panels = Panels::zeros(k, n);
+                let mut rows = vec![0i16; 2 * n];
+                for p in 0..k.div_ceil(2) {
+                    let (even, odd) = rows.split_at_mut(n);
+                    self.patch_row(&padded, 2 * p, even);
+                    self.patch_row(&padded, 2 * p + 1, odd);
+                    panels.set_pair(p, even, odd);
+                }
+                panels
+            },
+        )
+    }
+
+    /// Row `kk` (channel, kernel row, kernel column) of the patch matrix into `row`, from the
+    /// padded image; zeros past the last row.
+    #[inline(always)]
+    fn patch_row(&self, padded: &[i16], kk: usize, row: &mut [i16]) {
+        let (ph, pw) = self.padded_size();
         let (ch, dy, dx) = (
             kk / (self.kh * self.kw),
             kk / self.kw % self.kh,
             kk % self.kw,
         );
-        let Some(plane) = image.get(ch * self.h * self.w..(ch + 1) * self.h * self.w) else {
+        let Some(plane) = padded.get(ch * ph * pw..(ch + 1) * ph * pw) else {
+            row.fill(0);
             return;
         };
         for (oy, out) in row.chunks_exact_mut(self.ow.max(1)).enumerate() {
-            let Some(iy) = (oy * self.sh + dy).checked_sub(self.top) else {
-                continue;
-            };
-            let Some(input) = plane.get(iy * self.w..(iy + 1) * self.w) else {
-                continue;
-            };
+            let input = plane
+                .get((oy * self.sh + dy) * pw + dx..)
+                .unwrap_or_default();
             if self.sw == 1 {
-                // Output columns whose input column is inside the row: one run.
-                let first = self.left.saturating_sub(dx).min(self.ow);
-                let last = (self.w + self.left).saturating_sub(dx).min(self.ow);
-                let from = (first + dx).saturating_sub(self.left);
-                if let (Some(out), Some(input)) = (out.get_mut(first..last), input.get(from..)) {
-                    for (o, &v) in out.iter_mut().zip(input) {
-                        *o = i16::from(v) - zero;
-                    }
-                }
+                copy_short(out, input);
             } else {
-                for (ox, o) in out.iter_mut().enumerate() {
-                    let ix = (ox * self.sw + dx).checked_sub(self.left);
-                    if let Some(&v) = ix.and_then(|ix| input.get(ix)) {
-                        *o = i16::from(v) - zero;
-                    }
+                for (o, &v) in out.iter_mut().zip(input.iter().step_by(self.sw)) {
+                    *o = v;
                 }
             }
         }
+    }
+}
+
+/// `out.copy_from_slice(&input[..out.len()])` (nothing where `input` is shorter) for the
+/// short runs of a patch row (one output row, 8–64 values), in copies of 16 values the
+/// compiler writes as register moves: `copy_from_slice` of a length it does not know calls
+/// `memcpy`, whose call costs as much as the copy at these sizes.
+#[inline(always)]
+fn copy_short(out: &mut [i16], input: &[i16]) {
+    let Some(input) = input.get(..out.len()) else {
+        return;
+    };
+    let mut outs = out.chunks_exact_mut(16);
+    let mut ins = input.chunks_exact(16);
+    for (o, i) in (&mut outs).zip(&mut ins) {
+        if let (Ok(o), Ok(i)) = (<&mut [i16; 16]>::try_from(o), <&[i16; 16]>::try_from(i)) {
+            *o = *i;
+        }
+    }
+    for (o, &i) in outs.into_remainder().iter_mut().zip(ins.remainder()) {
+        *o = i;
     }
 }
 
