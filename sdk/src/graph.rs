@@ -95,8 +95,21 @@ impl Graph {
                     crate::fused::instance_normalization,
                 );
             }
-            let proto = <tract_onnx::pb::ModelProto as prost::Message>::decode(&*bytes)
+            let mut proto = <tract_onnx::pb::ModelProto as prost::Message>::decode(&*bytes)
                 .map_err(|e| fail("not a readable ONNX model", e.into()))?;
+            if on_cpu && rewrites.integer && crate::fused::integer_wanted_here() {
+                // The INT8 linear layers as one node per group (docs/performance.md): fewer
+                // nodes for tract to type, declutter and optimise, one quantization per group.
+                let grouped = proto
+                    .graph
+                    .as_mut()
+                    .map_or(0, crate::fused::group_integer_linears);
+                if grouped > 0 {
+                    log::debug!("{name}: {grouped} INT8 linear layers grouped by activation");
+                    onnx.op_register
+                        .insert(crate::fused::INTEGER_LINEARS, crate::fused::integer_linears);
+                }
+            }
             // Each copy of the weights freed as soon as the next exists: fewer fresh pages
             // to fault in while the graph is built.
             drop(bytes);
@@ -416,11 +429,18 @@ impl Graph {
         };
         for node in model.nodes() {
             let op: &dyn TypedOp = node.op.as_ref();
-            if op.downcast_ref::<crate::fused::IntegerProduct>().is_some()
-                || op.downcast_ref::<crate::fused::IntegerConv>().is_some()
-            {
+            let sdk_products =
+                if let Some(linears) = op.downcast_ref::<crate::fused::IntegerLinears>() {
+                    linears.layers()
+                } else {
+                    usize::from(
+                        op.downcast_ref::<crate::fused::IntegerProduct>().is_some()
+                            || op.downcast_ref::<crate::fused::IntegerConv>().is_some(),
+                    )
+                };
+            if sdk_products > 0 {
                 // The SDK's own INT8 products (x86 with AVX2 and no VNNI).
-                summary.integer_matmuls += 1;
+                summary.integer_matmuls += sdk_products;
                 let kernel = crate::fused::INTEGER_KERNEL.to_string();
                 if !summary.kernels.contains(&kernel) {
                     summary.kernels.push(kernel);

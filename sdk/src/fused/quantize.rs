@@ -79,7 +79,7 @@ fn quantize(xs: &[f32], scale: f32, zero_point: u8, ys: &mut [u8]) {
 
 /// Quantizes `xs` into `ys`; returns the scale and the zero point.
 #[inline(always)]
-fn quantize_all(xs: &[f32], ys: &mut [u8]) -> (f32, u8) {
+pub(super) fn quantize_all(xs: &[f32], ys: &mut [u8]) -> (f32, u8) {
     let (lo, hi) = range(xs);
     let (scale, zero_point) = scale_and_zero_point(lo, hi);
     quantize(xs, scale, zero_point, ys);
