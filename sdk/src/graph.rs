@@ -97,17 +97,24 @@ impl Graph {
             }
             let mut proto = <tract_onnx::pb::ModelProto as prost::Message>::decode(&*bytes)
                 .map_err(|e| fail("not a readable ONNX model", e.into()))?;
-            if on_cpu && rewrites.integer && crate::fused::integer_wanted_here() {
-                // The INT8 linear layers as one node per group (docs/performance.md): fewer
-                // nodes for tract to type, declutter and optimise, one quantization per group.
-                let grouped = proto
-                    .graph
-                    .as_mut()
-                    .map_or(0, crate::fused::group_integer_linears);
-                if grouped > 0 {
-                    log::debug!("{name}: {grouped} INT8 linear layers grouped by activation");
-                    onnx.op_register
-                        .insert(crate::fused::INTEGER_LINEARS, crate::fused::integer_linears);
+            if on_cpu {
+                // Groups of standard nodes as one node of the SDK's each, before tract reads
+                // the graph: fewer nodes to type, declutter, optimise and run
+                // (docs/performance.md).
+                let done = crate::fused::rewrite_onnx(
+                    &mut proto,
+                    &mut onnx,
+                    rewrites,
+                    crate::fused::integer_wanted_here(),
+                );
+                if done != crate::fused::Rewritten::default() {
+                    log::debug!(
+                        "{name}: {} INT8 linear layers, {} rotary embeddings and {} RMSNorms \
+                         on the SDK's operators",
+                        done.linears,
+                        done.ropes,
+                        done.norms
+                    );
                 }
             }
             // Each copy of the weights freed as soon as the next exists: fewer fresh pages

@@ -17,14 +17,12 @@
 //! `x, W₁, W₀₁, w_scale₁, W₂, …` and outputs `y₁, y₂, …` (a zero point of 0 added as an
 //! initializer where `MatMulInteger` has none); the file itself is untouched.
 
-use std::collections::HashMap;
-
 use tract_onnx::pb::{GraphProto, NodeProto, TensorProto};
+
+use super::onnx_graph::{is, replace, Uses, DOMAIN};
 
 /// The operator type of the grouped node (in [`DOMAIN`]).
 pub const OP_TYPE: &str = "IntegerLinears";
-/// The domain of the grouped node: an operator set of the SDK's own, never written to a file.
-pub const DOMAIN: &str = "ai.transfusion.sdk";
 
 /// ONNX `TensorProto.DataType.FLOAT`, the `to` of the `Cast` after `MatMulInteger`.
 const FLOAT: i64 = 1;
@@ -44,104 +42,59 @@ struct Layer {
     nodes: [usize; 5],
 }
 
-/// Whether `node` is the standard ONNX operator `op`.
-fn is(node: &NodeProto, op: &str) -> bool {
-    node.op_type == op && (node.domain.is_empty() || node.domain == "ai.onnx")
-}
-
-/// The graph's value names and who reads them.
-struct Uses<'g> {
-    graph: &'g GraphProto,
-    readers: HashMap<&'g str, Vec<usize>>,
-    outputs: Vec<&'g str>,
-    initializers: Vec<&'g str>,
-}
-
-impl<'g> Uses<'g> {
-    fn new(graph: &'g GraphProto) -> Self {
-        let mut readers: HashMap<&str, Vec<usize>> = HashMap::new();
-        for (i, node) in graph.node.iter().enumerate() {
-            for input in &node.input {
-                readers.entry(input.as_str()).or_default().push(i);
-            }
-        }
-        Uses {
-            graph,
-            readers,
-            outputs: graph.output.iter().map(|o| o.name.as_str()).collect(),
-            initializers: graph.initializer.iter().map(|t| t.name.as_str()).collect(),
-        }
+/// The layer whose `DynamicQuantizeLinear` is node `dq`, if the five nodes are there and
+/// nothing else reads their intermediate values.
+fn layer(uses: &Uses, dq: usize) -> Option<Layer> {
+    let node = uses.graph.node.get(dq)?;
+    let ([x], [q, s, z]) = (node.input.as_slice(), node.output.as_slice()) else {
+        return None;
+    };
+    if !is(node, "DynamicQuantizeLinear") {
+        return None;
     }
-
-    /// The one node reading `value`, if it has exactly one reader and is no graph output.
-    fn only_reader(&self, value: &str) -> Option<(usize, &'g NodeProto)> {
-        if self.outputs.contains(&value) {
-            return None;
-        }
-        match self.readers.get(value).map(Vec::as_slice) {
-            Some(&[i]) => Some((i, self.graph.node.get(i)?)),
-            _ => None,
-        }
+    let (mm, matmul) = uses.only_reader(q)?;
+    let (w, w0) = match matmul.input.as_slice() {
+        [a, w, a0] if a == q && a0 == z => (w, None),
+        [a, w, a0, w0] if a == q && a0 == z && uses.constant(w0) => (w, Some(w0.clone())),
+        _ => return None,
+    };
+    if !is(matmul, "MatMulInteger") || !uses.constant(w) || uses.only_reader(z)?.0 != mm {
+        return None;
     }
-
-    fn constant(&self, value: &str) -> bool {
-        self.initializers.contains(&value)
+    let (cast, to_float) = uses.only_reader(matmul.output.first()?)?;
+    let to = to_float.attribute.iter().find(|a| a.name == "to")?.i;
+    if !is(to_float, "Cast") || to != FLOAT {
+        return None;
     }
-
-    /// The layer whose `DynamicQuantizeLinear` is node `dq`, if the five nodes are there and
-    /// nothing else reads their intermediate values.
-    fn layer(&self, dq: usize) -> Option<Layer> {
-        let node = self.graph.node.get(dq)?;
-        let ([x], [q, s, z]) = (node.input.as_slice(), node.output.as_slice()) else {
-            return None;
-        };
-        if !is(node, "DynamicQuantizeLinear") {
-            return None;
+    let (mul_scales, scales) = uses.only_reader(s)?;
+    let w_scale = match scales.input.as_slice() {
+        [a, b] if a == s => b,
+        [a, b] if b == s => a,
+        _ => return None,
+    };
+    if !is(scales, "Mul") || !uses.constant(w_scale) {
+        return None;
+    }
+    let (rescale, out) = uses.only_reader(scales.output.first()?)?;
+    let cast_out = to_float.output.first()?;
+    let scale_out = scales.output.first()?;
+    let reads = |a: &String, b: &String| {
+        (a == cast_out && b == scale_out) || (a == scale_out && b == cast_out)
+    };
+    match (out.input.as_slice(), out.output.as_slice()) {
+        ([a, b], [y])
+            if is(out, "Mul") && reads(a, b) && uses.only_reader(cast_out)?.0 == rescale =>
+        {
+            Some(Layer {
+                x: x.clone(),
+                weights: w.clone(),
+                weight_zero: w0,
+                weight_scale: w_scale.clone(),
+                y: y.clone(),
+                nodes: [dq, mm, cast, mul_scales, rescale],
+            })
         }
-        let (mm, matmul) = self.only_reader(q)?;
-        let (w, w0) = match matmul.input.as_slice() {
-            [a, w, a0] if a == q && a0 == z => (w, None),
-            [a, w, a0, w0] if a == q && a0 == z && self.constant(w0) => (w, Some(w0.clone())),
-            _ => return None,
-        };
-        if !is(matmul, "MatMulInteger") || !self.constant(w) || self.only_reader(z)?.0 != mm {
-            return None;
-        }
-        let (cast, to_float) = self.only_reader(matmul.output.first()?)?;
-        let to = to_float.attribute.iter().find(|a| a.name == "to")?.i;
-        if !is(to_float, "Cast") || to != FLOAT {
-            return None;
-        }
-        let (mul_scales, scales) = self.only_reader(s)?;
-        let w_scale = match scales.input.as_slice() {
-            [a, b] if a == s => b,
-            [a, b] if b == s => a,
-            _ => return None,
-        };
-        if !is(scales, "Mul") || !self.constant(w_scale) {
-            return None;
-        }
-        let (rescale, out) = self.only_reader(scales.output.first()?)?;
-        let cast_out = to_float.output.first()?;
-        let scale_out = scales.output.first()?;
-        let reads = |a: &String, b: &String| {
-            (a == cast_out && b == scale_out) || (a == scale_out && b == cast_out)
-        };
-        match (out.input.as_slice(), out.output.as_slice()) {
-            ([a, b], [y])
-                if is(out, "Mul") && reads(a, b) && self.only_reader(cast_out)?.0 == rescale =>
-            {
-                Some(Layer {
-                    x: x.clone(),
-                    weights: w.clone(),
-                    weight_zero: w0,
-                    weight_scale: w_scale.clone(),
-                    y: y.clone(),
-                    nodes: [dq, mm, cast, mul_scales, rescale],
-                })
-            }
-            _ => None,
-        }
+        _ => None,
     }
 }
 
@@ -152,7 +105,7 @@ pub fn group_integer_linears(graph: &mut GraphProto) -> usize {
     let layers: Vec<Layer> = {
         let uses = Uses::new(graph);
         (0..graph.node.len())
-            .filter_map(|i| uses.layer(i))
+            .filter_map(|i| layer(&uses, i))
             .collect()
     };
     if layers.is_empty() {
@@ -176,7 +129,7 @@ pub fn group_integer_linears(graph: &mut GraphProto) -> usize {
             ..TensorProto::default()
         });
     }
-    let mut replacement: HashMap<usize, NodeProto> = HashMap::new();
+    let mut replaced = Vec::new();
     for (x, group) in &groups {
         let first = group.iter().map(|l| l.nodes[0]).min().unwrap_or(0);
         let name = graph
@@ -195,27 +148,17 @@ pub fn group_integer_linears(graph: &mut GraphProto) -> usize {
                 layer.weight_scale.clone(),
             ]);
         }
-        replacement.insert(
-            first,
-            NodeProto {
-                input,
-                output: group.iter().map(|l| l.y.clone()).collect(),
-                name,
-                op_type: OP_TYPE.to_string(),
-                domain: DOMAIN.to_string(),
-                ..NodeProto::default()
-            },
-        );
+        let nodes = group.iter().flat_map(|l| l.nodes).collect();
+        let node = NodeProto {
+            input,
+            output: group.iter().map(|l| l.y.clone()).collect(),
+            name,
+            op_type: OP_TYPE.to_string(),
+            domain: DOMAIN.to_string(),
+            ..NodeProto::default()
+        };
+        replaced.push((nodes, node));
     }
-    let removed: std::collections::HashSet<usize> = layers.iter().flat_map(|l| l.nodes).collect();
-    let nodes = std::mem::take(&mut graph.node);
-    graph.node = nodes
-        .into_iter()
-        .enumerate()
-        .filter_map(|(i, node)| match replacement.remove(&i) {
-            Some(group) => Some(group),
-            None => (!removed.contains(&i)).then_some(node),
-        })
-        .collect();
+    replace(graph, replaced);
     layers.len()
 }

@@ -61,9 +61,12 @@ mod integer_conv;
 mod linear;
 mod linear_onnx;
 mod norm;
+mod onnx_graph;
 mod pad;
 mod product;
 mod quantize;
+mod rms_norm;
+mod rope;
 mod softmax;
 #[cfg(test)]
 mod test_util;
@@ -79,9 +82,9 @@ pub use i16_gemm::KERNEL_NAME as INTEGER_KERNEL;
 pub use im2col::QuantIm2col;
 pub use integer::{int8_products_fast_here, wanted_here as integer_wanted_here, IntegerProduct};
 pub use integer_conv::IntegerConv;
-pub use linear::{integer_linears, IntegerLinears};
-pub use linear_onnx::{group_integer_linears, OP_TYPE as INTEGER_LINEARS};
+pub use linear::IntegerLinears;
 pub use norm::instance_normalization;
+pub use onnx_graph::{rewrite as rewrite_onnx, Rewritten};
 pub use pad::ConstantPad;
 pub use product::ActivationProduct;
 pub use quantize::DynamicQuantizeU8;
@@ -91,8 +94,9 @@ pub use weight_product::WeightProduct;
 /// Which parts of this module graphs load with: all of them, unless the environment's
 /// `TRANSFUSION_FUSED` says otherwise — `0` for none (every graph exactly as tract plans and
 /// runs it), or a comma-separated list of parts to leave out, each with a leading `-`:
-/// `quantize`, `elementwise`, `pad`, `im2col`, `conv`, `products`, `weights`, `integer`,
-/// `softmax`, `norm`, `vector-state` (the upper-state clearing of [`crate::graph::eval_node`]).
+/// `quantize`, `elementwise`, `pad`, `im2col`, `conv`, `products`, `weights`, `integer` (the
+/// INT8 products, convolutions and linear-layer groups), `softmax`, `norm`, `rope`, `rms-norm`,
+/// `vector-state` (the upper-state clearing of [`crate::graph::eval_node`]).
 /// For the speed A/Bs of docs/performance.md, and to rule a part out when chasing a numerical
 /// difference.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,6 +111,8 @@ pub struct Rewrites {
     pub integer: bool,
     pub softmax: bool,
     pub norm: bool,
+    pub rope: bool,
+    pub rms_norm: bool,
     pub vector_state: bool,
 }
 
@@ -123,6 +129,8 @@ impl Rewrites {
         integer: true,
         softmax: true,
         norm: true,
+        rope: true,
+        rms_norm: true,
         vector_state: true,
     };
 
@@ -147,6 +155,8 @@ impl Rewrites {
                 integer: false,
                 softmax: false,
                 norm: false,
+                rope: false,
+                rms_norm: false,
                 vector_state: false,
             };
         }
@@ -163,12 +173,14 @@ impl Rewrites {
                 Some("integer") => &mut r.integer,
                 Some("softmax") => &mut r.softmax,
                 Some("norm") => &mut r.norm,
+                Some("rope") => &mut r.rope,
+                Some("rms-norm") => &mut r.rms_norm,
                 Some("vector-state") => &mut r.vector_state,
                 _ => {
                     log::warn!(
                         "TRANSFUSION_FUSED: `{word}` is not `0` nor one of -quantize, \
                          -elementwise, -pad, -im2col, -conv, -products, -weights, -integer, \
-                         -softmax, -norm, -vector-state; ignored"
+                         -softmax, -norm, -rope, -rms-norm, -vector-state; ignored"
                     );
                     continue;
                 }

@@ -87,3 +87,158 @@ pub fn quantized_facts(inputs: &[TValue]) -> Vec<TypedFact> {
         })
         .collect()
 }
+
+/// ONNX `TensorProto.DataType` values the tests write.
+pub const FLOAT: i32 = 1;
+pub const INT8: i32 = 3;
+pub const INT64: i32 = 7;
+
+/// An ONNX graph under construction, for the tests of the rewrites of decoded graphs.
+#[derive(Default)]
+pub struct OnnxGraph {
+    pub graph: tract_onnx::pb::GraphProto,
+    fresh: usize,
+}
+
+impl OnnxGraph {
+    fn name(&mut self, hint: &str) -> String {
+        self.fresh += 1;
+        format!("{hint}#{}", self.fresh)
+    }
+
+    /// An integer attribute.
+    pub fn int(name: &str, i: i64) -> tract_onnx::pb::AttributeProto {
+        tract_onnx::pb::AttributeProto {
+            name: name.into(),
+            r#type: tract_onnx::pb::attribute_proto::AttributeType::Int as i32,
+            i,
+            ..Default::default()
+        }
+    }
+
+    /// An integer-list attribute.
+    pub fn ints(name: &str, ints: &[i64]) -> tract_onnx::pb::AttributeProto {
+        tract_onnx::pb::AttributeProto {
+            name: name.into(),
+            r#type: tract_onnx::pb::attribute_proto::AttributeType::Ints as i32,
+            ints: ints.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    /// A node of `op` with `outputs` fresh outputs, returned.
+    pub fn node(
+        &mut self,
+        op: &str,
+        inputs: &[&str],
+        outputs: usize,
+        attribute: Vec<tract_onnx::pb::AttributeProto>,
+    ) -> Vec<String> {
+        let output: Vec<String> = (0..outputs).map(|_| self.name(op)).collect();
+        let name = self.name(&format!("{op}_node"));
+        self.graph.node.push(tract_onnx::pb::NodeProto {
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: output.clone(),
+            name,
+            op_type: op.to_string(),
+            attribute,
+            ..Default::default()
+        });
+        output
+    }
+
+    /// An initializer of raw little-endian bytes.
+    pub fn constant(&mut self, hint: &str, data_type: i32, dims: &[usize], raw: Vec<u8>) -> String {
+        let name = self.name(hint);
+        self.graph.initializer.push(tract_onnx::pb::TensorProto {
+            name: name.clone(),
+            data_type,
+            dims: dims.iter().map(|&d| d as i64).collect(),
+            raw_data: raw,
+            ..Default::default()
+        });
+        name
+    }
+
+    /// An f32 initializer.
+    pub fn floats(&mut self, hint: &str, dims: &[usize], values: &[f32]) -> String {
+        let raw = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.constant(hint, FLOAT, dims, raw)
+    }
+
+    /// An i64 initializer.
+    pub fn int64s(&mut self, hint: &str, values: &[i64]) -> String {
+        let raw = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.constant(hint, INT64, &[values.len()], raw)
+    }
+
+    /// An f32 graph input; `None` dimensions are symbolic (`S0`, `S1`, …).
+    pub fn input(&mut self, name: &str, dims: &[Option<usize>]) {
+        use tract_onnx::pb::tensor_shape_proto::{dimension::Value, Dimension};
+        let dim = dims
+            .iter()
+            .enumerate()
+            .map(|(i, d)| Dimension {
+                value: Some(match d {
+                    Some(n) => Value::DimValue(*n as i64),
+                    None => Value::DimParam(format!("S{i}")),
+                }),
+                ..Default::default()
+            })
+            .collect();
+        self.graph.input.push(tract_onnx::pb::ValueInfoProto {
+            name: name.to_string(),
+            r#type: Some(tract_onnx::pb::TypeProto {
+                value: Some(tract_onnx::pb::type_proto::Value::TensorType(
+                    tract_onnx::pb::type_proto::Tensor {
+                        elem_type: FLOAT,
+                        shape: Some(tract_onnx::pb::TensorShapeProto { dim }),
+                    },
+                )),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
+
+    /// The model, with `outputs` as its outputs.
+    pub fn model(mut self, outputs: &[String]) -> tract_onnx::pb::ModelProto {
+        for o in outputs {
+            self.graph.output.push(tract_onnx::pb::ValueInfoProto {
+                name: o.clone(),
+                ..Default::default()
+            });
+        }
+        tract_onnx::pb::ModelProto {
+            ir_version: 8,
+            opset_import: vec![tract_onnx::pb::OperatorSetIdProto {
+                domain: String::new(),
+                version: 17,
+            }],
+            graph: Some(self.graph),
+            ..Default::default()
+        }
+    }
+}
+
+/// The f32 outputs of `proto` run by tract on `inputs`, after `prepare` (a rewrite, and the
+/// registration of its parser) has run on a copy of it.
+pub fn run_onnx(
+    proto: &tract_onnx::pb::ModelProto,
+    inputs: &[&Tensor],
+    prepare: impl FnOnce(&mut tract_onnx::pb::ModelProto, &mut tract_onnx::model::Onnx),
+) -> Vec<Vec<f32>> {
+    let mut proto = proto.clone();
+    let mut onnx = tract_onnx::onnx();
+    prepare(&mut proto, &mut onnx);
+    let model = onnx.model_for_proto_model(&proto).unwrap();
+    let plan = model.into_optimized().unwrap().into_runnable().unwrap();
+    let inputs = inputs.iter().map(|t| (*t).clone().into_tvalue()).collect();
+    let out = plan.run(inputs).unwrap();
+    out.iter().map(|t| f32s(t)).collect()
+}
+
+/// The bits of f32 values, to compare them exactly.
+pub fn bits(values: &[f32]) -> Vec<u32> {
+    values.iter().map(|v| v.to_bits()).collect()
+}

@@ -1,0 +1,197 @@
+//! What the SDK's rewrites of a decoded ONNX graph share: who reads each value, who writes it,
+//! and the constants the patterns check. The rewrites ([`super::linear_onnx`],
+//! [`super::rope`], [`super::rms_norm`]) replace groups of standard nodes the converter writes
+//! by one node of the SDK's operator set ([`DOMAIN`]) before tract reads the graph: tract then
+//! has fewer nodes to type, declutter and optimise at load, and fewer to run.
+
+use std::collections::{HashMap, HashSet};
+
+use tract_onnx::model::Onnx;
+use tract_onnx::pb::{GraphProto, ModelProto, NodeProto, TensorProto};
+
+/// The domain of the SDK's nodes: an operator set of its own, never written to a file.
+pub const DOMAIN: &str = "ai.transfusion.sdk";
+
+/// ONNX `TensorProto.DataType.INT64`.
+const INT64: i32 = 7;
+/// ONNX `TensorProto.DataType.FLOAT`.
+const FLOAT: i32 = 1;
+
+/// Whether `node` is the standard ONNX operator `op`.
+pub(super) fn is(node: &NodeProto, op: &str) -> bool {
+    node.op_type == op && (node.domain.is_empty() || node.domain == "ai.onnx")
+}
+
+/// The graph's value names and who reads them.
+pub(super) struct Uses<'g> {
+    pub graph: &'g GraphProto,
+    readers: HashMap<&'g str, Vec<usize>>,
+    outputs: Vec<&'g str>,
+    initializers: Vec<&'g str>,
+}
+
+impl<'g> Uses<'g> {
+    pub fn new(graph: &'g GraphProto) -> Self {
+        let mut readers: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (i, node) in graph.node.iter().enumerate() {
+            for input in &node.input {
+                readers.entry(input.as_str()).or_default().push(i);
+            }
+        }
+        Uses {
+            graph,
+            readers,
+            outputs: graph.output.iter().map(|o| o.name.as_str()).collect(),
+            initializers: graph.initializer.iter().map(|t| t.name.as_str()).collect(),
+        }
+    }
+
+    /// The one node reading `value`, if it has exactly one reader and is no graph output.
+    pub fn only_reader(&self, value: &str) -> Option<(usize, &'g NodeProto)> {
+        if self.outputs.contains(&value) {
+            return None;
+        }
+        match self.readers.get(value).map(Vec::as_slice) {
+            Some(&[i]) => Some((i, self.graph.node.get(i)?)),
+            _ => None,
+        }
+    }
+
+    pub fn constant(&self, value: &str) -> bool {
+        self.initializers.contains(&value)
+    }
+
+    /// The node writing `value`, if a node does.
+    pub fn writer(&self, value: &str) -> Option<(usize, &'g NodeProto)> {
+        self.graph
+            .node
+            .iter()
+            .enumerate()
+            .find(|(_, n)| n.output.iter().any(|o| o == value))
+    }
+
+    fn initializer(&self, name: &str) -> Option<&'g TensorProto> {
+        self.graph.initializer.iter().find(|t| t.name == name)
+    }
+
+    /// The values of an INT64 initializer.
+    pub fn int64s(&self, name: &str) -> Option<Vec<i64>> {
+        let t = self.initializer(name).filter(|t| t.data_type == INT64)?;
+        if !t.int64_data.is_empty() {
+            return Some(t.int64_data.clone());
+        }
+        let raw = t.raw_data.chunks_exact(8);
+        Some(
+            raw.filter_map(|b| Some(i64::from_le_bytes(b.try_into().ok()?)))
+                .collect(),
+        )
+    }
+
+    /// The value of an f32 initializer of one value.
+    pub fn f32_scalar(&self, name: &str) -> Option<f32> {
+        let t = self.initializer(name).filter(|t| t.data_type == FLOAT)?;
+        match (t.float_data.as_slice(), t.raw_data.as_slice()) {
+            ([v], _) => Some(*v),
+            ([], raw) => Some(f32::from_le_bytes(raw.try_into().ok()?)),
+            _ => None,
+        }
+    }
+
+    /// The integer attribute `name` of `node`.
+    pub fn int_attr(node: &NodeProto, name: &str) -> Option<i64> {
+        node.attribute.iter().find(|a| a.name == name).map(|a| a.i)
+    }
+
+    /// The integer-list attribute `name` of `node`.
+    pub fn ints_attr<'n>(node: &'n NodeProto, name: &str) -> Option<&'n [i64]> {
+        node.attribute
+            .iter()
+            .find(|a| a.name == name)
+            .map(|a| a.ints.as_slice())
+    }
+}
+
+/// Replaces the matched groups of nodes of `graph`: `groups` gives, for each, its node indices
+/// and the node that takes the place of the first of them.
+pub fn replace(graph: &mut GraphProto, groups: Vec<(Vec<usize>, NodeProto)>) {
+    let mut replacement: HashMap<usize, NodeProto> = HashMap::new();
+    let mut removed: HashSet<usize> = HashSet::new();
+    for (nodes, node) in groups {
+        if let Some(&first) = nodes.iter().min() {
+            replacement.insert(first, node);
+        }
+        removed.extend(nodes);
+    }
+    let nodes = std::mem::take(&mut graph.node);
+    graph.node = nodes
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, node)| match replacement.remove(&i) {
+            Some(group) => Some(group),
+            None => (!removed.contains(&i)).then_some(node),
+        })
+        .collect();
+}
+
+/// Whether every float input of `graph` is float32 (the rewrites whose operators compute in
+/// f32 leave graphs of other float types to tract).
+pub fn float32_graph(graph: &GraphProto) -> bool {
+    const FLOAT16: i32 = 10;
+    const BFLOAT16: i32 = 16;
+    graph.input.iter().all(|i| {
+        let elem = i.r#type.as_ref().and_then(|t| match &t.value {
+            Some(tract_onnx::pb::type_proto::Value::TensorType(t)) => Some(t.elem_type),
+            _ => None,
+        });
+        !matches!(elem, Some(FLOAT16 | BFLOAT16))
+    })
+}
+
+/// How many groups of nodes [`rewrite`] replaced, by kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rewritten {
+    /// INT8 linear layers ([`super::linear_onnx`]).
+    pub linears: usize,
+    /// Rotary embeddings ([`super::rope`]).
+    pub ropes: usize,
+    /// RMSNorms ([`super::rms_norm`]).
+    pub norms: usize,
+}
+
+/// Rewrites `proto` as `rewrites` allows for tract's CPU runtime, and registers with `onnx` the
+/// parsers of the SDK's nodes it wrote. The INT8 layers are grouped where `integer` says the
+/// SDK's INT8 kernel is the faster one on this CPU; the f32 rewrites only in graphs whose float
+/// inputs are f32.
+pub fn rewrite(
+    proto: &mut ModelProto,
+    onnx: &mut Onnx,
+    rewrites: super::Rewrites,
+    integer: bool,
+) -> Rewritten {
+    let Some(graph) = proto.graph.as_mut() else {
+        return Rewritten::default();
+    };
+    let mut done = Rewritten::default();
+    if rewrites.integer && integer {
+        done.linears = super::linear_onnx::group_integer_linears(graph);
+    }
+    if float32_graph(graph) {
+        if rewrites.rope {
+            done.ropes = super::rope::fuse_rope(graph);
+        }
+        if rewrites.rms_norm {
+            done.norms = super::rms_norm::fuse_rms_norm(graph);
+        }
+    }
+    let register = &mut onnx.op_register;
+    if done.linears > 0 {
+        register.insert(super::linear_onnx::OP_TYPE, super::linear::integer_linears);
+    }
+    if done.ropes > 0 {
+        register.insert(super::rope::OP_TYPE, super::rope::rope);
+    }
+    if done.norms > 0 {
+        register.insert(super::rms_norm::OP_TYPE, super::rms_norm::rms_norm);
+    }
+    done
+}

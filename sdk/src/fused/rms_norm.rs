@@ -1,0 +1,265 @@
+//! RMSNorm with its gain as one operator: `y = x / √(mean(x²) + ε) · w` over the last axis.
+//!
+//! The converter writes it as six standard ONNX nodes (`Mul`, `ReduceMean`, `Add`, `Sqrt`,
+//! `Div`, `Mul`), 17 times in the backbone. tract recognises the first five as its own RMS
+//! normalisation only after decluttering them, and keeps the gain as a separate pass.
+//! [`fuse_rms_norm`] finds the six in a decoded graph and writes one `RmsNorm` node of the
+//! SDK's operator set ([`super::onnx_graph::DOMAIN`]) in their place, before tract reads the
+//! graph; [`rms_norm`] is its parser. [`RmsNorm`] sums each row's squares in eight lanes, so
+//! its values agree with tract's to rounding, not bit for bit.
+
+use tract_onnx::model::ParsingContext;
+use tract_onnx::pb::{AttributeProto, GraphProto, NodeProto};
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_hir::internal::{
+    check_input_arity, check_output_arity, expand, Expansion, InferenceOp, InferenceResult, Solver,
+    TensorProxy,
+};
+
+use super::dense_f32;
+use super::onnx_graph::{is, replace, Uses, DOMAIN};
+
+/// The operator type of the fused node.
+pub const OP_TYPE: &str = "RmsNorm";
+
+/// The other input of the two-input node `node` when one of them is `value`.
+fn other<'n>(node: &'n NodeProto, value: &str) -> Option<&'n String> {
+    match node.input.as_slice() {
+        [a, b] if a == value => Some(b),
+        [a, b] if b == value => Some(a),
+        _ => None,
+    }
+}
+
+/// The six nodes of one RMSNorm ending at the gain's `Mul` node `gain`, and the node that
+/// replaces them.
+fn matched(uses: &Uses, gain: usize) -> Option<(Vec<usize>, NodeProto)> {
+    let node = uses.graph.node.get(gain)?;
+    let [y] = node.output.as_slice() else {
+        return None;
+    };
+    if !is(node, "Mul") {
+        return None;
+    }
+    let single = |value: &str, reader: usize| uses.only_reader(value).map(|r| r.0) == Some(reader);
+    let div_of = |v: &String| uses.writer(v).filter(|(_, n)| is(n, "Div"));
+    let (normed, w) = match node.input.as_slice() {
+        [a, b] if div_of(a).is_some() => (a, b),
+        [a, b] if div_of(b).is_some() => (b, a),
+        _ => return None,
+    };
+    let (idiv, div) = div_of(normed)?;
+    let [x, rms] = div.input.as_slice() else {
+        return None;
+    };
+    if !uses.constant(w) || !single(normed, gain) || !single(rms, idiv) {
+        return None;
+    }
+    let (isqrt, sqrt) = uses.writer(rms).filter(|(_, n)| is(n, "Sqrt"))?;
+    let [shifted] = sqrt.input.as_slice() else {
+        return None;
+    };
+    let (iadd, add) = uses.writer(shifted).filter(|(_, n)| is(n, "Add"))?;
+    if !single(shifted, isqrt) {
+        return None;
+    }
+    let mean_of = |v: &String| uses.writer(v).filter(|(_, n)| is(n, "ReduceMean"));
+    let (mean, eps) = match add.input.as_slice() {
+        [a, b] if mean_of(a).is_some() => (a, b),
+        [a, b] if mean_of(b).is_some() => (b, a),
+        _ => return None,
+    };
+    let epsilon = uses.f32_scalar(eps)?;
+    let (imean, reduce) = mean_of(mean)?;
+    let last_axis = Uses::ints_attr(reduce, "axes") == Some(&[-1]);
+    let keepdims = Uses::int_attr(reduce, "keepdims").unwrap_or(1) == 1;
+    let [squares] = reduce.input.as_slice() else {
+        return None;
+    };
+    if !single(mean, iadd) || !last_axis || !keepdims || !single(squares, imean) {
+        return None;
+    }
+    let (isq, square) = uses.writer(squares).filter(|(_, n)| is(n, "Mul"))?;
+    if square.input.as_slice() != [x.clone(), x.clone()] || other(div, rms) != Some(x) {
+        return None;
+    }
+    let node = NodeProto {
+        input: vec![x.clone(), w.clone()],
+        output: vec![y.clone()],
+        name: format!("{}.rms_norm", node.name),
+        op_type: OP_TYPE.to_string(),
+        domain: DOMAIN.to_string(),
+        attribute: vec![AttributeProto {
+            name: "epsilon".into(),
+            r#type: tract_onnx::pb::attribute_proto::AttributeType::Float as i32,
+            f: epsilon,
+            ..AttributeProto::default()
+        }],
+        ..NodeProto::default()
+    };
+    Some((vec![isq, imean, iadd, isqrt, idiv, gain], node))
+}
+
+/// Replaces every RMSNorm of the form above in `graph` by one `RmsNorm` node; returns how many.
+pub fn fuse_rms_norm(graph: &mut GraphProto) -> usize {
+    let groups: Vec<(Vec<usize>, NodeProto)> = {
+        let uses = Uses::new(graph);
+        (0..graph.node.len())
+            .filter_map(|i| matched(&uses, i))
+            .collect()
+    };
+    let count = groups.len();
+    replace(graph, groups);
+    count
+}
+
+/// Parser of the SDK's `RmsNorm` nodes for tract-onnx's operator register.
+pub fn rms_norm(
+    _ctx: &ParsingContext,
+    node: &NodeProto,
+) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    let epsilon = node
+        .attribute
+        .iter()
+        .find(|a| a.name == "epsilon")
+        .map(|a| a.f)
+        .ok_or_else(|| format_err!("{}: RmsNorm without `epsilon`", node.name))?;
+    Ok((expand(RmsNormOnnx { epsilon }), vec![]))
+}
+
+/// The node while tract infers types: `y` is `x`'s shape, all f32.
+#[derive(Clone, Debug)]
+struct RmsNormOnnx {
+    epsilon: f32,
+}
+
+impl Expansion for RmsNormOnnx {
+    fn name(&self) -> StaticName {
+        "RmsNorm".into()
+    }
+
+    fn rules<'r, 'p: 'r, 's: 'r>(
+        &'s self,
+        s: &mut Solver<'r>,
+        inputs: &'p [TensorProxy],
+        outputs: &'p [TensorProxy],
+    ) -> InferenceResult {
+        check_input_arity(inputs, 2)?;
+        check_output_arity(outputs, 1)?;
+        let ([x, w], [y]) = (inputs, outputs) else {
+            bail!("RmsNorm: arity checked above");
+        };
+        for t in [x, w, y] {
+            s.equals(&t.datum_type, f32::datum_type())?;
+        }
+        s.equals(&x.shape, &y.shape)?;
+        s.equals(&w.rank, 1)?;
+        Ok(())
+    }
+
+    fn wire(
+        &self,
+        prefix: &str,
+        model: &mut TypedModel,
+        inputs: &[OutletId],
+    ) -> TractResult<TVec<OutletId>> {
+        model.wire_node(
+            prefix,
+            RmsNorm {
+                epsilon: self.epsilon,
+            },
+            inputs,
+        )
+    }
+}
+
+/// `y = x / √(mean(x²) + ε) · w` over the last axis of f32 `x [.., D]`, `w [D]`.
+#[derive(Clone, Debug)]
+pub struct RmsNorm {
+    epsilon: f32,
+}
+
+/// Equal when the epsilons are the same bits (tract compares operators to merge nodes).
+impl PartialEq for RmsNorm {
+    fn eq(&self, other: &Self) -> bool {
+        self.epsilon.to_bits() == other.epsilon.to_bits()
+    }
+}
+
+impl Eq for RmsNorm {}
+
+impl Op for RmsNorm {
+    fn name(&self) -> StaticName {
+        "RmsNorm(transfusion)".into()
+    }
+
+    fn validation(&self) -> Validation {
+        Validation::Rounding
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for RmsNorm {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let (x, w) = args_2!(inputs);
+        let d = w.len();
+        ensure!(
+            dense_f32(&x) && dense_f32(&w) && d > 0 && x.shape().last() == Some(&d),
+            "RmsNorm: inputs of shapes {:?} and {:?}, expected f32 [.., D] and [D]",
+            x.shape(),
+            w.shape()
+        );
+        let mut y = Tensor::zero::<f32>(x.shape())?;
+        {
+            let (xv, wv) = (x.try_as_plain_ram()?, w.try_as_plain_ram()?);
+            let (xs, ws) = (xv.as_slice::<f32>()?, wv.as_slice::<f32>()?);
+            let mut yv = y.try_as_plain_ram_mut()?;
+            let ys = yv.as_slice_mut::<f32>()?;
+            super::wide::avx2(
+                #[inline(always)]
+                || normalise(xs, ws, ys, self.epsilon),
+            );
+        }
+        Ok(tvec![y.into_tvalue()])
+    }
+}
+
+/// The rows of `y` from those of `x`, each `w.len()` long.
+#[inline(always)]
+fn normalise(xs: &[f32], w: &[f32], ys: &mut [f32], epsilon: f32) {
+    let d = w.len();
+    for (x, y) in xs.chunks_exact(d).zip(ys.chunks_exact_mut(d)) {
+        let mut lanes = [0f32; 8];
+        let chunks = x.chunks_exact(8);
+        let tail: f32 = chunks.remainder().iter().map(|v| v * v).sum();
+        for chunk in chunks {
+            for (l, &v) in lanes.iter_mut().zip(chunk) {
+                *l += v * v;
+            }
+        }
+        let mean = (lanes.iter().sum::<f32>() + tail) / d as f32;
+        let rms = (mean + epsilon).sqrt();
+        for ((y, &v), &g) in y.iter_mut().zip(x).zip(w) {
+            *y = v / rms * g;
+        }
+    }
+}
+
+impl TypedOp for RmsNorm {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let x = inputs
+            .first()
+            .ok_or_else(|| format_err!("RmsNorm takes two inputs"))?;
+        Ok(tvec![f32::fact(x.shape.clone())])
+    }
+
+    as_op!();
+}
+
+#[cfg(test)]
+#[path = "rms_norm_tests.rs"]
+mod tests;
