@@ -1,13 +1,25 @@
 //! Load-time replacements of slow tract operators by faster ones with the same results.
 //!
 //! The bundle's files stay standard ONNX (onnxruntime and `onnx.checker` read the very same
-//! files); after tract has translated a graph, nodes whose tract implementation is slow at our
-//! sizes are swapped for an operator of this module that computes the same values: bit for bit
-//! where the arithmetic is exact or in tract's order (the integer operators, the element-wise
-//! ones, padding, the patch matrices), to rounding where the sums run in another order or the
-//! exponential is another one (the f32 products and convolutions, softmax, the norm). Each
-//! operator is tested against tract's own on random inputs, and `transfusion verify` holds the
-//! whole graphs to the bundle tolerances.
+//! files); at load, nodes whose tract implementation is slow at our sizes, or that are many
+//! nodes for one step of the model, are replaced by an operator of this module that computes
+//! the same values: bit for bit where the arithmetic is exact or in tract's order (the integer
+//! operators, the element-wise ones, padding, the patch matrices, the rotary embedding), to
+//! rounding where the sums run in another order or the exponential is another one (the f32
+//! products and convolutions, softmax, the norms). Each operator is tested against tract's own
+//! on random inputs, and `transfusion verify` holds the whole graphs to the bundle tolerances.
+//!
+//! Before tract reads a graph, [`onnx_graph`] rewrites the decoded file in memory: groups of
+//! standard nodes the converter writes become one node of the SDK's own operator set each, so
+//! tract has fewer nodes to type, declutter, optimise and run:
+//!
+//! - [`linear_onnx`] and [`linear`]: the INT8 linear layers (quantization, `MatMulInteger`,
+//!   rescale), one node per group of layers reading the same activation, where the SDK's INT8
+//!   kernel is the faster one;
+//! - [`rope`]: the rotary embedding's seven nodes;
+//! - [`rms_norm`]: RMSNorm's six nodes with its gain.
+//!
+//! After tract has translated a graph:
 //!
 //! - [`quantize`]: `DynamicQuantizeLinear`, swapped in before tract optimises the graph (its
 //!   optimiser has nothing to do with it).
@@ -35,6 +47,8 @@
 //!   optimisation.
 //! - [`pad`]: f32 constant padding (the borders tract puts before its convolutions), swapped in
 //!   after optimisation too.
+//!
+//! [`wide`] compiles the plain loops of these operators for AVX2 where the CPU has it.
 
 /// `output_facts` and `cost` of a typed operator that computes what its `original` field, the
 /// tract operator it replaced, computes: the same facts and the same cost.
