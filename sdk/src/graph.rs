@@ -109,11 +109,12 @@ impl Graph {
                 );
                 if done != crate::fused::Rewritten::default() {
                     log::debug!(
-                        "{name}: {} INT8 linear layers, {} rotary embeddings and {} RMSNorms \
-                         on the SDK's operators",
+                        "{name}: {} INT8 linear layers, {} rotary embeddings, {} RMSNorms and \
+                         {} attention cores on the SDK's operators",
                         done.linears,
                         done.ropes,
-                        done.norms
+                        done.norms,
+                        done.attentions
                     );
                 }
             }

@@ -40,7 +40,7 @@ fn model(rng: &mut Rng, k: usize) -> (ModelProto, usize) {
     let v = layer(&mut g, rng, "x", (k, 1), true);
     let doubled = g.node("Add", &["x", "x"], 1, vec![]).remove(0);
     let o = layer(&mut g, rng, &doubled, (k, 33), true);
-    g.input("x", &[Some(1), None, Some(k)]);
+    g.input("x", &["1", "S", &k.to_string()]);
     (g.model(&[q, kk, v, o]), 4)
 }
 

@@ -17,7 +17,9 @@
 //!   rescale), one node per group of layers reading the same activation, where the SDK's INT8
 //!   kernel is the faster one;
 //! - [`rope`]: the rotary embedding's seven nodes;
-//! - [`rms_norm`]: RMSNorm's six nodes with its gain.
+//! - [`rms_norm`]: RMSNorm's six nodes with its gain;
+//! - [`attention`]: the rest of a layer's attention (heads, cache, scores, softmax, weighted
+//!   sum) around the rotary embeddings.
 //!
 //! After tract has translated a graph:
 //!
@@ -64,6 +66,7 @@ macro_rules! facts_and_cost_of_original {
     };
 }
 
+mod attention;
 mod conv_panels;
 mod direct_conv;
 mod elementwise;
@@ -110,7 +113,7 @@ pub use weight_product::WeightProduct;
 /// runs it), or a comma-separated list of parts to leave out, each with a leading `-`:
 /// `quantize`, `elementwise`, `pad`, `im2col`, `conv`, `products`, `weights`, `integer` (the
 /// INT8 products, convolutions and linear-layer groups), `softmax`, `norm`, `rope`, `rms-norm`,
-/// `vector-state` (the upper-state clearing of [`crate::graph::eval_node`]).
+/// `attention`, `vector-state` (the upper-state clearing of [`crate::graph::eval_node`]).
 /// For the speed A/Bs of docs/performance.md, and to rule a part out when chasing a numerical
 /// difference.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -127,6 +130,7 @@ pub struct Rewrites {
     pub norm: bool,
     pub rope: bool,
     pub rms_norm: bool,
+    pub attention: bool,
     pub vector_state: bool,
 }
 
@@ -145,6 +149,7 @@ impl Rewrites {
         norm: true,
         rope: true,
         rms_norm: true,
+        attention: true,
         vector_state: true,
     };
 
@@ -171,6 +176,7 @@ impl Rewrites {
                 norm: false,
                 rope: false,
                 rms_norm: false,
+                attention: false,
                 vector_state: false,
             };
         }
@@ -189,12 +195,13 @@ impl Rewrites {
                 Some("norm") => &mut r.norm,
                 Some("rope") => &mut r.rope,
                 Some("rms-norm") => &mut r.rms_norm,
+                Some("attention") => &mut r.attention,
                 Some("vector-state") => &mut r.vector_state,
                 _ => {
                     log::warn!(
                         "TRANSFUSION_FUSED: `{word}` is not `0` nor one of -quantize, \
                          -elementwise, -pad, -im2col, -conv, -products, -weights, -integer, \
-                         -softmax, -norm, -rope, -rms-norm, -vector-state; ignored"
+                         -softmax, -norm, -rope, -rms-norm, -attention, -vector-state; ignored"
                     );
                     continue;
                 }

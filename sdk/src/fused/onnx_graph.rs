@@ -1,6 +1,6 @@
 //! What the SDK's rewrites of a decoded ONNX graph share: who reads each value, who writes it,
 //! and the constants the patterns check. The rewrites ([`super::linear_onnx`],
-//! [`super::rope`], [`super::rms_norm`]) replace groups of standard nodes the converter writes
+//! [`super::rope`], [`super::rms_norm`], [`super::attention`]) replace groups of standard nodes the converter writes
 //! by one node of the SDK's operator set ([`DOMAIN`]) before tract reads the graph: tract then
 //! has fewer nodes to type, declutter and optimise at load, and fewer to run.
 
@@ -156,6 +156,8 @@ pub struct Rewritten {
     pub ropes: usize,
     /// RMSNorms ([`super::rms_norm`]).
     pub norms: usize,
+    /// Attention cores ([`super::attention`]), after their rotary embeddings.
+    pub attentions: usize,
 }
 
 /// Rewrites `proto` as `rewrites` allows for tract's CPU runtime, and registers with `onnx` the
@@ -182,6 +184,9 @@ pub fn rewrite(
         if rewrites.rms_norm {
             done.norms = super::rms_norm::fuse_rms_norm(graph);
         }
+        if rewrites.attention {
+            done.attentions = super::attention::fuse_attention(graph);
+        }
     }
     let register = &mut onnx.op_register;
     if done.linears > 0 {
@@ -192,6 +197,9 @@ pub fn rewrite(
     }
     if done.norms > 0 {
         register.insert(super::rms_norm::OP_TYPE, super::rms_norm::rms_norm);
+    }
+    if done.attentions > 0 {
+        register.insert(super::attention::OP_TYPE, super::attention::attention);
     }
     done
 }

@@ -220,6 +220,29 @@ fn run(
     }
 }
 
+/// `c = a · b` for one `rows × depth` by `depth × cols` product: value `(i, k)` of `a` at
+/// `xs[ao + i·a.0 + k·a.1]`, `(k, j)` of `b` at `ys[bo + k·b.0 + j·b.1]`, `(i, j)` of `c`
+/// written to `cs[co + i·c.0 + j·c.1]` — the products of [`super::Attention`] on the kernel of
+/// [`ActivationProduct`]. `None` when an operand is shorter than that.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn matmul(
+    (xs, ao, a): (&[f32], usize, (usize, usize)),
+    (ys, bo, b): (&[f32], usize, (usize, usize)),
+    (cs, co, c): (&mut [f32], usize, (usize, usize)),
+    (rows, cols, depth): (usize, usize, usize),
+    scratch: &mut Vec<f32>,
+) -> Option<()> {
+    let g = Geometry {
+        rows,
+        cols,
+        depth,
+        a,
+        b,
+        c,
+    };
+    one(xs, ys, cs, (ao, bo, co), &g, scratch)
+}
+
 /// One product of the batch, its operands and output starting at `ao`, `bo` and `co`. `None`
 /// when an operand is shorter than the geometry says.
 fn one(

@@ -24,7 +24,7 @@ fn model(rng: &mut Rng, d: usize) -> (ModelProto, usize) {
     let y = g.node("Div", &["x", &rms], 1, vec![]).remove(0);
     let y = g.node("Mul", &[&y, &w], 1, vec![]).remove(0);
     let other = g.node("Add", &["x", &one], 1, vec![]).remove(0);
-    g.input("x", &[Some(1), None, Some(d)]);
+    g.input("x", &["1", "S", &d.to_string()]);
     (g.model(&[y, other]), 6)
 }
 

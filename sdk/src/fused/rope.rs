@@ -236,7 +236,7 @@ impl EvalOp for Rope {
 
 /// The rows of `y` from those of `x`, row `r` with the `cos`/`sin` row `r mod S`.
 #[inline(always)]
-fn rotate(xs: &[f32], cos: &[f32], sin: &[f32], ys: &mut [f32], half: usize) {
+pub(super) fn rotate(xs: &[f32], cos: &[f32], sin: &[f32], ys: &mut [f32], half: usize) {
     let width = 2 * half;
     let tables = cos.chunks_exact(width).zip(sin.chunks_exact(width)).cycle();
     for ((x, y), (c, s)) in xs

@@ -29,10 +29,10 @@ fn model(heads: usize, half: usize) -> (ModelProto, [String; 2]) {
     let q = rope_of(&mut g, "q");
     let k = rope_of(&mut g, "k");
     for x in ["q", "k"] {
-        g.input(x, &[Some(1), Some(heads), None, Some(2 * half)]);
+        g.input(x, &["1", &heads.to_string(), "S", &(2 * half).to_string()]);
     }
     for t in ["cos", "sin"] {
-        g.input(t, &[None, Some(2 * half)]);
+        g.input(t, &["S", &(2 * half).to_string()]);
     }
     (g.model(&[q.clone(), k.clone()]), [q, k])
 }

@@ -52,7 +52,7 @@ fn rows(xs: &mut [f32], n: usize) {
 
 /// [`rows`], compiled for the instruction set of its caller.
 #[inline(always)]
-fn rows_here(xs: &mut [f32], n: usize) {
+pub(super) fn rows_here(xs: &mut [f32], n: usize) {
     for row in xs.chunks_exact_mut(n.max(1)) {
         // Compare and select: one `maxps` on x86 (`f32::max`, which returns the other operand of
         // a NaN on either side, is a compare and blend per value). The partial maxima start at

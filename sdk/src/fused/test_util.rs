@@ -172,16 +172,15 @@ impl OnnxGraph {
         self.constant(hint, INT64, &[values.len()], raw)
     }
 
-    /// An f32 graph input; `None` dimensions are symbolic (`S0`, `S1`, …).
-    pub fn input(&mut self, name: &str, dims: &[Option<usize>]) {
+    /// An f32 graph input of dimensions `dims`: a number, or the name of a symbol.
+    pub fn input(&mut self, name: &str, dims: &[&str]) {
         use tract_onnx::pb::tensor_shape_proto::{dimension::Value, Dimension};
         let dim = dims
             .iter()
-            .enumerate()
-            .map(|(i, d)| Dimension {
-                value: Some(match d {
-                    Some(n) => Value::DimValue(*n as i64),
-                    None => Value::DimParam(format!("S{i}")),
+            .map(|d| Dimension {
+                value: Some(match d.parse::<i64>() {
+                    Ok(n) => Value::DimValue(n),
+                    Err(_) => Value::DimParam(d.to_string()),
                 }),
                 ..Default::default()
             })
