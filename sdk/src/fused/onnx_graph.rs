@@ -26,23 +26,33 @@ pub(super) fn is(node: &NodeProto, op: &str) -> bool {
 pub(super) struct Uses<'g> {
     pub graph: &'g GraphProto,
     readers: HashMap<&'g str, Vec<usize>>,
-    outputs: Vec<&'g str>,
-    initializers: Vec<&'g str>,
+    writers: HashMap<&'g str, usize>,
+    outputs: HashSet<&'g str>,
+    initializers: HashMap<&'g str, &'g TensorProto>,
 }
 
 impl<'g> Uses<'g> {
     pub fn new(graph: &'g GraphProto) -> Self {
         let mut readers: HashMap<&str, Vec<usize>> = HashMap::new();
+        let mut writers: HashMap<&str, usize> = HashMap::new();
         for (i, node) in graph.node.iter().enumerate() {
             for input in &node.input {
                 readers.entry(input.as_str()).or_default().push(i);
+            }
+            for output in &node.output {
+                writers.insert(output.as_str(), i);
             }
         }
         Uses {
             graph,
             readers,
+            writers,
             outputs: graph.output.iter().map(|o| o.name.as_str()).collect(),
-            initializers: graph.initializer.iter().map(|t| t.name.as_str()).collect(),
+            initializers: graph
+                .initializer
+                .iter()
+                .map(|t| (t.name.as_str(), t))
+                .collect(),
         }
     }
 
@@ -58,20 +68,17 @@ impl<'g> Uses<'g> {
     }
 
     pub fn constant(&self, value: &str) -> bool {
-        self.initializers.contains(&value)
+        self.initializers.contains_key(value)
     }
 
     /// The node writing `value`, if a node does.
     pub fn writer(&self, value: &str) -> Option<(usize, &'g NodeProto)> {
-        self.graph
-            .node
-            .iter()
-            .enumerate()
-            .find(|(_, n)| n.output.iter().any(|o| o == value))
+        let &i = self.writers.get(value)?;
+        Some((i, self.graph.node.get(i)?))
     }
 
     fn initializer(&self, name: &str) -> Option<&'g TensorProto> {
-        self.graph.initializer.iter().find(|t| t.name == name)
+        self.initializers.get(name).copied()
     }
 
     /// The values of an INT64 initializer.
