@@ -16,7 +16,7 @@
 //! in another order).
 
 use tract_onnx::model::ParsingContext;
-use tract_onnx::pb::{AttributeProto, GraphProto, NodeProto};
+use tract_onnx::pb::{GraphProto, NodeProto};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_hir::internal::{
@@ -25,7 +25,7 @@ use tract_onnx::tract_hir::internal::{
 };
 
 use super::dense_f32;
-use super::onnx_graph::{is, replace, Uses, DOMAIN};
+use super::onnx_graph::{float_attribute, fuse, int_attribute, is, Uses, DOMAIN};
 
 /// The operator type of the fused node.
 pub const OP_TYPE: &str = "Attention";
@@ -124,12 +124,6 @@ fn matched(uses: &Uses, merge: usize) -> Option<(Vec<usize>, NodeProto)> {
     let (q, heads, q_nodes) = heads_of(qh, iqr)?;
     let (k, _, k_nodes) = heads_of(kh, ikr)?;
     let (v, _, v_nodes) = heads_of(vh, iv)?;
-    let int = |name: &str, i: i64| AttributeProto {
-        name: name.into(),
-        r#type: tract_onnx::pb::attribute_proto::AttributeType::Int as i32,
-        i,
-        ..AttributeProto::default()
-    };
     let node = NodeProto {
         input: vec![
             q,
@@ -146,14 +140,9 @@ fn matched(uses: &Uses, merge: usize) -> Option<(Vec<usize>, NodeProto)> {
         op_type: OP_TYPE.to_string(),
         domain: DOMAIN.to_string(),
         attribute: vec![
-            int("heads", heads),
-            int("head_dim", 2 * half),
-            AttributeProto {
-                name: "scale".into(),
-                r#type: tract_onnx::pb::attribute_proto::AttributeType::Float as i32,
-                f: scale,
-                ..AttributeProto::default()
-            },
+            int_attribute("heads", heads),
+            int_attribute("head_dim", 2 * half),
+            float_attribute("scale", scale),
         ],
         ..NodeProto::default()
     };
@@ -165,15 +154,7 @@ fn matched(uses: &Uses, merge: usize) -> Option<(Vec<usize>, NodeProto)> {
 /// Replaces every attention core of the form above in `graph` by one `Attention` node;
 /// returns how many.
 pub fn fuse_attention(graph: &mut GraphProto) -> usize {
-    let groups: Vec<(Vec<usize>, NodeProto)> = {
-        let uses = Uses::new(graph);
-        (0..graph.node.len())
-            .filter_map(|i| matched(&uses, i))
-            .collect()
-    };
-    let count = groups.len();
-    replace(graph, groups);
-    count
+    fuse(graph, matched)
 }
 
 /// Parser of the SDK's `Attention` nodes for tract-onnx's operator register.
@@ -189,11 +170,7 @@ pub fn attention(
     };
     let (heads, head_dim) = (positive("heads")?, positive("head_dim")?);
     ensure!(head_dim % 2 == 0, "{}: odd head_dim {head_dim}", node.name);
-    let scale = node
-        .attribute
-        .iter()
-        .find(|a| a.name == "scale")
-        .map(|a| a.f)
+    let scale = Uses::float_attr(node, "scale")
         .ok_or_else(|| format_err!("{}: Attention without `scale`", node.name))?;
     Ok((
         expand(AttentionOnnx(Attention {

@@ -7,7 +7,8 @@
 use std::collections::{HashMap, HashSet};
 
 use tract_onnx::model::Onnx;
-use tract_onnx::pb::{GraphProto, ModelProto, NodeProto, TensorProto};
+use tract_onnx::pb::attribute_proto::AttributeType;
+use tract_onnx::pb::{AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto};
 
 /// The domain of the SDK's nodes: an operator set of its own, never written to a file.
 pub const DOMAIN: &str = "ai.transfusion.sdk";
@@ -109,12 +110,54 @@ impl<'g> Uses<'g> {
         node.attribute.iter().find(|a| a.name == name).map(|a| a.i)
     }
 
+    /// The float attribute `name` of `node`.
+    pub fn float_attr(node: &NodeProto, name: &str) -> Option<f32> {
+        node.attribute.iter().find(|a| a.name == name).map(|a| a.f)
+    }
+
     /// The integer-list attribute `name` of `node`.
     pub fn ints_attr<'n>(node: &'n NodeProto, name: &str) -> Option<&'n [i64]> {
         node.attribute
             .iter()
             .find(|a| a.name == name)
             .map(|a| a.ints.as_slice())
+    }
+}
+
+/// Replaces in `graph` every group of nodes `matched` finds from one of its nodes (by index),
+/// with the node it gives; returns how many groups.
+pub fn fuse(
+    graph: &mut GraphProto,
+    matched: impl Fn(&Uses, usize) -> Option<(Vec<usize>, NodeProto)>,
+) -> usize {
+    let groups: Vec<(Vec<usize>, NodeProto)> = {
+        let uses = Uses::new(graph);
+        (0..graph.node.len())
+            .filter_map(|i| matched(&uses, i))
+            .collect()
+    };
+    let count = groups.len();
+    replace(graph, groups);
+    count
+}
+
+/// An integer attribute of a node the rewrites write.
+pub fn int_attribute(name: &str, i: i64) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: AttributeType::Int as i32,
+        i,
+        ..AttributeProto::default()
+    }
+}
+
+/// A float attribute of a node the rewrites write.
+pub fn float_attribute(name: &str, f: f32) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: AttributeType::Float as i32,
+        f,
+        ..AttributeProto::default()
     }
 }
 

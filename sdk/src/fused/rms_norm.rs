@@ -9,7 +9,7 @@
 //! its values agree with tract's to rounding, not bit for bit.
 
 use tract_onnx::model::ParsingContext;
-use tract_onnx::pb::{AttributeProto, GraphProto, NodeProto};
+use tract_onnx::pb::{GraphProto, NodeProto};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_hir::internal::{
@@ -18,7 +18,7 @@ use tract_onnx::tract_hir::internal::{
 };
 
 use super::dense_f32;
-use super::onnx_graph::{is, replace, Uses, DOMAIN};
+use super::onnx_graph::{float_attribute, fuse, is, Uses, DOMAIN};
 
 /// The operator type of the fused node.
 pub const OP_TYPE: &str = "RmsNorm";
@@ -90,12 +90,7 @@ fn matched(uses: &Uses, gain: usize) -> Option<(Vec<usize>, NodeProto)> {
         name: format!("{}.rms_norm", node.name),
         op_type: OP_TYPE.to_string(),
         domain: DOMAIN.to_string(),
-        attribute: vec![AttributeProto {
-            name: "epsilon".into(),
-            r#type: tract_onnx::pb::attribute_proto::AttributeType::Float as i32,
-            f: epsilon,
-            ..AttributeProto::default()
-        }],
+        attribute: vec![float_attribute("epsilon", epsilon)],
         ..NodeProto::default()
     };
     Some((vec![isq, imean, iadd, isqrt, idiv, gain], node))
@@ -103,15 +98,7 @@ fn matched(uses: &Uses, gain: usize) -> Option<(Vec<usize>, NodeProto)> {
 
 /// Replaces every RMSNorm of the form above in `graph` by one `RmsNorm` node; returns how many.
 pub fn fuse_rms_norm(graph: &mut GraphProto) -> usize {
-    let groups: Vec<(Vec<usize>, NodeProto)> = {
-        let uses = Uses::new(graph);
-        (0..graph.node.len())
-            .filter_map(|i| matched(&uses, i))
-            .collect()
-    };
-    let count = groups.len();
-    replace(graph, groups);
-    count
+    fuse(graph, matched)
 }
 
 /// Parser of the SDK's `RmsNorm` nodes for tract-onnx's operator register.
@@ -119,11 +106,7 @@ pub fn rms_norm(
     _ctx: &ParsingContext,
     node: &NodeProto,
 ) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
-    let epsilon = node
-        .attribute
-        .iter()
-        .find(|a| a.name == "epsilon")
-        .map(|a| a.f)
+    let epsilon = Uses::float_attr(node, "epsilon")
         .ok_or_else(|| format_err!("{}: RmsNorm without `epsilon`", node.name))?;
     Ok((expand(RmsNormOnnx { epsilon }), vec![]))
 }

@@ -9,7 +9,7 @@
 //! same operations in the same order, one row at a time: tract's values, bit for bit.
 
 use tract_onnx::model::ParsingContext;
-use tract_onnx::pb::{AttributeProto, GraphProto, NodeProto};
+use tract_onnx::pb::{GraphProto, NodeProto};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_hir::internal::{
@@ -18,7 +18,7 @@ use tract_onnx::tract_hir::internal::{
 };
 
 use super::dense_f32;
-use super::onnx_graph::{is, replace, Uses, DOMAIN};
+use super::onnx_graph::{fuse, int_attribute, is, Uses, DOMAIN};
 
 /// The operator type of the fused node.
 pub const OP_TYPE: &str = "Rope";
@@ -95,12 +95,7 @@ fn matched(uses: &Uses, add: usize) -> Option<(Vec<usize>, NodeProto)> {
         name: format!("{}.rope", node.name),
         op_type: OP_TYPE.to_string(),
         domain: DOMAIN.to_string(),
-        attribute: vec![AttributeProto {
-            name: "half".into(),
-            r#type: tract_onnx::pb::attribute_proto::AttributeType::Int as i32,
-            i: half,
-            ..AttributeProto::default()
-        }],
+        attribute: vec![int_attribute("half", half)],
         ..NodeProto::default()
     };
     Some((vec![ia, ir, ic, ineg, is1, is2, add], node))
@@ -109,15 +104,7 @@ fn matched(uses: &Uses, add: usize) -> Option<(Vec<usize>, NodeProto)> {
 /// Replaces every rotary embedding of the form above in `graph` by one `Rope` node; returns
 /// how many.
 pub fn fuse_rope(graph: &mut GraphProto) -> usize {
-    let groups: Vec<(Vec<usize>, NodeProto)> = {
-        let uses = Uses::new(graph);
-        (0..graph.node.len())
-            .filter_map(|i| matched(&uses, i))
-            .collect()
-    };
-    let count = groups.len();
-    replace(graph, groups);
-    count
+    fuse(graph, matched)
 }
 
 /// Parser of the SDK's `Rope` nodes for tract-onnx's operator register.
