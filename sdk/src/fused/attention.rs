@@ -444,6 +444,22 @@ impl TypedOp for Attention {
         ])
     }
 
+    /// The two products' multiply-adds: `H · S · (P + S) · hd` each.
+    fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
+        let (Some(q), Some(past)) = (inputs.first(), inputs.get(5)) else {
+            bail!("Attention takes 8 inputs");
+        };
+        let (Some(s), Some(p)) = (q.shape.get(1), past.shape.get(2)) else {
+            bail!(
+                "Attention: q of rank {}, caches of rank {}",
+                q.rank(),
+                past.rank()
+            );
+        };
+        let macs = s.clone() * (p.clone() + s) * (2 * self.heads * self.head_dim);
+        Ok(tvec!((Cost::FMA(DatumType::F32), macs)))
+    }
+
     as_op!();
 }
 
