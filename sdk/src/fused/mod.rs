@@ -422,5 +422,9 @@ mod tests {
         assert!(!Rewrites::parse(Some("-conv")).conv);
         assert!(!Rewrites::parse(Some("0")).norm);
         assert!(!Rewrites::parse(Some("-integer")).integer);
+        let r = Rewrites::parse(Some("-rope,-rms-norm,-attention"));
+        assert!(!r.rope && !r.rms_norm && !r.attention && r.integer);
+        let off = Rewrites::parse(Some("0"));
+        assert!(!off.rope && !off.rms_norm && !off.attention);
     }
 }
