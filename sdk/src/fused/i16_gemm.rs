@@ -170,6 +170,12 @@ pub trait Store: Sync {
     type Out: Datum + Copy + Send;
     /// Writes `sums`, the columns from `first` on, to `out`.
     fn store(&self, out: &mut [Self::Out], sums: &[i32], first: usize);
+
+    /// Where this store is a rescale to f32: `out` as f32 and the scales, so that the AVX2
+    /// kernel converts and multiplies its sums in registers and writes them in place.
+    fn rescaled<'s, 'c>(&'s self, _out: &'c mut [Self::Out]) -> Option<(&'c mut [f32], &'s [f32])> {
+        None
+    }
 }
 
 /// The sums as they are.
@@ -189,6 +195,11 @@ pub struct Rescaled<'a>(pub &'a [f32]);
 
 impl Store for Rescaled<'_> {
     type Out = f32;
+
+    fn rescaled<'s, 'c>(&'s self, out: &'c mut [f32]) -> Option<(&'c mut [f32], &'s [f32])> {
+        Some((out, self.0))
+    }
+
     #[inline]
     fn store(&self, out: &mut [f32], sums: &[i32], first: usize) {
         match self.0 {
@@ -234,12 +245,83 @@ fn rows_times_panels<S: Store>(y: &Panels, x: &[i32], c: &mut [S::Out], store: &
             .for_each(|row| store.store(row, &zeros, 0));
         return;
     }
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        if let Some((c, scales)) = store.rescaled(c) {
+            return rescaled_on_avx2(y, x, c, scales);
+        }
+    }
     let mut tile = [[0i32; COLUMNS]; ROWS];
     for (block, panel) in y.blocks().enumerate() {
         let first = block * COLUMNS;
         let width = COLUMNS.min(n.saturating_sub(first));
         for (r0, rows) in x.chunks(ROWS * pairs).enumerate() {
             let Some(tile) = tile.get_mut(..rows.len() / pairs) else {
+                continue;
+            };
+            kernel(rows, pairs, panel, tile);
+            for (i, t) in tile.iter().enumerate() {
+                let at = (r0 * ROWS + i) * n + first;
+                if let (Some(dst), Some(src)) = (c.get_mut(at..at + width), t.get(..width)) {
+                    store.store(dst, src, first);
+                }
+            }
+        }
+    }
+}
+
+/// [`rows_times_panels`] rescaled to f32 (`pairs > 0`) on AVX2: each full panel's sums are
+/// converted, multiplied by their scales and stored in registers; a narrower last panel goes
+/// through a tile and [`Rescaled::store`]. The same values: `sum as f32 × scale`, each rounded
+/// once.
+#[cfg(target_arch = "x86_64")]
+fn rescaled_on_avx2(y: &Panels, x: &[i32], c: &mut [f32], scales: &[f32]) {
+    let (n, pairs) = (y.n(), y.pairs());
+    let store = Rescaled(scales);
+    let mut tile = [[0i32; COLUMNS]; ROWS];
+    for (block, panel) in y.blocks().enumerate() {
+        let first = block * COLUMNS;
+        let width = COLUMNS.min(n.saturating_sub(first));
+        // The panel's 16 scales, or the one for all.
+        let run = match scales {
+            [s] => Some([*s; COLUMNS]),
+            _ => scales
+                .get(first..first + COLUMNS)
+                .and_then(|s| <[f32; COLUMNS]>::try_from(s).ok()),
+        };
+        for (r0, rows) in x.chunks(ROWS * pairs).enumerate() {
+            let count = rows.len() / pairs;
+            let start = r0 * ROWS * n + first;
+            // The last row's 16 outputs end within `c`.
+            let fits = count > 0 && start + (count - 1) * n + COLUMNS <= c.len();
+            if let (Some(run), true, true) = (run, width == COLUMNS, fits) {
+                // SAFETY: AVX2 was detected by the caller; rows `0..count` of `c` from `start`,
+                // `n` apart, each have 16 values (checked just above), and the kernel checks
+                // the lengths it reads.
+                unsafe {
+                    let out = c.as_mut_ptr().add(start);
+                    match panel {
+                        Panel::Wide(p) => avx2::dispatch_rescaled::<2>(
+                            rows,
+                            pairs,
+                            p.as_ptr().cast(),
+                            p.len() * 2,
+                            (out, n, count),
+                            &run,
+                        ),
+                        Panel::Narrow(p) => avx2::dispatch_rescaled::<1>(
+                            rows,
+                            pairs,
+                            p.as_ptr().cast(),
+                            p.len(),
+                            (out, n, count),
+                            &run,
+                        ),
+                    }
+                }
+                continue;
+            }
+            let Some(tile) = tile.get_mut(..count) else {
                 continue;
             };
             kernel(rows, pairs, panel, tile);
@@ -302,6 +384,50 @@ mod avx2 {
     use super::COLUMNS;
     use std::arch::x86_64::*;
 
+    /// Where a kernel call's row sums go: row `r`'s 16 i32 in two registers.
+    trait Sink {
+        /// # Safety
+        /// AVX2 is enabled; `r` is below the row count the sink was made for.
+        unsafe fn put(&mut self, r: usize, acc0: __m256i, acc1: __m256i);
+    }
+
+    /// Into a tile of at least `R` rows (checked by the kernel).
+    struct Tile<'a>(&'a mut [[i32; COLUMNS]]);
+
+    impl Sink for Tile<'_> {
+        #[inline(always)]
+        unsafe fn put(&mut self, r: usize, acc0: __m256i, acc1: __m256i) {
+            if let Some(t) = self.0.get_mut(r) {
+                // SAFETY: `t` holds COLUMNS = 16 i32: two unaligned 256-bit stores.
+                unsafe {
+                    _mm256_storeu_si256(t.as_mut_ptr().cast(), acc0);
+                    _mm256_storeu_si256(t.as_mut_ptr().add(COLUMNS / 2).cast(), acc1);
+                }
+            }
+        }
+    }
+
+    /// Into f32 rows `n` apart from `out`, each sum converted and multiplied by its column's
+    /// scale (`s0`, `s1`).
+    struct Scaled {
+        out: *mut f32,
+        n: usize,
+        s0: __m256,
+        s1: __m256,
+    }
+
+    impl Sink for Scaled {
+        #[inline(always)]
+        unsafe fn put(&mut self, r: usize, acc0: __m256i, acc1: __m256i) {
+            // SAFETY: the caller of `dispatch_rescaled` guarantees 16 values at each row.
+            unsafe {
+                let row = self.out.add(r * self.n);
+                _mm256_storeu_ps(row, _mm256_mul_ps(_mm256_cvtepi32_ps(acc0), self.s0));
+                _mm256_storeu_ps(row.add(8), _mm256_mul_ps(_mm256_cvtepi32_ps(acc1), self.s1));
+            }
+        }
+    }
+
     /// [`rows`] for `tile.len()` rows. `y` points at `bytes` bytes of panel values of `WIDTH`
     /// bytes each.
     #[target_feature(enable = "avx2")]
@@ -312,15 +438,55 @@ mod avx2 {
         bytes: usize,
         tile: &mut [[i32; COLUMNS]],
     ) {
+        let count = tile.len();
+        let mut sink = Tile(tile);
+        // SAFETY: forwarded as the caller gave them; the tile has `count` rows.
+        unsafe { by_rows::<WIDTH, _>(x, pairs, y, bytes, count, &mut sink) }
+    }
+
+    /// [`rows`] for `rows` rows, stored as f32 × `scales` at `out`, rows `n` apart.
+    ///
+    /// # Safety
+    /// AVX2 is available, and `out` has 16 writable f32 at each of its `rows` rows.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn dispatch_rescaled<const WIDTH: usize>(
+        x: &[i32],
+        pairs: usize,
+        y: *const u8,
+        bytes: usize,
+        (out, n, rows): (*mut f32, usize, usize),
+        scales: &[f32; COLUMNS],
+    ) {
+        // SAFETY: 16 f32 are read from the array in two unaligned loads; the rest is forwarded.
+        unsafe {
+            let mut sink = Scaled {
+                out,
+                n,
+                s0: _mm256_loadu_ps(scales.as_ptr()),
+                s1: _mm256_loadu_ps(scales.as_ptr().add(8)),
+            };
+            by_rows::<WIDTH, _>(x, pairs, y, bytes, rows, &mut sink)
+        }
+    }
+
+    #[target_feature(enable = "avx2")]
+    unsafe fn by_rows<const WIDTH: usize, S: Sink>(
+        x: &[i32],
+        pairs: usize,
+        y: *const u8,
+        bytes: usize,
+        count: usize,
+        sink: &mut S,
+    ) {
         // SAFETY: forwarded as the caller gave them.
         unsafe {
-            match tile.len() {
-                6 => rows::<6, WIDTH>(x, pairs, y, bytes, tile),
-                5 => rows::<5, WIDTH>(x, pairs, y, bytes, tile),
-                4 => rows::<4, WIDTH>(x, pairs, y, bytes, tile),
-                3 => rows::<3, WIDTH>(x, pairs, y, bytes, tile),
-                2 => rows::<2, WIDTH>(x, pairs, y, bytes, tile),
-                _ => rows::<1, WIDTH>(x, pairs, y, bytes, tile),
+            match count {
+                6 => rows::<6, WIDTH, S>(x, pairs, y, bytes, sink),
+                5 => rows::<5, WIDTH, S>(x, pairs, y, bytes, sink),
+                4 => rows::<4, WIDTH, S>(x, pairs, y, bytes, sink),
+                3 => rows::<3, WIDTH, S>(x, pairs, y, bytes, sink),
+                2 => rows::<2, WIDTH, S>(x, pairs, y, bytes, sink),
+                _ => rows::<1, WIDTH, S>(x, pairs, y, bytes, sink),
             }
         }
     }
@@ -334,15 +500,15 @@ mod avx2 {
     /// kernel runs 3× slower (`bench --profile`).
     #[allow(clippy::indexing_slicing)]
     #[target_feature(enable = "avx2")]
-    unsafe fn rows<const R: usize, const WIDTH: usize>(
+    unsafe fn rows<const R: usize, const WIDTH: usize, S: Sink>(
         rows: &[i32],
         pairs: usize,
         panel: *const u8,
         bytes: usize,
-        tile: &mut [[i32; COLUMNS]],
+        sink: &mut S,
     ) {
         let step = 2 * COLUMNS * WIDTH;
-        if rows.len() < R * pairs || bytes < pairs * step || tile.len() < R {
+        if rows.len() < R * pairs || bytes < pairs * step {
             return;
         }
         let (mut x, mut y) = (rows.as_ptr(), panel);
@@ -375,90 +541,13 @@ mod avx2 {
                 x = x.add(1);
             }
         }
-        for (r, t) in tile.iter_mut().enumerate().take(R) {
-            // SAFETY: `t` holds COLUMNS = 16 i32: two unaligned 256-bit stores.
-            unsafe {
-                _mm256_storeu_si256(t.as_mut_ptr().cast(), acc0[r]);
-                _mm256_storeu_si256(t.as_mut_ptr().add(COLUMNS / 2).cast(), acc1[r]);
-            }
+        for r in 0..R {
+            // SAFETY: `r` is below the row count the sink was made for (`R`).
+            unsafe { sink.put(r, acc0[r], acc1[r]) };
         }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::fused::test_util::Rng;
-
-    /// Products of random `m × k` and `k × n` values within `±range`, against the plain sums; and
-    /// the AVX2 kernel against the portable one, tile by tile. Returns whether `y` was stored as
-    /// i8.
-    fn check(rng: &mut Rng, (m, k, n): (usize, usize, usize), range: usize) -> bool {
-        let value = |rng: &mut Rng| (rng.below(2 * range + 1) as i32 - range as i32) as i16;
-        let x: Vec<i16> = (0..m * k).map(|_| value(rng)).collect();
-        let mut y: Vec<i16> = (0..k * n).map(|_| value(rng)).collect();
-        // The extreme of the range once at least, so that it decides the storage.
-        y[0] = range as i16;
-        let (panels, rows) = (Panels::from_rows(&y, k, n), pair_rows(&x, k, |v| v));
-        let mut got = vec![0i32; m * n];
-        product(&panels, &rows, &mut got, &Sums);
-        for i in 0..m {
-            for j in 0..n {
-                let want: i32 = (0..k)
-                    .map(|kk| i32::from(x[i * k + kk]) * i32::from(y[kk * n + j]))
-                    .sum();
-                assert_eq!(got[i * n + j], want, "{m}x{k}x{n} [{i}][{j}]");
-            }
-        }
-        let pairs = panels.pairs();
-        for (block, panel) in panels.blocks().enumerate() {
-            for (r0, chunk) in rows.chunks(ROWS * pairs).enumerate() {
-                let count = chunk.len() / pairs;
-                let (mut a, mut b) = ([[0; COLUMNS]; ROWS], [[0; COLUMNS]; ROWS]);
-                kernel(chunk, pairs, panel, &mut a[..count]);
-                match panel {
-                    Panel::Wide(y) => portable(chunk, pairs, y, &mut b[..count]),
-                    Panel::Narrow(y) => portable(chunk, pairs, y, &mut b[..count]),
-                }
-                assert_eq!(a, b, "block {block} rows {r0}");
-            }
-        }
-        panels.is_narrow()
-    }
-
-    #[test]
-    fn the_kernel_and_the_portable_sums_equal_the_plain_products() {
-        let mut rng = Rng(9);
-        for size in [
-            (4usize, 37usize, 16usize),
-            (7, 2, 33),
-            (1, 1, 1),
-            (9, 64, 5),
-            (13, 40, 20),
-        ] {
-            // Differences of 8-bit values (up to ±255): i16 panels.
-            assert!(!check(&mut rng, size, 255), "{size:?}");
-            // Weights that fit in i8 (symmetric int8, or u8 around 128): i8 panels.
-            assert!(check(&mut rng, size, 127), "{size:?}");
-        }
-    }
-
-    #[test]
-    fn rows_split_between_threads_give_the_same_products() {
-        use tract_linalg::multithread::{multithread_tract_scope, Executor};
-        let mut rng = Rng(21);
-        for m in [8usize, 9, 34] {
-            let (k, n) = (64, 40);
-            let x: Vec<i16> = (0..m * k).map(|_| rng.below(511) as i16 - 255).collect();
-            let y: Vec<i16> = (0..k * n).map(|_| rng.below(511) as i16 - 255).collect();
-            let (panels, rows) = (Panels::from_rows(&y, k, n), pair_rows(&x, k, |v| v));
-            let mut one = vec![0i32; m * n];
-            product(&panels, &rows, &mut one, &Sums);
-            let mut three = vec![0i32; m * n];
-            multithread_tract_scope(Executor::multithread(3), || {
-                product(&panels, &rows, &mut three, &Sums)
-            });
-            assert_eq!(one, three, "{m} rows");
-        }
-    }
-}
+#[path = "i16_gemm_tests.rs"]
+mod tests;

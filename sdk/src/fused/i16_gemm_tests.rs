@@ -1,0 +1,110 @@
+//! The INT8 kernel against plain sums, the portable loop, split rows and the rescale.
+
+use super::*;
+use crate::fused::test_util::Rng;
+
+/// Products of random `m × k` and `k × n` values within `±range`, against the plain sums; and
+/// the AVX2 kernel against the portable one, tile by tile. Returns whether `y` was stored as
+/// i8.
+fn check(rng: &mut Rng, (m, k, n): (usize, usize, usize), range: usize) -> bool {
+    let value = |rng: &mut Rng| (rng.below(2 * range + 1) as i32 - range as i32) as i16;
+    let x: Vec<i16> = (0..m * k).map(|_| value(rng)).collect();
+    let mut y: Vec<i16> = (0..k * n).map(|_| value(rng)).collect();
+    // The extreme of the range once at least, so that it decides the storage.
+    y[0] = range as i16;
+    let (panels, rows) = (Panels::from_rows(&y, k, n), pair_rows(&x, k, |v| v));
+    let mut got = vec![0i32; m * n];
+    product(&panels, &rows, &mut got, &Sums);
+    for i in 0..m {
+        for j in 0..n {
+            let want: i32 = (0..k)
+                .map(|kk| i32::from(x[i * k + kk]) * i32::from(y[kk * n + j]))
+                .sum();
+            assert_eq!(got[i * n + j], want, "{m}x{k}x{n} [{i}][{j}]");
+        }
+    }
+    let pairs = panels.pairs();
+    for (block, panel) in panels.blocks().enumerate() {
+        for (r0, chunk) in rows.chunks(ROWS * pairs).enumerate() {
+            let count = chunk.len() / pairs;
+            let (mut a, mut b) = ([[0; COLUMNS]; ROWS], [[0; COLUMNS]; ROWS]);
+            kernel(chunk, pairs, panel, &mut a[..count]);
+            match panel {
+                Panel::Wide(y) => portable(chunk, pairs, y, &mut b[..count]),
+                Panel::Narrow(y) => portable(chunk, pairs, y, &mut b[..count]),
+            }
+            assert_eq!(a, b, "block {block} rows {r0}");
+        }
+    }
+    panels.is_narrow()
+}
+
+#[test]
+fn the_kernel_and_the_portable_sums_equal_the_plain_products() {
+    let mut rng = Rng(9);
+    for size in [
+        (4usize, 37usize, 16usize),
+        (7, 2, 33),
+        (1, 1, 1),
+        (9, 64, 5),
+        (13, 40, 20),
+    ] {
+        // Differences of 8-bit values (up to ±255): i16 panels.
+        assert!(!check(&mut rng, size, 255), "{size:?}");
+        // Weights that fit in i8 (symmetric int8, or u8 around 128): i8 panels.
+        assert!(check(&mut rng, size, 127), "{size:?}");
+    }
+}
+
+#[test]
+fn rescaled_products_are_the_sums_times_their_scales() {
+    let mut rng = Rng(33);
+    for (m, k, n) in [
+        (1usize, 40usize, 16usize),
+        (7, 9, 33),
+        (13, 64, 5),
+        (6, 2, 48),
+    ] {
+        let x: Vec<i16> = (0..m * k).map(|_| rng.below(511) as i16 - 255).collect();
+        let y: Vec<i16> = (0..k * n).map(|_| rng.below(255) as i16 - 127).collect();
+        let (panels, rows) = (Panels::from_rows(&y, k, n), pair_rows(&x, k, |v| v));
+        let mut sums = vec![0i32; m * n];
+        product(&panels, &rows, &mut sums, &Sums);
+        let per_column: Vec<f32> = (0..n).map(|_| rng.unit() * 0.01).collect();
+        for scales in [per_column.as_slice(), &[0.003_f32][..]] {
+            let mut got = vec![0f32; m * n];
+            product(&panels, &rows, &mut got, &Rescaled(scales));
+            for (i, (&g, &s)) in got.iter().zip(&sums).enumerate() {
+                let scale = if scales.len() == 1 {
+                    scales[0]
+                } else {
+                    scales[i % n]
+                };
+                assert_eq!(
+                    g.to_bits(),
+                    (s as f32 * scale).to_bits(),
+                    "{m}x{k}x{n} [{i}]"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn rows_split_between_threads_give_the_same_products() {
+    use tract_linalg::multithread::{multithread_tract_scope, Executor};
+    let mut rng = Rng(21);
+    for m in [8usize, 9, 34] {
+        let (k, n) = (64, 40);
+        let x: Vec<i16> = (0..m * k).map(|_| rng.below(511) as i16 - 255).collect();
+        let y: Vec<i16> = (0..k * n).map(|_| rng.below(511) as i16 - 255).collect();
+        let (panels, rows) = (Panels::from_rows(&y, k, n), pair_rows(&x, k, |v| v));
+        let mut one = vec![0i32; m * n];
+        product(&panels, &rows, &mut one, &Sums);
+        let mut three = vec![0i32; m * n];
+        multithread_tract_scope(Executor::multithread(3), || {
+            product(&panels, &rows, &mut three, &Sums)
+        });
+        assert_eq!(one, three, "{m} rows");
+    }
+}
