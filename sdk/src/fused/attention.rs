@@ -27,8 +27,9 @@ use tract_onnx::tract_hir::internal::{
 use super::dense_f32;
 use super::onnx_graph::{float_attribute, fuse, int_attribute, is, Uses, DOMAIN};
 
-/// The operator type of the fused node.
-pub const OP_TYPE: &str = "Attention";
+/// The operator type of the fused node: a name no ONNX operator has (tract-onnx finds a
+/// node's parser by its type alone, whatever its domain).
+pub const OP_TYPE: &str = "TransfusionAttention";
 
 /// Whether `node` is the SDK's rotary embedding.
 fn is_rope(node: &NodeProto) -> bool {
@@ -45,15 +46,13 @@ fn matched(uses: &Uses, merge: usize) -> Option<(Vec<usize>, NodeProto)> {
     let &[0, 0, width] = uses.int64s(merge_shape)?.as_slice() else {
         return None;
     };
-    if !is(node, "Reshape") {
+    // `Reshape`'s `allowzero` (0 by default) makes the zeros above copy the input's sizes.
+    let plain_reshape = |n: &NodeProto| Uses::int_attr(n, "allowzero").unwrap_or(0) == 0;
+    if !is(node, "Reshape") || !plain_reshape(node) {
         return None;
     }
     let single = |value: &str, reader: usize| uses.only_reader(value).map(|r| r.0) == Some(reader);
-    // `writer(value)` when it is an `op` node and `reader` its only reader.
-    let step = |value: &String, op: &str, reader: usize| {
-        uses.writer(value)
-            .filter(|(_, n)| is(n, op) && single(value, reader))
-    };
+    let step = |value: &String, op: &str, reader: usize| uses.only_step(value, op, reader);
     let perm = |n: &NodeProto, p: &[i64]| Uses::ints_attr(n, "perm") == Some(p);
     let (it, unheads) = step(merged, "Transpose", merge)?;
     let (iav, av) = step(unheads.input.first()?, "MatMul", it)?;
@@ -85,8 +84,12 @@ fn matched(uses: &Uses, merge: usize) -> Option<(Vec<usize>, NodeProto)> {
     };
     let (ikt, k_t) = step(kt, "Transpose", iqk)?;
     let k_all = k_t.input.first()?;
-    let (ik, k_cat) = uses.writer(k_all).filter(|(_, n)| is(n, "Concat"))?;
-    let (iv, v_cat) = uses.writer(v_all).filter(|(_, n)| is(n, "Concat"))?;
+    let concat = |v: &String| {
+        uses.writer(v)
+            .filter(|(_, n)| is(n, "Concat") && n.output.len() == 1)
+    };
+    let (ik, k_cat) = concat(k_all)?;
+    let (iv, v_cat) = concat(v_all)?;
     let cache_axis = |n: &NodeProto| matches!(Uses::int_attr(n, "axis"), Some(2 | -2));
     if !perm(k_t, &[0, 1, 3, 2]) || !cache_axis(k_cat) || !cache_axis(v_cat) {
         return None;
@@ -96,7 +99,7 @@ fn matched(uses: &Uses, merge: usize) -> Option<(Vec<usize>, NodeProto)> {
     };
     let rope_of = |v: &String, reader: usize| {
         uses.writer(v)
-            .filter(|(_, n)| is_rope(n) && single(v, reader))
+            .filter(|(_, n)| is_rope(n) && n.output.len() == 1 && single(v, reader))
     };
     let (iqr, q_rope) = rope_of(q_r, iqk)?;
     let (ikr, k_rope) = rope_of(k_r, ik)?;
@@ -118,7 +121,10 @@ fn matched(uses: &Uses, merge: usize) -> Option<(Vec<usize>, NodeProto)> {
         let &[0, 0, heads, head_dim] = uses.int64s(shape)?.as_slice() else {
             return None;
         };
-        let fits = perm(tr, &[0, 2, 1, 3]) && head_dim == 2 * half && heads * head_dim == width;
+        let fits = perm(tr, &[0, 2, 1, 3])
+            && plain_reshape(rs)
+            && Some(head_dim) == half.checked_mul(2)
+            && heads.checked_mul(head_dim) == Some(width);
         fits.then(|| (x.clone(), heads, [itr, irs]))
     };
     let (q, heads, q_nodes) = heads_of(qh, iqr)?;
@@ -169,7 +175,11 @@ pub fn attention(
             .ok_or_else(|| format_err!("{}: Attention without a positive `{name}`", node.name))
     };
     let (heads, head_dim) = (positive("heads")?, positive("head_dim")?);
-    ensure!(head_dim % 2 == 0, "{}: odd head_dim {head_dim}", node.name);
+    ensure!(
+        head_dim % 2 == 0 && heads.checked_mul(head_dim).is_some(),
+        "{}: {heads} heads of {head_dim}: the sizes of a head must be even and their product a size",
+        node.name
+    );
     let scale = Uses::float_attr(node, "scale")
         .ok_or_else(|| format_err!("{}: Attention without `scale`", node.name))?;
     Ok((

@@ -21,13 +21,16 @@ use tract_onnx::pb::{GraphProto, NodeProto, TensorProto};
 
 use super::onnx_graph::{is, replace, Uses, DOMAIN};
 
-/// The operator type of the grouped node (in [`DOMAIN`]).
-pub const OP_TYPE: &str = "IntegerLinears";
+/// The operator type of the grouped node (in [`DOMAIN`]): a name no ONNX operator has
+/// (tract-onnx finds a node's parser by its type alone, whatever its domain).
+pub const OP_TYPE: &str = "TransfusionIntegerLinears";
 
-/// ONNX `TensorProto.DataType.FLOAT`, the `to` of the `Cast` after `MatMulInteger`.
-const FLOAT: i64 = 1;
-/// ONNX `TensorProto.DataType.INT8`.
+/// ONNX `TensorProto.DataType` values the matcher checks (`FLOAT` also the `to` of the `Cast`
+/// after `MatMulInteger`).
+const FLOAT: i32 = 1;
+const UINT8: i32 = 2;
 const INT8: i32 = 3;
+const INT32: i32 = 6;
 /// The name of the zero point the grouping adds for layers written without one.
 const ZERO: &str = "ai.transfusion.sdk.weight_zero";
 
@@ -55,15 +58,29 @@ fn layer(uses: &Uses, dq: usize) -> Option<Layer> {
     let (mm, matmul) = uses.only_reader(q)?;
     let (w, w0) = match matmul.input.as_slice() {
         [a, w, a0] if a == q && a0 == z => (w, None),
-        [a, w, a0, w0] if a == q && a0 == z && uses.constant(w0) => (w, Some(w0.clone())),
+        [a, w, a0, w0] if a == q && a0 == z => (w, Some(w0.clone())),
         _ => return None,
     };
-    if !is(matmul, "MatMulInteger") || !uses.constant(w) || uses.only_reader(z)?.0 != mm {
+    // What the operator takes: 8-bit weights `[k, n]`, one zero point, f32 scales of one value
+    // or one per column (checked below) — anything else stays with tract.
+    let (w_type, w_dims) = uses.initializer_type(w)?;
+    let &[_, n] = w_dims else {
+        return None;
+    };
+    let zero_ok = w0.as_deref().is_none_or(|w0| {
+        uses.initializer_type(w0).is_some_and(|(t, dims)| {
+            matches!(t, INT8 | UINT8 | INT32) && dims.iter().product::<i64>() == 1
+        })
+    });
+    if !is(matmul, "MatMulInteger") || !matches!(w_type, INT8 | UINT8) || !zero_ok {
+        return None;
+    }
+    if uses.only_reader(z)?.0 != mm || matmul.output.len() != 1 {
         return None;
     }
     let (cast, to_float) = uses.only_reader(matmul.output.first()?)?;
     let to = to_float.attribute.iter().find(|a| a.name == "to")?.i;
-    if !is(to_float, "Cast") || to != FLOAT {
+    if !is(to_float, "Cast") || to != i64::from(FLOAT) {
         return None;
     }
     let (mul_scales, scales) = uses.only_reader(s)?;
@@ -72,7 +89,10 @@ fn layer(uses: &Uses, dq: usize) -> Option<Layer> {
         [a, b] if b == s => a,
         _ => return None,
     };
-    if !is(scales, "Mul") || !uses.constant(w_scale) {
+    let scale_ok = uses
+        .initializer_type(w_scale)
+        .is_some_and(|(t, dims)| t == FLOAT && (matches!(dims, [] | [1]) || dims == [n]));
+    if !is(scales, "Mul") || !scale_ok {
         return None;
     }
     let (rescale, out) = uses.only_reader(scales.output.first()?)?;

@@ -113,7 +113,8 @@ pub use weight_product::WeightProduct;
 /// runs it), or a comma-separated list of parts to leave out, each with a leading `-`:
 /// `quantize`, `elementwise`, `pad`, `im2col`, `conv`, `products`, `weights`, `integer` (the
 /// INT8 products, convolutions and linear-layer groups), `softmax`, `norm`, `rope`, `rms-norm`,
-/// `attention`, `vector-state` (the upper-state clearing of [`crate::graph::eval_node`]).
+/// `attention` (which starts from the `rope` rewrite's nodes: `-rope` turns it off too),
+/// `vector-state` (the upper-state clearing of [`crate::graph::eval_node`]).
 /// For the speed A/Bs of docs/performance.md, and to rule a part out when chasing a numerical
 /// difference.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -37,7 +37,8 @@ impl<'g> Uses<'g> {
         let mut readers: HashMap<&str, Vec<usize>> = HashMap::new();
         let mut writers: HashMap<&str, usize> = HashMap::new();
         for (i, node) in graph.node.iter().enumerate() {
-            for input in &node.input {
+            // An empty name is an optional input left out, not a value.
+            for input in node.input.iter().filter(|i| !i.is_empty()) {
                 readers.entry(input.as_str()).or_default().push(i);
             }
             for output in &node.output {
@@ -68,8 +69,23 @@ impl<'g> Uses<'g> {
         }
     }
 
-    pub fn constant(&self, value: &str) -> bool {
-        self.initializers.contains_key(value)
+    /// Whether removing `nodes` for `node` loses no value: each of their outputs is one of
+    /// `node`'s, or read only by `nodes` and no graph output. Every matcher checks this on its
+    /// own; this is the net under them.
+    fn closed(&self, (nodes, node): &(Vec<usize>, NodeProto)) -> bool {
+        nodes.iter().all(|&i| {
+            let Some(removed) = self.graph.node.get(i) else {
+                return false;
+            };
+            removed.output.iter().all(|value| {
+                node.output.contains(value)
+                    || (!self.outputs.contains(value.as_str())
+                        && self
+                            .readers
+                            .get(value.as_str())
+                            .is_none_or(|readers| readers.iter().all(|r| nodes.contains(r))))
+            })
+        })
     }
 
     /// The node writing `value`, if a node does.
@@ -78,26 +94,55 @@ impl<'g> Uses<'g> {
         Some((i, self.graph.node.get(i)?))
     }
 
+    /// The node writing `value` when it is the standard operator `op` with that one output and
+    /// `reader` the one node reading it: a node a rewrite may remove.
+    pub fn only_step(
+        &self,
+        value: &str,
+        op: &str,
+        reader: usize,
+    ) -> Option<(usize, &'g NodeProto)> {
+        let (i, node) = self.writer(value)?;
+        let single = self.only_reader(value).map(|r| r.0) == Some(reader);
+        (is(node, op) && node.output.len() == 1 && single).then_some((i, node))
+    }
+
     fn initializer(&self, name: &str) -> Option<&'g TensorProto> {
         self.initializers.get(name).copied()
     }
 
-    /// The values of an INT64 initializer.
-    pub fn int64s(&self, name: &str) -> Option<Vec<i64>> {
-        let t = self.initializer(name).filter(|t| t.data_type == INT64)?;
-        if !t.int64_data.is_empty() {
-            return Some(t.int64_data.clone());
-        }
-        let raw = t.raw_data.chunks_exact(8);
-        Some(
-            raw.filter_map(|b| Some(i64::from_le_bytes(b.try_into().ok()?)))
-                .collect(),
-        )
+    /// The element type (`TensorProto.DataType`) and dimensions of an initializer.
+    pub fn initializer_type(&self, name: &str) -> Option<(i32, &'g [i64])> {
+        self.initializer(name)
+            .map(|t| (t.data_type, t.dims.as_slice()))
     }
 
-    /// The value of an f32 initializer of one value.
+    /// The values of a one-dimensional INT64 initializer (a well-formed one: its data as long
+    /// as its dimensions say).
+    pub fn int64s(&self, name: &str) -> Option<Vec<i64>> {
+        let t = self.initializer(name).filter(|t| t.data_type == INT64)?;
+        let &[len] = t.dims.as_slice() else {
+            return None;
+        };
+        let values: Vec<i64> = if t.int64_data.is_empty() {
+            let raw = t.raw_data.chunks_exact(8);
+            if !raw.remainder().is_empty() {
+                return None;
+            }
+            raw.filter_map(|b| Some(i64::from_le_bytes(b.try_into().ok()?)))
+                .collect()
+        } else {
+            t.int64_data.clone()
+        };
+        (i64::try_from(values.len()).ok() == Some(len)).then_some(values)
+    }
+
+    /// The value of an f32 initializer of one value, of shape `[]` or `[1]`.
     pub fn f32_scalar(&self, name: &str) -> Option<f32> {
         let t = self.initializer(name).filter(|t| t.data_type == FLOAT)?;
+        if !matches!(t.dims.as_slice(), [] | [1]) {
+            return None;
+        }
         match (t.float_data.as_slice(), t.raw_data.as_slice()) {
             ([v], _) => Some(*v),
             ([], raw) => Some(f32::from_le_bytes(raw.try_into().ok()?)),
@@ -125,15 +170,25 @@ impl<'g> Uses<'g> {
 }
 
 /// Replaces in `graph` every group of nodes `matched` finds from one of its nodes (by index),
-/// with the node it gives; returns how many groups.
+/// with the node it gives; returns how many groups. A group that shares a node with one found
+/// before it stays as it is.
 pub fn fuse(
     graph: &mut GraphProto,
     matched: impl Fn(&Uses, usize) -> Option<(Vec<usize>, NodeProto)>,
 ) -> usize {
     let groups: Vec<(Vec<usize>, NodeProto)> = {
         let uses = Uses::new(graph);
+        let mut taken = HashSet::new();
         (0..graph.node.len())
             .filter_map(|i| matched(&uses, i))
+            .filter(|group| uses.closed(group))
+            .filter(|(nodes, _)| {
+                let free = nodes.iter().all(|n| !taken.contains(n));
+                if free {
+                    taken.extend(nodes.iter().copied());
+                }
+                free
+            })
             .collect()
     };
     let count = groups.len();
@@ -183,18 +238,26 @@ pub fn replace(graph: &mut GraphProto, groups: Vec<(Vec<usize>, NodeProto)>) {
         .collect();
 }
 
-/// Whether every float input of `graph` is float32 (the rewrites whose operators compute in
-/// f32 leave graphs of other float types to tract).
+/// Whether `graph` has a float32 input and no input of another floating-point type (the
+/// rewrites whose operators compute in f32 leave graphs of other float types to tract).
 pub fn float32_graph(graph: &GraphProto) -> bool {
     const FLOAT16: i32 = 10;
+    const DOUBLE: i32 = 11;
     const BFLOAT16: i32 = 16;
-    graph.input.iter().all(|i| {
-        let elem = i.r#type.as_ref().and_then(|t| match &t.value {
-            Some(tract_onnx::pb::type_proto::Value::TensorType(t)) => Some(t.elem_type),
-            _ => None,
-        });
-        !matches!(elem, Some(FLOAT16 | BFLOAT16))
-    })
+    let elems: Vec<Option<i32>> = graph
+        .input
+        .iter()
+        .map(|i| {
+            i.r#type.as_ref().and_then(|t| match &t.value {
+                Some(tract_onnx::pb::type_proto::Value::TensorType(t)) => Some(t.elem_type),
+                _ => None,
+            })
+        })
+        .collect();
+    elems.contains(&Some(FLOAT))
+        && !elems
+            .iter()
+            .any(|e| matches!(e, Some(FLOAT16 | DOUBLE | BFLOAT16)))
 }
 
 /// How many groups of nodes [`rewrite`] replaced, by kind.

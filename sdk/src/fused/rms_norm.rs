@@ -20,8 +20,12 @@ use tract_onnx::tract_hir::internal::{
 use super::dense_f32;
 use super::onnx_graph::{float_attribute, fuse, is, Uses, DOMAIN};
 
-/// The operator type of the fused node.
-pub const OP_TYPE: &str = "RmsNorm";
+/// ONNX `TensorProto.DataType.FLOAT`.
+const FLOAT: i32 = 1;
+
+/// The operator type of the fused node: a name no ONNX operator has (tract-onnx finds a
+/// node's parser by its type alone, whatever its domain).
+pub const OP_TYPE: &str = "TransfusionRmsNorm";
 
 /// The other input of the two-input node `node` when one of them is `value`.
 fn other<'n>(node: &'n NodeProto, value: &str) -> Option<&'n String> {
@@ -53,7 +57,11 @@ fn matched(uses: &Uses, gain: usize) -> Option<(Vec<usize>, NodeProto)> {
     let [x, rms] = div.input.as_slice() else {
         return None;
     };
-    if !uses.constant(w) || !single(normed, gain) || !single(rms, idiv) {
+    // The gain: an f32 vector (the operator takes `[D]`).
+    let gain_ok = uses
+        .initializer_type(w)
+        .is_some_and(|(t, dims)| t == FLOAT && dims.len() == 1);
+    if !gain_ok || !single(normed, gain) || !single(rms, idiv) || div.output.len() != 1 {
         return None;
     }
     let (isqrt, sqrt) = uses.writer(rms).filter(|(_, n)| is(n, "Sqrt"))?;

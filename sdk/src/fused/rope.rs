@@ -20,8 +20,9 @@ use tract_onnx::tract_hir::internal::{
 use super::dense_f32;
 use super::onnx_graph::{fuse, int_attribute, is, Uses, DOMAIN};
 
-/// The operator type of the fused node.
-pub const OP_TYPE: &str = "Rope";
+/// The operator type of the fused node: a name no ONNX operator has (tract-onnx finds a
+/// node's parser by its type alone, whatever its domain).
+pub const OP_TYPE: &str = "TransfusionRope";
 
 /// The seven nodes of one rotary embedding ending at the `Add` node `add`, and the node that
 /// replaces them.
@@ -77,7 +78,7 @@ fn matched(uses: &Uses, add: usize) -> Option<(Vec<usize>, NodeProto)> {
     let (x, start1, half, axis1) = slice(s1)?;
     let (x_, start2, end2, axis2) = slice(s2)?;
     let last = |a: i64| a == -1 || a == 3;
-    if x != x_ || start1 != 0 || start2 != half || end2 != 2 * half || half <= 0 {
+    if x != x_ || start1 != 0 || start2 != half || Some(end2) != half.checked_mul(2) || half <= 0 {
         return None;
     }
     if !(last(axis) && last(axis1) && last(axis2)) {
@@ -114,7 +115,7 @@ pub fn rope(
 ) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
     let half = Uses::int_attr(node, "half")
         .and_then(|h| usize::try_from(h).ok())
-        .filter(|&h| h > 0)
+        .filter(|&h| h > 0 && h.checked_mul(2).is_some())
         .ok_or_else(|| format_err!("{}: Rope without a positive `half`", node.name))?;
     Ok((expand(RopeOnnx { half }), vec![]))
 }
@@ -184,15 +185,24 @@ impl EvalOp for Rope {
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let (x, cos, sin) = args_3!(inputs);
         let width = 2 * self.half;
-        let rows = |t: &Tensor| t.len().checked_div(width).unwrap_or(0);
-        let positions = rows(&cos);
+        // The tables broadcast as `[S, 2h]` against the last two axes of `x`: row `r` of `x`
+        // takes table row `r mod S`.
+        let table = cos.shape().iter().skip_while(|&&d| d == 1).copied();
+        let table: TVec<usize> = table.collect();
+        let tail = x
+            .shape()
+            .get(x.rank().saturating_sub(2)..)
+            .unwrap_or_default();
+        let rows_ok = match table.as_slice() {
+            [s, w] => *w == width && tail == [*s, width],
+            [w] => *w == width && tail.last() == Some(&width) && tail.first() == Some(&1),
+            _ => false,
+        };
         ensure!(
             [&x, &cos, &sin].iter().all(|t| dense_f32(t))
-                && x.shape().last() == Some(&width)
+                && x.rank() >= 2
                 && cos.shape() == sin.shape()
-                && cos.shape().last() == Some(&width)
-                && positions > 0
-                && rows(&x) % positions == 0,
+                && rows_ok,
             "Rope: inputs of shapes {:?}, {:?}, {:?}, expected f32 [.., S, {width}] and [S, {width}] twice",
             x.shape(),
             cos.shape(),

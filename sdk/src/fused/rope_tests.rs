@@ -79,3 +79,21 @@ fn other_slices_stay_as_they_are() {
     ends.raw_data = 7i64.to_le_bytes().to_vec();
     assert_eq!(fuse_rope(&mut graph), 1, "K's rotation is still whole");
 }
+
+#[test]
+fn tables_that_do_not_line_up_with_the_last_two_axes_are_an_error() {
+    use tract_onnx::prelude::*;
+    use tract_onnx::tract_core::internal::EvalOp;
+    let op = super::Rope { half: 2 };
+    let eval = |x: &[usize], table: &[usize]| {
+        let t = |shape: &[usize]| Tensor::zero::<f32>(shape).unwrap().into_tvalue();
+        let ctx = tract_onnx::tract_core::internal::EvalContext::out_of_plan();
+        op.eval(&ctx, tvec![t(x), t(table), t(table)])
+    };
+    assert!(eval(&[1, 2, 3, 4], &[3, 4]).is_ok());
+    assert!(eval(&[1, 2, 1, 4], &[1, 4]).is_ok());
+    // Positions before heads, or a table of another length: refused, not misread.
+    assert!(eval(&[1, 3, 2, 4], &[3, 1, 4]).is_err());
+    assert!(eval(&[1, 2, 3, 4], &[6, 4]).is_err());
+    assert!(eval(&[1, 2, 3, 4], &[3, 6]).is_err());
+}
