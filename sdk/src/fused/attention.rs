@@ -9,11 +9,11 @@
 //! `Transpose` and `Reshape` back. Per decoded token each is a node call of its own, and
 //! together they took a third of the INT8 backbone's time outside its products
 //! (`transfusion bench --profile`, docs/performance.md). [`fuse_attention`] finds them in a
-//! decoded graph after [`super::rope::fuse_rope`] and writes one `Attention` node of the SDK's
-//! operator set ([`super::onnx_graph::DOMAIN`]) in their place; [`attention`] is its parser.
+//! decoded graph after [`super::rope::fuse_rope`] and writes one `TransfusionAttention` node of the
+//! SDK's operator set ([`super::onnx_graph::DOMAIN`]) in their place; [`attention`] is its parser.
 //! The cache outputs (`present_*`) are the node's second and third outputs, bit for bit the
-//! concatenations; the attention output agrees with tract's to rounding (the dot products sum
-//! in another order).
+//! concatenations; the attention output agrees with tract's to rounding (the dot products sum in
+//! another order).
 
 use tract_onnx::model::ParsingContext;
 use tract_onnx::pb::{GraphProto, NodeProto};
@@ -157,13 +157,13 @@ fn matched(uses: &Uses, merge: usize) -> Option<(Vec<usize>, NodeProto)> {
     Some((nodes, node))
 }
 
-/// Replaces every attention core of the form above in `graph` by one `Attention` node;
+/// Replaces every attention core of the form above in `graph` by one `TransfusionAttention` node;
 /// returns how many.
 pub fn fuse_attention(graph: &mut GraphProto) -> usize {
     fuse(graph, matched)
 }
 
-/// Parser of the SDK's `Attention` nodes for tract-onnx's operator register.
+/// Parser of the SDK's `TransfusionAttention` nodes for tract-onnx's operator register.
 pub fn attention(
     _ctx: &ParsingContext,
     node: &NodeProto,

@@ -123,6 +123,6 @@ fn fused_attention_agrees_with_the_onnx_nodes() {
 fn a_core_without_its_rotary_embeddings_stays_as_it_is() {
     let proto = model(2, 4);
     let mut graph = proto.graph.unwrap();
-    // Without the rope rewrite first there is no `Rope` node to start from.
+    // Without the rope rewrite first there is no `TransfusionRope` node to start from.
     assert_eq!(fuse_attention(&mut graph), 0);
 }

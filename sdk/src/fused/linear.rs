@@ -3,14 +3,14 @@
 //! where [`super::integer::wanted_here`] holds.
 //!
 //! [`super::linear_onnx`] writes each group of the converter's INT8 layers that read one `x`
-//! as one `IntegerLinears` node before tract reads the graph; [`integer_linears`] is that
-//! node's parser for tract-onnx. The weights are packed into the kernel's panels when tract
-//! wires the node, at load, and every layer runs on the same kernel as
-//! [`super::IntegerProduct`] ([`super::i16_gemm`]), with the quantization of
-//! [`super::DynamicQuantizeU8`] and the rescale in the kernel's stores: the values are those
-//! of the five ONNX nodes per layer that tract would run, bit for bit. What changes is the
-//! number of nodes: tract has a fifth as many to type, declutter and optimise at load, and
-//! runs one quantization for Q, K and V instead of three (and one packing of its rows).
+//! as one `TransfusionIntegerLinears` node before tract reads the graph; [`integer_linears`] is
+//! that node's parser for tract-onnx. The weights are packed into the kernel's panels when tract
+//! wires the node, at load, and every layer runs on the same kernel as [`super::IntegerProduct`]
+//! ([`super::i16_gemm`]), with the quantization of [`super::DynamicQuantizeU8`] and the rescale in
+//! the kernel's stores: the values are those of the five ONNX nodes per layer that tract would run,
+//! bit for bit. What changes is the number of nodes: one per group instead of five per layer for
+//! tract to type, declutter, optimise and run, and one packing of the activation's rows for Q, K
+//! and V instead of three.
 
 use std::sync::Arc;
 
@@ -27,7 +27,7 @@ use super::c_order;
 use super::i16_gemm::{pair_rows, product, Panels, Rescaled};
 use super::integer::weights;
 
-/// Parser of the SDK's `IntegerLinears` nodes ([`super::linear_onnx`]) for tract-onnx's
+/// Parser of the SDK's `TransfusionIntegerLinears` nodes ([`super::linear_onnx`]) for tract-onnx's
 /// operator register: inputs `x` then `W, W₀, w_scale` per layer, one output per layer.
 pub fn integer_linears(
     _ctx: &ParsingContext,

@@ -12,8 +12,9 @@
 //!
 //! tract types, declutters and optimises every one of them (the INT8 backbone has 685 nodes
 //! against 461 for FP32, and took about twice as long to declutter: docs/performance.md), and
-//! quantizes `x` once per layer even where Q, K and V (or gate and up) read the same `x`. The
-//! group becomes one node of the SDK's operator set, `IntegerLinears`, with inputs
+//! its products pack `x`'s rows once per layer even where Q, K and V (or gate and up) read the
+//! same `x`. The group becomes one node of the SDK's operator set,
+//! `TransfusionIntegerLinears`, with inputs
 //! `x, W₁, W₀₁, w_scale₁, W₂, …` and outputs `y₁, y₂, …` (a zero point of 0 added as an
 //! initializer where `MatMulInteger` has none); the file itself is untouched.
 
@@ -119,7 +120,8 @@ fn layer(uses: &Uses, dq: usize) -> Option<Layer> {
 }
 
 /// Replaces, in `graph`, every INT8 linear layer of the form above by its group's
-/// `IntegerLinears` node (layers reading the same `x` in one node, at the place of the first);
+/// `TransfusionIntegerLinears` node (layers reading the same `x` in one node, at the place of the
+/// first);
 /// returns how many layers were grouped.
 pub fn group_integer_linears(graph: &mut GraphProto) -> usize {
     let layers: Vec<Layer> = {

@@ -1,8 +1,8 @@
 //! What the SDK's rewrites of a decoded ONNX graph share: who reads each value, who writes it,
 //! and the constants the patterns check. The rewrites ([`super::linear_onnx`],
-//! [`super::rope`], [`super::rms_norm`], [`super::attention`]) replace groups of standard nodes the converter writes
-//! by one node of the SDK's operator set ([`DOMAIN`]) before tract reads the graph: tract then
-//! has fewer nodes to type, declutter and optimise at load, and fewer to run.
+//! [`super::rope`], [`super::rms_norm`], [`super::attention`]) replace groups of standard nodes the
+//! converter writes by one node of the SDK's operator set ([`DOMAIN`]) before tract reads the
+//! graph: tract then has fewer nodes to type, declutter and optimise at load, and fewer to run.
 
 use std::collections::{HashMap, HashSet};
 

@@ -3,10 +3,10 @@
 //! The converter writes it as six standard ONNX nodes (`Mul`, `ReduceMean`, `Add`, `Sqrt`,
 //! `Div`, `Mul`), 17 times in the backbone. tract recognises the first five as its own RMS
 //! normalisation only after decluttering them, and keeps the gain as a separate pass.
-//! [`fuse_rms_norm`] finds the six in a decoded graph and writes one `RmsNorm` node of the
-//! SDK's operator set ([`super::onnx_graph::DOMAIN`]) in their place, before tract reads the
-//! graph; [`rms_norm`] is its parser. [`RmsNorm`] sums each row's squares in eight lanes, so
-//! its values agree with tract's to rounding, not bit for bit.
+//! [`fuse_rms_norm`] finds the six in a decoded graph and writes one `TransfusionRmsNorm` node of
+//! the SDK's operator set ([`super::onnx_graph::DOMAIN`]) in their place, before tract reads the
+//! graph; [`rms_norm`] is its parser. [`RmsNorm`] sums each row's squares in eight lanes, so its
+//! values agree with tract's to rounding, not bit for bit.
 
 use tract_onnx::model::ParsingContext;
 use tract_onnx::pb::{GraphProto, NodeProto};
@@ -104,12 +104,13 @@ fn matched(uses: &Uses, gain: usize) -> Option<(Vec<usize>, NodeProto)> {
     Some((vec![isq, imean, iadd, isqrt, idiv, gain], node))
 }
 
-/// Replaces every RMSNorm of the form above in `graph` by one `RmsNorm` node; returns how many.
+/// Replaces every RMSNorm of the form above in `graph` by one `TransfusionRmsNorm` node; returns
+/// how many.
 pub fn fuse_rms_norm(graph: &mut GraphProto) -> usize {
     fuse(graph, matched)
 }
 
-/// Parser of the SDK's `RmsNorm` nodes for tract-onnx's operator register.
+/// Parser of the SDK's `TransfusionRmsNorm` nodes for tract-onnx's operator register.
 pub fn rms_norm(
     _ctx: &ParsingContext,
     node: &NodeProto,

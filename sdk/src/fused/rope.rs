@@ -4,9 +4,10 @@
 //! The converter writes it, for Q and K of every layer, as seven standard ONNX nodes: two
 //! `Slice`s, a `Neg`, a `Concat`, two `Mul`s and an `Add` — 112 of the 461 nodes of the FP32
 //! backbone, each its own pass over the heads for tract. [`fuse_rope`] finds them in a decoded
-//! graph and writes one `Rope` node of the SDK's operator set ([`super::onnx_graph::DOMAIN`])
-//! in their place, before tract reads the graph; [`rope`] is its parser. [`Rope`] computes the
-//! same operations in the same order, one row at a time: tract's values, bit for bit.
+//! graph and writes one `TransfusionRope` node of the SDK's operator set
+//! ([`super::onnx_graph::DOMAIN`]) in their place, before tract reads the graph; [`rope`] is its
+//! parser. [`Rope`] computes the same operations in the same order, one row at a time: tract's
+//! values, bit for bit.
 
 use tract_onnx::model::ParsingContext;
 use tract_onnx::pb::{GraphProto, NodeProto};
@@ -102,13 +103,13 @@ fn matched(uses: &Uses, add: usize) -> Option<(Vec<usize>, NodeProto)> {
     Some((vec![ia, ir, ic, ineg, is1, is2, add], node))
 }
 
-/// Replaces every rotary embedding of the form above in `graph` by one `Rope` node; returns
-/// how many.
+/// Replaces every rotary embedding of the form above in `graph` by one `TransfusionRope` node;
+/// returns how many.
 pub fn fuse_rope(graph: &mut GraphProto) -> usize {
     fuse(graph, matched)
 }
 
-/// Parser of the SDK's `Rope` nodes for tract-onnx's operator register.
+/// Parser of the SDK's `TransfusionRope` nodes for tract-onnx's operator register.
 pub fn rope(
     _ctx: &ParsingContext,
     node: &NodeProto,
