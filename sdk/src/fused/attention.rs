@@ -25,7 +25,7 @@ use tract_onnx::tract_hir::internal::{
 };
 
 use super::dense_f32;
-use super::onnx_graph::{float_attribute, fuse, int_attribute, is, Uses, DOMAIN};
+use super::onnx_graph::{float_attribute, fuse, int_attribute, is, operands, Uses, DOMAIN};
 
 /// The operator type of the fused node: a name no ONNX operator has (tract-onnx finds a
 /// node's parser by its type alone, whatever its domain).
@@ -51,7 +51,6 @@ fn matched(uses: &Uses, merge: usize) -> Option<(Vec<usize>, NodeProto)> {
     if !is(node, "Reshape") || !plain_reshape(node) {
         return None;
     }
-    let single = |value: &str, reader: usize| uses.only_reader(value).map(|r| r.0) == Some(reader);
     let step = |value: &String, op: &str, reader: usize| uses.only_step(value, op, reader);
     let perm = |n: &NodeProto, p: &[i64]| Uses::ints_attr(n, "perm") == Some(p);
     let (it, unheads) = step(merged, "Transpose", merge)?;
@@ -64,21 +63,11 @@ fn matched(uses: &Uses, merge: usize) -> Option<(Vec<usize>, NodeProto)> {
     if !perm(unheads, &[0, 2, 1, 3]) || !matches!(Uses::int_attr(softmax, "axis"), Some(-1 | 3)) {
         return None;
     }
-    let mul_of = |v: &String| step(v, "Mul", iadd);
-    let (scaled, mask) = match add.input.as_slice() {
-        [a, b] if mul_of(a).is_some() => (a, b),
-        [a, b] if mul_of(b).is_some() => (b, a),
-        _ => return None,
-    };
-    let (imul, mul) = mul_of(scaled)?;
-    let qk_of = |v: &String| step(v, "MatMul", imul);
-    let (scores, scale) = match mul.input.as_slice() {
-        [a, b] if qk_of(a).is_some() => (a, b),
-        [a, b] if qk_of(b).is_some() => (b, a),
-        _ => return None,
-    };
+    let (scaled, mask) = operands(add, |v| step(v, "Mul", iadd).is_some())?;
+    let (imul, mul) = step(scaled, "Mul", iadd)?;
+    let (scores, scale) = operands(mul, |v| step(v, "MatMul", imul).is_some())?;
     let scale = uses.f32_scalar(scale)?;
-    let (iqk, qk) = qk_of(scores)?;
+    let (iqk, qk) = step(scores, "MatMul", imul)?;
     let [q_r, kt] = qk.input.as_slice() else {
         return None;
     };
@@ -99,7 +88,7 @@ fn matched(uses: &Uses, merge: usize) -> Option<(Vec<usize>, NodeProto)> {
     };
     let rope_of = |v: &String, reader: usize| {
         uses.writer(v)
-            .filter(|(_, n)| is_rope(n) && n.output.len() == 1 && single(v, reader))
+            .filter(|(_, n)| is_rope(n) && n.output.len() == 1 && uses.read_only_by(v, reader))
     };
     let (iqr, q_rope) = rope_of(q_r, iqk)?;
     let (ikr, k_rope) = rope_of(k_r, ik)?;

@@ -256,16 +256,31 @@ fn rows_times_panels<S: Store>(y: &Panels, x: &[i32], c: &mut [S::Out], store: &
         let first = block * COLUMNS;
         let width = COLUMNS.min(n.saturating_sub(first));
         for (r0, rows) in x.chunks(ROWS * pairs).enumerate() {
-            let Some(tile) = tile.get_mut(..rows.len() / pairs) else {
-                continue;
-            };
-            kernel(rows, pairs, panel, tile);
-            for (i, t) in tile.iter().enumerate() {
-                let at = (r0 * ROWS + i) * n + first;
-                if let (Some(dst), Some(src)) = (c.get_mut(at..at + width), t.get(..width)) {
-                    store.store(dst, src, first);
-                }
-            }
+            let at = (r0 * ROWS, first, width, n);
+            through_tile(rows, pairs, panel, at, &mut tile, c, store);
+        }
+    }
+}
+
+/// The kernel on `rows` against `panel`, its sums through `tile` and written by `store` into
+/// `c`'s rows `row…` (each `n` long), columns `first..first + width`.
+fn through_tile<S: Store>(
+    rows: &[i32],
+    pairs: usize,
+    panel: Panel<'_>,
+    (row, first, width, n): (usize, usize, usize, usize),
+    tile: &mut [[i32; COLUMNS]; ROWS],
+    c: &mut [S::Out],
+    store: &S,
+) {
+    let Some(tile) = tile.get_mut(..rows.len() / pairs.max(1)) else {
+        return;
+    };
+    kernel(rows, pairs, panel, tile);
+    for (i, t) in tile.iter().enumerate() {
+        let at = (row + i) * n + first;
+        if let (Some(dst), Some(src)) = (c.get_mut(at..at + width), t.get(..width)) {
+            store.store(dst, src, first);
         }
     }
 }
@@ -321,16 +336,8 @@ fn rescaled_on_avx2(y: &Panels, x: &[i32], c: &mut [f32], scales: &[f32]) {
                 }
                 continue;
             }
-            let Some(tile) = tile.get_mut(..count) else {
-                continue;
-            };
-            kernel(rows, pairs, panel, tile);
-            for (i, t) in tile.iter().enumerate() {
-                let at = (r0 * ROWS + i) * n + first;
-                if let (Some(dst), Some(src)) = (c.get_mut(at..at + width), t.get(..width)) {
-                    store.store(dst, src, first);
-                }
-            }
+            let at = (r0 * ROWS, first, width, n);
+            through_tile(rows, pairs, panel, at, &mut tile, c, &store);
         }
     }
 }

@@ -168,7 +168,7 @@ impl Rescale {
 }
 
 /// `p[j] × q[j]` for each column, either side one value for all (broadcast): the scales' `Mul`.
-fn scale_product(p: &[f32], q: &[f32]) -> TractResult<Vec<f32>> {
+pub(super) fn scale_product(p: &[f32], q: &[f32]) -> TractResult<Vec<f32>> {
     let n = p.len().max(q.len());
     let at = |v: &[f32], j: usize| v.get(if v.len() == 1 { 0 } else { j }).copied();
     (0..n)
@@ -177,7 +177,7 @@ fn scale_product(p: &[f32], q: &[f32]) -> TractResult<Vec<f32>> {
         .filter(|_| (p.len() == 1 || p.len() == n) && (q.len() == 1 || q.len() == n))
         .ok_or_else(|| {
             format_err!(
-                "IntegerProduct: scales of {} and {} values do not broadcast",
+                "INT8 rescale: scales of {} and {} values do not broadcast",
                 p.len(),
                 q.len()
             )

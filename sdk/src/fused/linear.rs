@@ -24,8 +24,9 @@ use tract_onnx::tract_hir::internal::{
 };
 
 use super::c_order;
+use super::f32_tile::Bits;
 use super::i16_gemm::{pair_rows, product, Panels, Rescaled};
-use super::integer::weights;
+use super::integer::{scale_product, weights};
 
 /// Parser of the SDK's `TransfusionIntegerLinears` nodes ([`super::linear_onnx`]) for tract-onnx's
 /// operator register: inputs `x` then `W, W₀, w_scale` per layer, one output per layer.
@@ -122,7 +123,7 @@ impl Expansion for IntegerLinearsOnnx {
                 })?;
             layers.push(Layer {
                 panels: Arc::new(Panels::from_rows(&values, k, n)),
-                scales: Arc::new(scales),
+                scales: Arc::new(Bits(scales)),
             });
         }
         let k = layers.first().map(|l| l.panels.k());
@@ -136,27 +137,11 @@ impl Expansion for IntegerLinearsOnnx {
 
 /// One layer: the weights `W − W₀` as the kernel's panels, and `w_scale` (one value, or one per
 /// output column).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct Layer {
     panels: Arc<Panels>,
-    scales: Arc<Vec<f32>>,
+    scales: Arc<Bits>,
 }
-
-/// Equal when the panels are and the scales are the same bits (tract compares operators to
-/// merge nodes).
-impl PartialEq for Layer {
-    fn eq(&self, other: &Self) -> bool {
-        self.panels == other.panels
-            && self.scales.len() == other.scales.len()
-            && self
-                .scales
-                .iter()
-                .zip(other.scales.iter())
-                .all(|(a, b)| a.to_bits() == b.to_bits())
-    }
-}
-
-impl Eq for Layer {}
 
 /// The layers of one group, which read the same f32 activation `[…, k]`; output `i` is layer
 /// `i`'s `[…, n_i]` in f32.
@@ -220,7 +205,7 @@ impl EvalOp for IntegerLinears {
         let mut outputs = TVec::with_capacity(self.layers.len());
         for layer in &self.layers {
             // `x_scale × w_scale[j]`, as the converter's `Mul` of the two computes it.
-            let scales: Vec<f32> = layer.scales.iter().map(|&w| scale * w).collect();
+            let scales = scale_product(&[scale], &layer.scales.0)?;
             let mut shape: TVec<usize> = x.shape().into();
             if let Some(last) = shape.last_mut() {
                 *last = layer.panels.n();

@@ -20,7 +20,7 @@
 
 use tract_onnx::pb::{GraphProto, NodeProto, TensorProto};
 
-use super::onnx_graph::{is, replace, Uses, DOMAIN};
+use super::onnx_graph::{is, operands, replace, Uses, DOMAIN};
 
 /// The operator type of the grouped node (in [`DOMAIN`]): a name no ONNX operator has
 /// (tract-onnx finds a node's parser by its type alone, whatever its domain).
@@ -85,11 +85,7 @@ fn layer(uses: &Uses, dq: usize) -> Option<Layer> {
         return None;
     }
     let (mul_scales, scales) = uses.only_reader(s)?;
-    let w_scale = match scales.input.as_slice() {
-        [a, b] if a == s => b,
-        [a, b] if b == s => a,
-        _ => return None,
-    };
+    let (_, w_scale) = operands(scales, |v| v == s)?;
     let scale_ok = uses
         .initializer_type(w_scale)
         .is_some_and(|(t, dims)| t == FLOAT && (matches!(dims, [] | [1]) || dims == [n]));
@@ -99,22 +95,16 @@ fn layer(uses: &Uses, dq: usize) -> Option<Layer> {
     let (rescale, out) = uses.only_reader(scales.output.first()?)?;
     let cast_out = to_float.output.first()?;
     let scale_out = scales.output.first()?;
-    let reads = |a: &String, b: &String| {
-        (a == cast_out && b == scale_out) || (a == scale_out && b == cast_out)
-    };
-    match (out.input.as_slice(), out.output.as_slice()) {
-        ([a, b], [y])
-            if is(out, "Mul") && reads(a, b) && uses.only_reader(cast_out)?.0 == rescale =>
-        {
-            Some(Layer {
-                x: x.clone(),
-                weights: w.clone(),
-                weight_zero: w0,
-                weight_scale: w_scale.clone(),
-                y: y.clone(),
-                nodes: [dq, mm, cast, mul_scales, rescale],
-            })
-        }
+    let reads = operands(out, |v| v == cast_out).is_some_and(|(_, b)| b == scale_out);
+    match out.output.as_slice() {
+        [y] if is(out, "Mul") && reads && uses.read_only_by(cast_out, rescale) => Some(Layer {
+            x: x.clone(),
+            weights: w.clone(),
+            weight_zero: w0,
+            weight_scale: w_scale.clone(),
+            y: y.clone(),
+            nodes: [dq, mm, cast, mul_scales, rescale],
+        }),
         _ => None,
     }
 }
@@ -152,6 +142,7 @@ pub fn group_integer_linears(graph: &mut GraphProto) -> usize {
         });
     }
     let mut replaced = Vec::new();
+    let sizes: Vec<usize> = groups.iter().map(|(_, group)| group.len()).collect();
     for (x, group) in &groups {
         let first = group.iter().map(|l| l.nodes[0]).min().unwrap_or(0);
         let name = graph
@@ -181,6 +172,11 @@ pub fn group_integer_linears(graph: &mut GraphProto) -> usize {
         };
         replaced.push((nodes, node));
     }
-    replace(graph, replaced);
-    layers.len()
+    let done = replace(graph, replaced);
+    sizes
+        .iter()
+        .zip(done)
+        .filter(|(_, done)| *done)
+        .map(|(n, _)| n)
+        .sum()
 }

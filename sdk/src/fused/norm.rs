@@ -124,7 +124,7 @@ impl InstanceNorm {
 
 /// Σ `value(x)` over `xs`, with eight partial sums so the loop vectorises.
 #[inline(always)]
-fn sum(xs: &[f32], value: impl Fn(f32) -> f32) -> f32 {
+pub(super) fn sum(xs: &[f32], value: impl Fn(f32) -> f32) -> f32 {
     let mut acc = [0f32; 8];
     let chunks = xs.chunks_exact(8);
     let tail: f32 = chunks.remainder().iter().map(|&x| value(x)).sum();

@@ -69,6 +69,11 @@ impl<'g> Uses<'g> {
         }
     }
 
+    /// Whether `reader` is the one node reading `value` (and `value` no graph output).
+    pub fn read_only_by(&self, value: &str, reader: usize) -> bool {
+        self.only_reader(value).map(|r| r.0) == Some(reader)
+    }
+
     /// Whether removing `nodes` for `node` loses no value: each of their outputs is one of
     /// `node`'s, or read only by `nodes` and no graph output. Every matcher checks this on its
     /// own; this is the net under them.
@@ -103,7 +108,7 @@ impl<'g> Uses<'g> {
         reader: usize,
     ) -> Option<(usize, &'g NodeProto)> {
         let (i, node) = self.writer(value)?;
-        let single = self.only_reader(value).map(|r| r.0) == Some(reader);
+        let single = self.read_only_by(value, reader);
         (is(node, op) && node.output.len() == 1 && single).then_some((i, node))
     }
 
@@ -178,22 +183,21 @@ pub fn fuse(
 ) -> usize {
     let groups: Vec<(Vec<usize>, NodeProto)> = {
         let uses = Uses::new(graph);
-        let mut taken = HashSet::new();
         (0..graph.node.len())
             .filter_map(|i| matched(&uses, i))
-            .filter(|group| uses.closed(group))
-            .filter(|(nodes, _)| {
-                let free = nodes.iter().all(|n| !taken.contains(n));
-                if free {
-                    taken.extend(nodes.iter().copied());
-                }
-                free
-            })
             .collect()
     };
-    let count = groups.len();
-    replace(graph, groups);
-    count
+    replace(graph, groups).iter().filter(|&&done| done).count()
+}
+
+/// The two inputs of the two-input `node`, the one `first` accepts first (`None` where neither
+/// does): the operands of a commutative node in the order a pattern names them.
+pub fn operands(node: &NodeProto, first: impl Fn(&String) -> bool) -> Option<(&String, &String)> {
+    match node.input.as_slice() {
+        [a, b] if first(a) => Some((a, b)),
+        [a, b] if first(b) => Some((b, a)),
+        _ => None,
+    }
 }
 
 /// An integer attribute of a node the rewrites write.
@@ -216,16 +220,29 @@ pub fn float_attribute(name: &str, f: f32) -> AttributeProto {
     }
 }
 
-/// Replaces the matched groups of nodes of `graph`: `groups` gives, for each, its node indices
-/// and the node that takes the place of the first of them.
-pub fn replace(graph: &mut GraphProto, groups: Vec<(Vec<usize>, NodeProto)>) {
+/// Replaces matched groups of nodes of `graph`: `groups` gives, for each, its node indices and
+/// the node that takes the place of the first of them. A group that would lose a value read
+/// elsewhere ([`Uses::closed`]) or that shares a node with one before it stays as it is; the
+/// result says, group by group, whether it was replaced.
+pub fn replace(graph: &mut GraphProto, groups: Vec<(Vec<usize>, NodeProto)>) -> Vec<bool> {
     let mut replacement: HashMap<usize, NodeProto> = HashMap::new();
     let mut removed: HashSet<usize> = HashSet::new();
-    for (nodes, node) in groups {
-        if let Some(&first) = nodes.iter().min() {
-            replacement.insert(first, node);
+    let mut done = Vec::with_capacity(groups.len());
+    {
+        let uses = Uses::new(graph);
+        for group in groups {
+            let free = group.0.iter().all(|n| !removed.contains(n));
+            let ok = free && uses.closed(&group);
+            done.push(ok);
+            if !ok {
+                continue;
+            }
+            let (nodes, node) = group;
+            if let Some(&first) = nodes.iter().min() {
+                replacement.insert(first, node);
+            }
+            removed.extend(nodes);
         }
-        removed.extend(nodes);
     }
     let nodes = std::mem::take(&mut graph.node);
     graph.node = nodes
@@ -236,6 +253,7 @@ pub fn replace(graph: &mut GraphProto, groups: Vec<(Vec<usize>, NodeProto)>) {
             None => (!removed.contains(&i)).then_some(node),
         })
         .collect();
+    done
 }
 
 /// Whether `graph` has a float32 input and no input of another floating-point type (the

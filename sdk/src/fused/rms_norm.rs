@@ -18,7 +18,7 @@ use tract_onnx::tract_hir::internal::{
 };
 
 use super::dense_f32;
-use super::onnx_graph::{float_attribute, fuse, is, Uses, DOMAIN};
+use super::onnx_graph::{float_attribute, fuse, is, operands, Uses, DOMAIN};
 
 /// ONNX `TensorProto.DataType.FLOAT`.
 const FLOAT: i32 = 1;
@@ -26,15 +26,6 @@ const FLOAT: i32 = 1;
 /// The operator type of the fused node: a name no ONNX operator has (tract-onnx finds a
 /// node's parser by its type alone, whatever its domain).
 pub const OP_TYPE: &str = "TransfusionRmsNorm";
-
-/// The other input of the two-input node `node` when one of them is `value`.
-fn other<'n>(node: &'n NodeProto, value: &str) -> Option<&'n String> {
-    match node.input.as_slice() {
-        [a, b] if a == value => Some(b),
-        [a, b] if b == value => Some(a),
-        _ => None,
-    }
-}
 
 /// The six nodes of one RMSNorm ending at the gain's `Mul` node `gain`, and the node that
 /// replaces them.
@@ -46,14 +37,8 @@ fn matched(uses: &Uses, gain: usize) -> Option<(Vec<usize>, NodeProto)> {
     if !is(node, "Mul") {
         return None;
     }
-    let single = |value: &str, reader: usize| uses.only_reader(value).map(|r| r.0) == Some(reader);
-    let div_of = |v: &String| uses.writer(v).filter(|(_, n)| is(n, "Div"));
-    let (normed, w) = match node.input.as_slice() {
-        [a, b] if div_of(a).is_some() => (a, b),
-        [a, b] if div_of(b).is_some() => (b, a),
-        _ => return None,
-    };
-    let (idiv, div) = div_of(normed)?;
+    let (normed, w) = operands(node, |v| uses.only_step(v, "Div", gain).is_some())?;
+    let (idiv, div) = uses.only_step(normed, "Div", gain)?;
     let [x, rms] = div.input.as_slice() else {
         return None;
     };
@@ -61,35 +46,27 @@ fn matched(uses: &Uses, gain: usize) -> Option<(Vec<usize>, NodeProto)> {
     let gain_ok = uses
         .initializer_type(w)
         .is_some_and(|(t, dims)| t == FLOAT && dims.len() == 1);
-    if !gain_ok || !single(normed, gain) || !single(rms, idiv) || div.output.len() != 1 {
+    if !gain_ok {
         return None;
     }
-    let (isqrt, sqrt) = uses.writer(rms).filter(|(_, n)| is(n, "Sqrt"))?;
+    let (isqrt, sqrt) = uses.only_step(rms, "Sqrt", idiv)?;
     let [shifted] = sqrt.input.as_slice() else {
         return None;
     };
-    let (iadd, add) = uses.writer(shifted).filter(|(_, n)| is(n, "Add"))?;
-    if !single(shifted, isqrt) {
-        return None;
-    }
-    let mean_of = |v: &String| uses.writer(v).filter(|(_, n)| is(n, "ReduceMean"));
-    let (mean, eps) = match add.input.as_slice() {
-        [a, b] if mean_of(a).is_some() => (a, b),
-        [a, b] if mean_of(b).is_some() => (b, a),
-        _ => return None,
-    };
+    let (iadd, add) = uses.only_step(shifted, "Add", isqrt)?;
+    let (mean, eps) = operands(add, |v| uses.only_step(v, "ReduceMean", iadd).is_some())?;
     let epsilon = uses.f32_scalar(eps)?;
-    let (imean, reduce) = mean_of(mean)?;
+    let (imean, reduce) = uses.only_step(mean, "ReduceMean", iadd)?;
     let last_axis = Uses::ints_attr(reduce, "axes") == Some(&[-1]);
     let keepdims = Uses::int_attr(reduce, "keepdims").unwrap_or(1) == 1;
     let [squares] = reduce.input.as_slice() else {
         return None;
     };
-    if !single(mean, iadd) || !last_axis || !keepdims || !single(squares, imean) {
+    if !last_axis || !keepdims {
         return None;
     }
-    let (isq, square) = uses.writer(squares).filter(|(_, n)| is(n, "Mul"))?;
-    if square.input.as_slice() != [x.clone(), x.clone()] || other(div, rms) != Some(x) {
+    let (isq, square) = uses.only_step(squares, "Mul", imean)?;
+    if square.input.as_slice() != [x.clone(), x.clone()] {
         return None;
     }
     let node = NodeProto {
@@ -117,14 +94,12 @@ pub fn rms_norm(
 ) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
     let epsilon = Uses::float_attr(node, "epsilon")
         .ok_or_else(|| format_err!("{}: RmsNorm without `epsilon`", node.name))?;
-    Ok((expand(RmsNormOnnx { epsilon }), vec![]))
+    Ok((expand(RmsNormOnnx(RmsNorm { epsilon })), vec![]))
 }
 
 /// The node while tract infers types: `y` is `x`'s shape, all f32.
 #[derive(Clone, Debug)]
-struct RmsNormOnnx {
-    epsilon: f32,
-}
+struct RmsNormOnnx(RmsNorm);
 
 impl Expansion for RmsNormOnnx {
     fn name(&self) -> StaticName {
@@ -156,13 +131,7 @@ impl Expansion for RmsNormOnnx {
         model: &mut TypedModel,
         inputs: &[OutletId],
     ) -> TractResult<TVec<OutletId>> {
-        model.wire_node(
-            prefix,
-            RmsNorm {
-                epsilon: self.epsilon,
-            },
-            inputs,
-        )
+        model.wire_node(prefix, self.0.clone(), inputs)
     }
 }
 
@@ -225,15 +194,7 @@ impl EvalOp for RmsNorm {
 fn normalise(xs: &[f32], w: &[f32], ys: &mut [f32], epsilon: f32) {
     let d = w.len();
     for (x, y) in xs.chunks_exact(d).zip(ys.chunks_exact_mut(d)) {
-        let mut lanes = [0f32; 8];
-        let chunks = x.chunks_exact(8);
-        let tail: f32 = chunks.remainder().iter().map(|v| v * v).sum();
-        for chunk in chunks {
-            for (l, &v) in lanes.iter_mut().zip(chunk) {
-                *l += v * v;
-            }
-        }
-        let mean = (lanes.iter().sum::<f32>() + tail) / d as f32;
+        let mean = super::norm::sum(x, |v| v * v) / d as f32;
         let rms = (mean + epsilon).sqrt();
         for ((y, &v), &g) in y.iter_mut().zip(x).zip(w) {
             *y = v / rms * g;

@@ -19,7 +19,7 @@ use tract_onnx::tract_hir::internal::{
 };
 
 use super::dense_f32;
-use super::onnx_graph::{fuse, int_attribute, is, Uses, DOMAIN};
+use super::onnx_graph::{fuse, int_attribute, is, operands, Uses, DOMAIN};
 
 /// The operator type of the fused node: a name no ONNX operator has (tract-onnx finds a
 /// node's parser by its type alone, whatever its domain).
@@ -35,36 +35,21 @@ fn matched(uses: &Uses, add: usize) -> Option<(Vec<usize>, NodeProto)> {
     if !is(node, "Add") {
         return None;
     }
-    let single = |value: &str, reader: usize| uses.only_reader(value).map(|r| r.0) == Some(reader);
-    let (ia, a) = uses.writer(a_out)?;
-    let (ir, r) = uses.writer(r_out)?;
-    if !is(a, "Mul") || !is(r, "Mul") || !single(a_out, add) || !single(r_out, add) {
-        return None;
-    }
+    let (ia, a) = uses.only_step(a_out, "Mul", add)?;
+    let (ir, r) = uses.only_step(r_out, "Mul", add)?;
     // `rotate_half(x) · sin`: the `Concat` on either side.
-    let concat_of = |v: &String| uses.writer(v).filter(|(_, n)| is(n, "Concat"));
-    let (rot, sin) = match r.input.as_slice() {
-        [p, q] if concat_of(p).is_some() => (p, q),
-        [p, q] if concat_of(q).is_some() => (q, p),
-        _ => return None,
-    };
-    let (ic, concat) = concat_of(rot)?;
+    let (rot, sin) = operands(r, |v| uses.only_step(v, "Concat", ir).is_some())?;
+    let (ic, concat) = uses.only_step(rot, "Concat", ir)?;
     let axis = Uses::int_attr(concat, "axis")?;
     let [neg_out, x1] = concat.input.as_slice() else {
         return None;
     };
-    let (ineg, neg) = uses.writer(neg_out)?;
+    let (ineg, neg) = uses.only_step(neg_out, "Neg", ic)?;
     let [x2] = neg.input.as_slice() else {
         return None;
     };
-    let (is1, s1) = uses.writer(x1)?;
-    let (is2, s2) = uses.writer(x2)?;
-    if !single(rot, ir) || !is(neg, "Neg") || !single(neg_out, ic) || !single(x1, ic) {
-        return None;
-    }
-    if !is(s1, "Slice") || !is(s2, "Slice") || !single(x2, ineg) {
-        return None;
-    }
+    let (is1, s1) = uses.only_step(x1, "Slice", ic)?;
+    let (is2, s2) = uses.only_step(x2, "Slice", ineg)?;
     // Both halves of the same `x`, along the concatenated axis: `[0, h)` and `[h, 2h)`.
     let slice = |n: &NodeProto| -> Option<(String, i64, i64, i64)> {
         let [x, starts, ends, axes] = n.input.as_slice() else {
@@ -86,11 +71,7 @@ fn matched(uses: &Uses, add: usize) -> Option<(Vec<usize>, NodeProto)> {
         return None;
     }
     // `x · cos`, `x` on either side.
-    let cos = match a.input.as_slice() {
-        [p, q] if *p == x => q,
-        [p, q] if *q == x => p,
-        _ => return None,
-    };
+    let (_, cos) = operands(a, |v| *v == x)?;
     let node = NodeProto {
         input: vec![x, cos.clone(), sin.clone()],
         output: vec![y.clone()],
@@ -118,14 +99,12 @@ pub fn rope(
         .and_then(|h| usize::try_from(h).ok())
         .filter(|&h| h > 0 && h.checked_mul(2).is_some())
         .ok_or_else(|| format_err!("{}: Rope without a positive `half`", node.name))?;
-    Ok((expand(RopeOnnx { half }), vec![]))
+    Ok((expand(RopeOnnx(Rope { half })), vec![]))
 }
 
 /// The node while tract infers types: `y` is `x`'s shape and type, all f32.
 #[derive(Clone, Debug)]
-struct RopeOnnx {
-    half: usize,
-}
+struct RopeOnnx(Rope);
 
 impl Expansion for RopeOnnx {
     fn name(&self) -> StaticName {
@@ -157,7 +136,7 @@ impl Expansion for RopeOnnx {
         model: &mut TypedModel,
         inputs: &[OutletId],
     ) -> TractResult<TVec<OutletId>> {
-        model.wire_node(prefix, Rope { half: self.half }, inputs)
+        model.wire_node(prefix, self.0.clone(), inputs)
     }
 }
 
