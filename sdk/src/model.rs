@@ -205,16 +205,26 @@ pub struct Model {
 /// untrained models overflowing FP16, docs/jetson.md); `fp16` can be asked for explicitly.
 const AUTO_FP16_ON_CPU: bool = false;
 
-/// Whether `auto` picks the INT8 file (with integer kernels) of graph `id` on this CPU: the
-/// backbone, on x86-64 with AVX2, where its INT8 file measured faster than the FP32 one —
-/// 1.17–1.31× on a Zen 4 with VNNI (tract's kernels); on a Zen 3 without (the SDK's kernels for
-/// both), 1.40–1.49× a diffusion step and 2.3–2.8× a decoded token in a release build — and as
-/// accurate (`models/shapes64`: 0.543 INT8 against 0.525 FP32 at 12 seeds);
-/// docs/performance.md. Not the patch graphs (not faster than FP32 on either CPU), not ARM
-/// (INT8 not timed there). `int8` can be asked for explicitly, for every part.
+/// Whether `auto` picks the INT8 file (with integer kernels) of graph `id` on this CPU, where
+/// it measured faster than the FP32 one and as accurate (docs/performance.md; `models/shapes64`
+/// at 12 seeds: 0.548 all-INT8 against 0.525 FP32):
+///
+/// - the backbone on x86-64 with AVX2: 1.17–1.31× on a Zen 4 with VNNI (tract's kernels); on a
+///   Zen 3 without (the SDK's kernels), 1.3× a diffusion step and 2.3–2.8× a decoded token;
+/// - the patch layers and the VAE where the SDK's INT8 convolutions run (AVX2 without VNNI): on
+///   the Zen 3, `patch_out` 1.27×, the VAE decoder 1.37×, the encoder 1.2×, `patch_in` 1.07×.
+///
+/// Not the convolutions on VNNI CPUs (tract's kernels: not faster there), not ARM (INT8 not
+/// timed there). `int8` can be asked for explicitly, for every part.
 fn auto_int8_on_cpu(id: GraphId) -> bool {
-    id == GraphId::Backbone
-        && crate::fused::int8_products_fast_here(crate::fused::Rewrites::from_env())
+    let rewrites = crate::fused::Rewrites::from_env();
+    match id {
+        GraphId::Backbone => crate::fused::int8_products_fast_here(rewrites),
+        GraphId::PatchIn | GraphId::PatchOut | GraphId::VaeEncoder | GraphId::VaeDecoder => {
+            rewrites.integer && crate::fused::integer_wanted_here()
+        }
+        GraphId::TextEmbed | GraphId::LmHead => false,
+    }
 }
 
 /// Whether this CPU does FP16 arithmetic natively (aarch64 `asimdhp`, reported as `fp16`).

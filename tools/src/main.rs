@@ -43,7 +43,7 @@ enum Command {
         #[arg(long, default_value = "fp32,fp16,int8", value_delimiter = ',')]
         precision: Vec<Precision>,
         /// Parts quantized in the INT8 files: any of patch,unet,vae,backbone.
-        #[arg(long, default_value = "patch,unet,backbone")]
+        #[arg(long, default_value = "patch,unet,vae,backbone")]
         int8: Int8Parts,
     },
     /// Summarise a checkpoint or a bundle: parameters, bytes, graphs, ops, FLOPs.

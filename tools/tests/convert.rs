@@ -113,15 +113,17 @@ fn manifest_describes_the_bundle() {
         GraphId::LmHead,
         GraphId::PatchIn,
         GraphId::PatchOut,
+        GraphId::VaeEncoder,
+        GraphId::VaeDecoder,
     ] {
         assert!(
             m.graph(name).unwrap().files[&Precision::Int8].int8_ops,
             "{name}"
         );
     }
-    // Not quantized by default: the INT8 entry reuses the FP32 file.
-    let enc = &m.graph(GraphId::VaeEncoder).unwrap().files;
-    assert_eq!(enc[&Precision::Int8].path, enc[&Precision::Fp32].path);
+    // Embeddings stay float: the INT8 entry reuses the FP32 file.
+    let embed = &m.graph(GraphId::TextEmbed).unwrap().files;
+    assert_eq!(embed[&Precision::Int8].path, embed[&Precision::Fp32].path);
     assert!(bundle.join("tokenizer.json").is_file());
     assert_eq!(m.preview.weight.len(), 3);
 }

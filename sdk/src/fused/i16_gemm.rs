@@ -17,7 +17,7 @@ pub const KERNEL_NAME: &str = "transfusion_avx2_maddwd_i32_6x16";
 /// Output columns per panel: two AVX2 registers of eight i32 lanes.
 pub const COLUMNS: usize = 16;
 /// Left-operand rows per kernel call.
-const ROWS: usize = 6;
+pub const ROWS: usize = 6;
 
 /// The right operand `y [k, n]` in panels of [`COLUMNS`] columns: for each pair of reduced
 /// indices `(2p, 2p + 1)`, the two values of each column side by side. Columns past `n` and the
@@ -41,6 +41,39 @@ enum Values {
 enum Panel<'a> {
     Wide(&'a [i16]),
     Narrow(&'a [i8]),
+}
+
+/// Where the kernel finds the right operand's `2 × COLUMNS` values of each pair of reduced
+/// indices, counted in values from the start of the operand: `taps.len()` runs of `per_tap`
+/// pairs, run `t` from `taps[t]` on, its pairs `stride` apart. A packed panel is one run of all
+/// its pairs, `2 × COLUMNS` apart; an image read in place is one run per kernel tap.
+#[derive(Clone, Copy, Debug)]
+pub struct Walk<'a> {
+    pub taps: &'a [usize],
+    pub per_tap: usize,
+    pub stride: usize,
+}
+
+impl Walk<'_> {
+    /// Pairs of reduced indices walked.
+    pub fn pairs(&self) -> usize {
+        self.taps.len() * self.per_tap
+    }
+
+    /// Whether every pair's `2 × COLUMNS` values lie within `len` values.
+    fn within(&self, len: usize) -> bool {
+        let last = self.per_tap.saturating_sub(1) * self.stride + 2 * COLUMNS;
+        self.taps.iter().all(|&t| t + last <= len)
+    }
+}
+
+/// The walk of a packed panel of `pairs` pairs.
+const fn packed(pairs: usize) -> Walk<'static> {
+    Walk {
+        taps: &[0],
+        per_tap: pairs,
+        stride: 2 * COLUMNS,
+    }
 }
 
 impl Panels {
@@ -316,19 +349,17 @@ fn rescaled_on_avx2(y: &Panels, x: &[i32], c: &mut [f32], scales: &[f32]) {
                 unsafe {
                     let out = c.as_mut_ptr().add(start);
                     match panel {
-                        Panel::Wide(p) => avx2::dispatch_rescaled::<2>(
+                        Panel::Wide(p) => avx2::dispatch_rescaled::<2, _>(
                             rows,
-                            pairs,
-                            p.as_ptr().cast(),
-                            p.len() * 2,
+                            packed(pairs),
+                            p,
                             (out, n, count),
                             &run,
                         ),
-                        Panel::Narrow(p) => avx2::dispatch_rescaled::<1>(
+                        Panel::Narrow(p) => avx2::dispatch_rescaled::<1, _>(
                             rows,
-                            pairs,
-                            p.as_ptr().cast(),
-                            p.len(),
+                            packed(pairs),
+                            p,
                             (out, n, count),
                             &run,
                         ),
@@ -350,33 +381,39 @@ fn kernel(rows: &[i32], pairs: usize, panel: Panel<'_>, tile: &mut [[i32; COLUMN
         // SAFETY: AVX2 was just detected; the kernel checks the lengths it reads and writes.
         unsafe {
             match panel {
-                Panel::Wide(y) => {
-                    avx2::dispatch::<2>(rows, pairs, y.as_ptr().cast(), y.len() * 2, tile)
-                }
-                Panel::Narrow(y) => {
-                    avx2::dispatch::<1>(rows, pairs, y.as_ptr().cast(), y.len(), tile)
-                }
+                Panel::Wide(y) => avx2::dispatch::<2, _>(rows, packed(pairs), y, tile),
+                Panel::Narrow(y) => avx2::dispatch::<1, _>(rows, packed(pairs), y, tile),
             }
         }
         return;
     }
     match panel {
-        Panel::Wide(y) => portable(rows, pairs, y, tile),
-        Panel::Narrow(y) => portable(rows, pairs, y, tile),
+        Panel::Wide(y) => portable(rows, packed(pairs), y, tile),
+        Panel::Narrow(y) => portable(rows, packed(pairs), y, tile),
     }
 }
 
-/// The same sums in plain Rust (CPUs without AVX2, which never load these operators, and tests).
+/// The same sums in plain Rust (CPUs without AVX2, which never load these operators, and tests),
+/// from `y` as `walk` says (nothing where it reads past `y`).
 fn portable<T: Copy + Into<i32>>(
     rows: &[i32],
-    pairs: usize,
-    panel: &[T],
+    walk: Walk<'_>,
+    y: &[T],
     tile: &mut [[i32; COLUMNS]],
 ) {
+    let pairs = walk.pairs();
+    if !walk.within(y.len()) {
+        return;
+    }
+    let starts = walk
+        .taps
+        .iter()
+        .flat_map(|&t| (0..walk.per_tap).map(move |p| t + p * walk.stride));
     for (t, row) in tile.iter_mut().zip(rows.chunks_exact(pairs.max(1))) {
         *t = [0; COLUMNS];
-        for (&x, y) in row.iter().zip(panel.chunks_exact(2 * COLUMNS)) {
+        for (&x, start) in row.iter().zip(starts.clone()) {
             let (lo, hi) = (i32::from(x as i16), x >> 16);
+            let y = y.get(start..start + 2 * COLUMNS).unwrap_or_default();
             for (v, y) in t.iter_mut().zip(y.chunks_exact(2)) {
                 if let [a, b] = y {
                     *v += lo * (*a).into() + hi * (*b).into();
@@ -386,9 +423,60 @@ fn portable<T: Copy + Into<i32>>(
     }
 }
 
+/// `c[r, at + j] = Σ_q ⟨x[r, q], y_q[j]⟩` for every row `r` of `x` (`walk.pairs()` pairs per row)
+/// and column `j < width` (at most [`COLUMNS`]), `y_q` being the `2 × COLUMNS` values of pair `q`
+/// in `image` as `walk` says — an image read in place, without a patch matrix. Rows of `c` are
+/// `n` apart. Nothing is written where `walk` reads past `image`.
+pub fn image_columns(
+    x: &[i32],
+    walk: Walk<'_>,
+    image: &[i16],
+    c: &mut [i32],
+    (at, width, n): (usize, usize, usize),
+) {
+    let pairs = walk.pairs();
+    if pairs == 0 || width > COLUMNS || !walk.within(image.len()) {
+        return;
+    }
+    let mut tile = [[0i32; COLUMNS]; ROWS];
+    for (r0, rows) in x.chunks(ROWS * pairs).enumerate() {
+        let count = rows.len() / pairs;
+        let start = r0 * ROWS * n + at;
+        let Some(tile) = tile.get_mut(..count) else {
+            return;
+        };
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // The last row's 16 outputs end within `c`.
+            if width == COLUMNS && count > 0 && start + (count - 1) * n + COLUMNS <= c.len() {
+                // SAFETY: AVX2 was just detected; rows `0..count` of `c` from `start`, `n`
+                // apart, each have 16 values (checked just above), and the kernel checks what
+                // it reads.
+                unsafe {
+                    let out = c.as_mut_ptr().add(start);
+                    avx2::dispatch_rows::<2, i16>(rows, walk, image, (out, n, count));
+                }
+                continue;
+            }
+            // SAFETY: AVX2 was just detected; the kernel checks the lengths it reads and writes.
+            unsafe { avx2::dispatch::<2, i16>(rows, walk, image, tile) };
+        } else {
+            portable(rows, walk, image, tile);
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        portable(rows, walk, image, tile);
+        for (i, t) in tile.iter().enumerate() {
+            let at = start + i * n;
+            if let (Some(dst), Some(src)) = (c.get_mut(at..at + width), t.get(..width)) {
+                dst.copy_from_slice(src);
+            }
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::COLUMNS;
+    use super::{Walk, COLUMNS};
     use std::arch::x86_64::*;
 
     /// Where a kernel call's row sums go: row `r`'s 16 i32 in two registers.
@@ -414,6 +502,24 @@ mod avx2 {
         }
     }
 
+    /// Into i32 rows `n` apart from `out`.
+    struct Rows {
+        out: *mut i32,
+        n: usize,
+    }
+
+    impl Sink for Rows {
+        #[inline(always)]
+        unsafe fn put(&mut self, r: usize, acc0: __m256i, acc1: __m256i) {
+            // SAFETY: the caller of `dispatch_rows` guarantees 16 values at each row.
+            unsafe {
+                let row = self.out.add(r * self.n);
+                _mm256_storeu_si256(row.cast(), acc0);
+                _mm256_storeu_si256(row.add(8).cast(), acc1);
+            }
+        }
+    }
+
     /// Into f32 rows `n` apart from `out`, each sum converted and multiplied by its column's
     /// scale (`s0`, `s1`).
     struct Scaled {
@@ -435,20 +541,34 @@ mod avx2 {
         }
     }
 
-    /// [`rows`] for `tile.len()` rows. `y` points at `bytes` bytes of panel values of `WIDTH`
-    /// bytes each.
+    /// [`rows`] for `tile.len()` rows, from `y` as `walk` says.
     #[target_feature(enable = "avx2")]
-    pub unsafe fn dispatch<const WIDTH: usize>(
+    pub unsafe fn dispatch<const WIDTH: usize, T>(
         x: &[i32],
-        pairs: usize,
-        y: *const u8,
-        bytes: usize,
+        walk: Walk<'_>,
+        y: &[T],
         tile: &mut [[i32; COLUMNS]],
     ) {
         let count = tile.len();
         let mut sink = Tile(tile);
         // SAFETY: forwarded as the caller gave them; the tile has `count` rows.
-        unsafe { by_rows::<WIDTH, _>(x, pairs, y, bytes, count, &mut sink) }
+        unsafe { by_rows::<WIDTH, _, _>(x, walk, y, count, &mut sink) }
+    }
+
+    /// [`rows`] for `rows` rows, stored as i32 at `out`, rows `n` apart.
+    ///
+    /// # Safety
+    /// AVX2 is available, and `out` has 16 writable i32 at each of its `rows` rows.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn dispatch_rows<const WIDTH: usize, T>(
+        x: &[i32],
+        walk: Walk<'_>,
+        y: &[T],
+        (out, n, rows): (*mut i32, usize, usize),
+    ) {
+        let mut sink = Rows { out, n };
+        // SAFETY: forwarded as the caller gave them.
+        unsafe { by_rows::<WIDTH, _, _>(x, walk, y, rows, &mut sink) }
     }
 
     /// [`rows`] for `rows` rows, stored as f32 × `scales` at `out`, rows `n` apart.
@@ -456,11 +576,10 @@ mod avx2 {
     /// # Safety
     /// AVX2 is available, and `out` has 16 writable f32 at each of its `rows` rows.
     #[target_feature(enable = "avx2")]
-    pub unsafe fn dispatch_rescaled<const WIDTH: usize>(
+    pub unsafe fn dispatch_rescaled<const WIDTH: usize, T>(
         x: &[i32],
-        pairs: usize,
-        y: *const u8,
-        bytes: usize,
+        walk: Walk<'_>,
+        y: &[T],
         (out, n, rows): (*mut f32, usize, usize),
         scales: &[f32; COLUMNS],
     ) {
@@ -472,80 +591,83 @@ mod avx2 {
                 s0: _mm256_loadu_ps(scales.as_ptr()),
                 s1: _mm256_loadu_ps(scales.as_ptr().add(8)),
             };
-            by_rows::<WIDTH, _>(x, pairs, y, bytes, rows, &mut sink)
+            by_rows::<WIDTH, _, _>(x, walk, y, rows, &mut sink)
         }
     }
 
     #[target_feature(enable = "avx2")]
-    unsafe fn by_rows<const WIDTH: usize, S: Sink>(
+    unsafe fn by_rows<const WIDTH: usize, T, S: Sink>(
         x: &[i32],
-        pairs: usize,
-        y: *const u8,
-        bytes: usize,
+        walk: Walk<'_>,
+        y: &[T],
         count: usize,
         sink: &mut S,
     ) {
         // SAFETY: forwarded as the caller gave them.
         unsafe {
             match count {
-                6 => rows::<6, WIDTH, S>(x, pairs, y, bytes, sink),
-                5 => rows::<5, WIDTH, S>(x, pairs, y, bytes, sink),
-                4 => rows::<4, WIDTH, S>(x, pairs, y, bytes, sink),
-                3 => rows::<3, WIDTH, S>(x, pairs, y, bytes, sink),
-                2 => rows::<2, WIDTH, S>(x, pairs, y, bytes, sink),
-                _ => rows::<1, WIDTH, S>(x, pairs, y, bytes, sink),
+                6 => rows::<6, WIDTH, T, S>(x, walk, y, sink),
+                5 => rows::<5, WIDTH, T, S>(x, walk, y, sink),
+                4 => rows::<4, WIDTH, T, S>(x, walk, y, sink),
+                3 => rows::<3, WIDTH, T, S>(x, walk, y, sink),
+                2 => rows::<2, WIDTH, T, S>(x, walk, y, sink),
+                _ => rows::<1, WIDTH, T, S>(x, walk, y, sink),
             }
         }
     }
 
-    /// [`super::kernel`] for `R` rows: per pair of reduced indices, the panel's two registers
-    /// (loaded as i16, or as i8 and sign-extended: `WIDTH` 2 or 1 bytes a value), one broadcast
-    /// per row and two `vpmaddwd`; the `2R` accumulators stay in registers.
+    /// [`super::kernel`] for `R` rows: per pair of reduced indices, the operand's two registers
+    /// (loaded as i16, or as i8 and sign-extended: `WIDTH` 2 or 1 bytes a value, the size of
+    /// `T`), one broadcast per row and two `vpmaddwd`; the `2R` accumulators stay in
+    /// registers. Nothing is stored unless every value `walk` reads lies within `y`.
     ///
     /// The accumulators are indexed by the loop counter `r < R` over arrays of length `R`, which
     /// cannot panic; written with iterators instead, the compiler keeps them on the stack and the
     /// kernel runs 3× slower (`bench --profile`).
     #[allow(clippy::indexing_slicing)]
     #[target_feature(enable = "avx2")]
-    unsafe fn rows<const R: usize, const WIDTH: usize, S: Sink>(
+    unsafe fn rows<const R: usize, const WIDTH: usize, T, S: Sink>(
         rows: &[i32],
-        pairs: usize,
-        panel: *const u8,
-        bytes: usize,
+        walk: Walk<'_>,
+        y: &[T],
         sink: &mut S,
     ) {
-        let step = 2 * COLUMNS * WIDTH;
-        if rows.len() < R * pairs || bytes < pairs * step {
+        let pairs = walk.pairs();
+        if std::mem::size_of::<T>() != WIDTH || rows.len() < R * pairs || !walk.within(y.len()) {
             return;
         }
-        let (mut x, mut y) = (rows.as_ptr(), panel);
+        let (mut x, base) = (rows.as_ptr(), y.as_ptr().cast::<u8>());
         // Each row's offset, computed once: the loop below then has no arithmetic that a dev
         // build's overflow checks would guard.
         let offsets: [usize; R] = std::array::from_fn(|r| r * pairs);
+        let stride = walk.stride * WIDTH;
         let mut acc0 = [_mm256_setzero_si256(); R];
         let mut acc1 = [_mm256_setzero_si256(); R];
-        for _ in 0..pairs {
-            // SAFETY: the lengths were checked above: `y` has `step` bytes left for each of the
-            // `pairs` steps, and row `r` of `x` has `pairs` values.
+        for &tap in walk.taps {
+            // SAFETY: `walk.within(y.len())` checked that each run's pairs lie within `y`, and
+            // row `r` of `x` has `pairs` values.
             unsafe {
-                let (y0, y1) = if WIDTH == 1 {
-                    (
-                        _mm256_cvtepi8_epi16(_mm_loadu_si128(y.cast())),
-                        _mm256_cvtepi8_epi16(_mm_loadu_si128(y.add(COLUMNS).cast())),
-                    )
-                } else {
-                    (
-                        _mm256_loadu_si256(y.cast()),
-                        _mm256_loadu_si256(y.add(2 * COLUMNS).cast()),
-                    )
-                };
-                for r in 0..R {
-                    let b = _mm256_set1_epi32(*x.add(offsets[r]));
-                    acc0[r] = _mm256_add_epi32(acc0[r], _mm256_madd_epi16(b, y0));
-                    acc1[r] = _mm256_add_epi32(acc1[r], _mm256_madd_epi16(b, y1));
+                let mut y = base.add(tap * WIDTH);
+                for _ in 0..walk.per_tap {
+                    let (y0, y1) = if WIDTH == 1 {
+                        (
+                            _mm256_cvtepi8_epi16(_mm_loadu_si128(y.cast())),
+                            _mm256_cvtepi8_epi16(_mm_loadu_si128(y.add(COLUMNS).cast())),
+                        )
+                    } else {
+                        (
+                            _mm256_loadu_si256(y.cast()),
+                            _mm256_loadu_si256(y.add(2 * COLUMNS).cast()),
+                        )
+                    };
+                    for r in 0..R {
+                        let b = _mm256_set1_epi32(*x.add(offsets[r]));
+                        acc0[r] = _mm256_add_epi32(acc0[r], _mm256_madd_epi16(b, y0));
+                        acc1[r] = _mm256_add_epi32(acc1[r], _mm256_madd_epi16(b, y1));
+                    }
+                    y = y.add(stride);
+                    x = x.add(1);
                 }
-                y = y.add(step);
-                x = x.add(1);
             }
         }
         for r in 0..R {

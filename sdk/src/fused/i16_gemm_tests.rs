@@ -30,8 +30,8 @@ fn check(rng: &mut Rng, (m, k, n): (usize, usize, usize), range: usize) -> bool 
             let (mut a, mut b) = ([[0; COLUMNS]; ROWS], [[0; COLUMNS]; ROWS]);
             kernel(chunk, pairs, panel, &mut a[..count]);
             match panel {
-                Panel::Wide(y) => portable(chunk, pairs, y, &mut b[..count]),
-                Panel::Narrow(y) => portable(chunk, pairs, y, &mut b[..count]),
+                Panel::Wide(y) => portable(chunk, packed(pairs), y, &mut b[..count]),
+                Panel::Narrow(y) => portable(chunk, packed(pairs), y, &mut b[..count]),
             }
             assert_eq!(a, b, "block {block} rows {r0}");
         }

@@ -7,6 +7,12 @@
 //! columns — and multiplied by the weights `w − w₀`, packed once at load as the left operand,
 //! one row per output channel, so the result comes out in NCHW order. Exact integer
 //! arithmetic: tract's results, bit for bit.
+//!
+//! Stride-1 convolutions of images at least [`COLUMNS`] wide (the VAE's and the patch layers'
+//! outer ones) skip the patch matrix: the image is written once with its channels in pairs side
+//! by side ([`Geometry::pair_image`]), so that the 16 output positions of a panel, for one
+//! kernel tap and one pair of input channels, are 32 adjacent values the kernel reads in place
+//! ([`image_columns`]); the weights are packed tap by tap to match.
 
 use std::sync::Arc;
 
@@ -17,7 +23,7 @@ use tract_onnx::tract_core::ops::einsum::EinSum;
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
 use super::c_order;
-use super::i16_gemm::{pair_rows, product, Panels, Sums};
+use super::i16_gemm::{image_columns, pair_rows, product, Panels, Sums, Walk, COLUMNS, ROWS};
 use super::integer::{plain_integer, weights, zero_point};
 
 /// The tract operator replaced: a quantized 2-D `Conv`, or the `EinSum` tract declutters a 1×1
@@ -33,6 +39,9 @@ enum Original {
 pub struct IntegerConv {
     /// The weights as the left operand: one row of `c_in · kh · kw` per output channel.
     weights: Arc<Vec<i32>>,
+    /// For stride-1 convolutions, the weights in the order [`Geometry::pair_image`] is read:
+    /// per output channel, tap by tap, the input channels in pairs.
+    tap_weights: Option<Arc<Vec<i32>>>,
     c_out: usize,
     c_in: usize,
     kernel: (usize, usize),
@@ -72,6 +81,7 @@ impl IntegerConv {
             };
             return takes.then(|| IntegerConv {
                 weights: Arc::new(pair_rows(&w, c_in * kh * kw, |v| v)),
+                tap_weights: ((sh, sw) == (1, 1)).then(|| Arc::new(tap_rows(&w, c_in, kh * kw))),
                 c_out,
                 c_in,
                 kernel: (kh, kw),
@@ -88,8 +98,11 @@ impl IntegerConv {
         {
             return None;
         }
+        // One tap: the channel order is already the pair image's.
+        let weights = Arc::new(pair_rows(&w, c_in, |v| v));
         Some(IntegerConv {
-            weights: Arc::new(pair_rows(&w, c_in, |v| v)),
+            tap_weights: Some(weights.clone()),
+            weights,
             c_out,
             c_in,
             kernel: (1, 1),
@@ -148,12 +161,39 @@ impl IntegerConv {
         let cs = view.as_slice_mut::<i32>()?;
         let per_image = (g.c * g.h * g.w).max(1);
         let per_output = (self.c_out * g.oh * g.ow).max(1);
+        let in_place = self
+            .tap_weights
+            .as_deref()
+            .filter(|_| self.stride == (1, 1) && g.ow >= COLUMNS);
         for (image, c) in xs.chunks(per_image).zip(cs.chunks_mut(per_output)) {
-            let patches = g.patches(image, zero);
-            product(&patches, &self.weights, c, &Sums);
+            match in_place {
+                Some(weights) => g.in_place(image, zero, weights, c),
+                None => product(&g.patches(image, zero), &self.weights, c, &Sums),
+            }
         }
         Ok(out)
     }
+}
+
+/// `w` (`[c_out, c_in, taps]`, row-major) as left-operand rows for [`Geometry::in_place`]: per
+/// output channel, tap by tap, the input channels in pairs, a zero completing an odd count.
+fn tap_rows(w: &[i16], c_in: usize, taps: usize) -> Vec<i32> {
+    let even = c_in.div_ceil(2) * 2;
+    let per_out = (c_in * taps).max(1);
+    let mut ordered = vec![0i16; w.len() / per_out * taps * even];
+    for (src, dst) in w
+        .chunks_exact(per_out)
+        .zip(ordered.chunks_exact_mut(taps * even))
+    {
+        for (ch, values) in src.chunks_exact(taps.max(1)).enumerate() {
+            for (t, &v) in values.iter().enumerate() {
+                if let Some(d) = dst.get_mut(t * even + ch) {
+                    *d = v;
+                }
+            }
+        }
+    }
+    pair_rows(&ordered, taps * even, |v| v)
 }
 
 /// One convolution's sizes: input channels and size, output size, kernel, strides, and the
@@ -202,6 +242,89 @@ impl Geometry {
             }
         }
         padded
+    }
+
+    /// The image as `x − x₀` in i16 inside its padding (as [`Geometry::padded`]), with its
+    /// channels in pairs side by side: plane `p` holds, for each padded position, channels `2p`
+    /// and `2p + 1` (a zero for a missing odd one). Then `2 × COLUMNS` zeros, which the last
+    /// panel of the last row reads past its end (into columns it does not store).
+    #[inline(always)]
+    fn pair_image(&self, image: &[u8], zero: i16) -> Vec<i16> {
+        let (ph, pw) = self.padded_size();
+        let plane = 2 * ph * pw;
+        let mut paired = vec![0i16; self.c.div_ceil(2) * plane + 2 * COLUMNS];
+        let channels = image.chunks_exact((self.h * self.w).max(1));
+        let mut pairs = paired.chunks_exact_mut(plane.max(1));
+        let mut channels = channels.peekable();
+        while let (Some(out), Some(a)) = (pairs.next(), channels.next()) {
+            let b = channels.next();
+            let rows = out.chunks_exact_mut((2 * pw).max(1)).skip(self.top);
+            for (iy, out) in rows.enumerate().take(self.h) {
+                let out = out.get_mut(2 * self.left..).unwrap_or_default();
+                let a = a.get(iy * self.w..(iy + 1) * self.w).unwrap_or_default();
+                match b.and_then(|b| b.get(iy * self.w..(iy + 1) * self.w)) {
+                    Some(b) => {
+                        for (o, (&a, &b)) in out.chunks_exact_mut(2).zip(a.iter().zip(b)) {
+                            if let [x, y] = o {
+                                (*x, *y) = (i16::from(a) - zero, i16::from(b) - zero);
+                            }
+                        }
+                    }
+                    None => {
+                        for (o, &a) in out.chunks_exact_mut(2).zip(a) {
+                            if let [x, _] = o {
+                                *x = i16::from(a) - zero;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        paired
+    }
+
+    /// The convolution of one image by `weights` (from [`tap_rows`]) into `c`
+    /// (`[c_out, OH·OW]`), stride 1, read in place from [`Geometry::pair_image`]: per output
+    /// row, panels of [`COLUMNS`] output positions, each tap an offset into the pair planes.
+    /// Output channels are split between the graph's matrix-product threads.
+    fn in_place(&self, image: &[u8], zero: i16, weights: &[i32], c: &mut [i32]) {
+        super::wide::avx2(
+            #[inline(always)]
+            || {
+                let paired = self.pair_image(image, zero);
+                let (ph, pw) = self.padded_size();
+                let taps: Vec<usize> = (0..self.kh)
+                    .flat_map(|dy| (0..self.kw).map(move |dx| 2 * (dy * pw + dx)))
+                    .collect();
+                let walk = Walk {
+                    taps: &taps,
+                    per_tap: self.c.div_ceil(2),
+                    stride: 2 * ph * pw,
+                };
+                let (n, pairs) = (self.oh * self.ow, walk.pairs());
+                let part = |(x, c): (&[i32], &mut [i32])| {
+                    for oy in 0..self.oh {
+                        for ox in (0..self.ow).step_by(COLUMNS) {
+                            let width = COLUMNS.min(self.ow - ox);
+                            let at = (oy * self.ow + ox, width, n);
+                            let image = paired.get(2 * (oy * pw + ox)..).unwrap_or_default();
+                            image_columns(x, walk, image, c, at);
+                        }
+                    }
+                    Some(())
+                };
+                let m = weights.len().checked_div(pairs).unwrap_or(0);
+                match super::rows_per_part(m, ROWS).filter(|_| n > 0 && pairs > 0) {
+                    Some(rows) => {
+                        let parts = weights.chunks(rows * pairs).zip(c.chunks_mut(rows * n));
+                        let _ = super::each_on_pool(parts, true, part);
+                    }
+                    None => {
+                        let _ = part((weights, c));
+                    }
+                }
+            },
+        )
     }
 
     /// The patch matrix `[C·KH·KW, OH·OW]` of one image, `x − x₀`, in the kernel's panels: two

@@ -37,6 +37,14 @@ fn convolutions_equal_tracts_at_the_patch_sizes_and_odd_ones() {
         (1, 3, 5, 7, 3, 2, 1),
         (1, 5, 3, 6, 3, 1, 0),
         (1, 8, 8, 5, 1, 1, 0),
+        // Wide enough to be read in place: panels of 16, a narrower last one, odd channels,
+        // fewer output channels than a tile, 1×1 and unpadded kernels.
+        (1, 32, 32, 32, 3, 1, 1),
+        (2, 5, 7, 17, 3, 1, 1),
+        (1, 16, 3, 20, 3, 1, 1),
+        (1, 3, 13, 16, 3, 1, 0),
+        (1, 7, 9, 18, 1, 1, 0),
+        (1, 4, 6, 16, 3, 1, 2),
     ] {
         for x0 in [0u8, 131, 255] {
             let x = u8s(&mut rng, &[n, ci, hw, hw]);

@@ -25,14 +25,14 @@ pub struct Int8Parts {
 }
 
 impl Default for Int8Parts {
-    /// Patch/U-Net layers and the backbone's linear layers; norms, softmax, embeddings and the
-    /// VAE stay float.
+    /// Every group: patch/U-Net layers, the backbone's linear layers and the VAE's
+    /// convolutions; norms, softmax and embeddings stay float.
     fn default() -> Self {
         Int8Parts {
             backbone: true,
             patch: true,
             unet: true,
-            vae: false,
+            vae: true,
         }
     }
 }
@@ -169,6 +169,6 @@ mod tests {
         let p: Int8Parts = "patch, vae".parse().unwrap();
         assert!(p.patch && p.vae && !p.unet && !p.backbone);
         assert!("patch,gpu".parse::<Int8Parts>().is_err());
-        assert_eq!(Int8Parts::default().describe(), "backbone,patch,unet");
+        assert_eq!(Int8Parts::default().describe(), "backbone,patch,unet,vae");
     }
 }

@@ -242,6 +242,28 @@ class Trainer(unittest.TestCase):
                 runs[name] = (run / out_dir / "model.safetensors").read_bytes()
             self.assertEqual(runs["straight"], runs["resumed"], f"{stage}: resume differs")
 
+    def test_distill_continues_a_student(self):
+        """--student-from: the first round's student starts from those weights instead of the
+        teacher's; a checkpoint of another architecture is refused, naming the tensors."""
+        from transfusion_ref.run import write_checkpoint
+        run = self.tmp / "continue"
+        shutil.copytree(self.rundir / "cache", run / "cache")
+        args = ["distill", *self.common, "--out", run, "--from", self.rundir / "teacher",
+                "--steps", 1, "--batch", 4, "--measure-samples", 0]
+        code, log = train(*args, "--student-from", self.rundir / "student")
+        self.assertEqual(code, 0, log)
+        self.assertIn(f"starts from {self.rundir / 'student'}", log)
+        cfg, _ = load_checkpoint(self.rundir / "student")
+        cfg.backbone.n_layers += 1
+        from transfusion_ref.model import TransfusionModel
+        other = self.tmp / "deeper"
+        write_checkpoint(TransfusionModel(cfg), cfg, other, self.rundir / "student" /
+                         "tokenizer.json")
+        shutil.rmtree(run / "student", ignore_errors=True)
+        code, log = train(*args, "--student-from", other)
+        self.assertEqual(code, 1, log)
+        self.assertIn("not the teacher's architecture", log)
+
     def test_sigterm_saves_state(self):
         run = self.tmp / "signal"
         shutil.copytree(self.rundir / "vae", run / "vae")

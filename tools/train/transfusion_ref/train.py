@@ -296,6 +296,25 @@ def train_transfusion(args) -> int:
 
 # ---- stage 3: distillation --------------------------------------------------------------
 
+def load_student_start(student, source: str) -> None:
+    """Start the first round's student from the weights of `source` (a checkpoint of the same
+    architecture, e.g. an earlier student of this teacher, to continue distilling it) instead of
+    its teacher's. The VAE stays the teacher's: the cached latents are the teacher VAE's."""
+    cfg, init = load_checkpoint(source)
+    mine = student.state_dict()
+    theirs = {k: v for k, v in init.state_dict().items() if not k.startswith("vae.")}
+    wrong = [f"{k}: expected shape {list(mine[k].shape)}, found {list(v.shape)}"
+             for k, v in theirs.items() if k in mine and mine[k].shape != v.shape]
+    missing = [f"missing tensor {k}" for k in sorted(mine)
+               if not k.startswith("vae.") and k not in theirs]
+    unexpected = [f"unexpected tensor {k}" for k in sorted(theirs) if k not in mine]
+    if wrong or missing or unexpected:
+        raise TrainError(f"--student-from {source}: not the teacher's architecture ("
+                         + "; ".join(wrong + missing + unexpected) + ")")
+    student.load_state_dict(theirs, strict=False)
+    log(f"[distill] first round's student starts from {source} (the teacher's VAE kept)")
+
+
 def train_distill(args) -> int:
     run = Run(args, "distill")
     if skip_if_finished(run):
@@ -313,7 +332,8 @@ def train_distill(args) -> int:
     resolve_hparams(args, tcfg, "distill")
     per_round = D.split_steps(args.steps, len(plan), args.round_steps)
     fp = fingerprint_of(args, ("teacher_steps", "student_steps", "guidance", "lam",
-                               "caption_frac", "caption_max_t", "student_prediction"))
+                               "caption_frac", "caption_max_t", "student_prediction",
+                               "student_from"))
     fp.update(source=str(src.resolve()), plan=plan, per_round=per_round, guidance=guidance)
     state = run.load_state()
     check_resume(run, args, state, fp)
@@ -371,6 +391,8 @@ def train_distill(args) -> int:
             scfg = student_config(n)
             student = TransfusionModel(scfg).to(dev)
             student.load_state_dict(cur_teacher.state_dict())
+            if r == 0 and args.student_from:
+                load_student_start(student, args.student_from)
             for p in student.vae.parameters():
                 p.requires_grad_(False)
             named = [(k, p) for k, p in student.named_parameters() if not k.startswith("vae.")]
@@ -542,6 +564,10 @@ def parser() -> argparse.ArgumentParser:
         q.add_argument("--student-prediction", default=None,
                        choices=("epsilon", "v", "x0", "flow"))
         q.add_argument("--round-steps", default=None, help="steps per round, comma-separated")
+        q.add_argument("--student-from", default=None,
+                       help="checkpoint the first round's student starts from instead of its "
+                       "teacher's weights (same architecture; e.g. to continue distilling a "
+                       "student)")
         q.add_argument("--measure-samples", type=int, default=64,
                        help="captions for the student-vs-teacher measurement (0: skip)")
         q.add_argument("--reference-steps", type=int, default=32,
