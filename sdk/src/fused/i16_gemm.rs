@@ -45,13 +45,17 @@ enum Panel<'a> {
 
 /// Where the kernel finds the right operand's `2 × COLUMNS` values of each pair of reduced
 /// indices, counted in values from the start of the operand: `taps.len()` runs of `per_tap`
-/// pairs, run `t` from `taps[t]` on, its pairs `stride` apart. A packed panel is one run of all
-/// its pairs, `2 × COLUMNS` apart; an image read in place is one run per kernel tap.
+/// pairs, run `t` from `taps[t]` on, its pairs `stride` apart; of each pair's values, the 16 of
+/// the first 8 columns, then the 16 of the last 8 `half` values further on. A packed panel is one
+/// run of all its pairs, `2 × COLUMNS` apart, its halves adjacent (`half` = `COLUMNS`); an image
+/// read in place is one run per kernel tap, and its halves are two output rows where a row has
+/// 8 positions.
 #[derive(Clone, Copy, Debug)]
 pub struct Walk<'a> {
     pub taps: &'a [usize],
     pub per_tap: usize,
     pub stride: usize,
+    pub half: usize,
 }
 
 impl Walk<'_> {
@@ -62,7 +66,7 @@ impl Walk<'_> {
 
     /// Whether every pair's `2 × COLUMNS` values lie within `len` values.
     fn within(&self, len: usize) -> bool {
-        let last = self.per_tap.saturating_sub(1) * self.stride + 2 * COLUMNS;
+        let last = self.per_tap.saturating_sub(1) * self.stride + self.half.max(COLUMNS) + COLUMNS;
         self.taps.iter().all(|&t| t + last <= len)
     }
 }
@@ -73,6 +77,7 @@ const fn packed(pairs: usize) -> Walk<'static> {
         taps: &[0],
         per_tap: pairs,
         stride: 2 * COLUMNS,
+        half: COLUMNS,
     }
 }
 
@@ -413,8 +418,12 @@ fn portable<T: Copy + Into<i32>>(
         *t = [0; COLUMNS];
         for (&x, start) in row.iter().zip(starts.clone()) {
             let (lo, hi) = (i32::from(x as i16), x >> 16);
-            let y = y.get(start..start + 2 * COLUMNS).unwrap_or_default();
-            for (v, y) in t.iter_mut().zip(y.chunks_exact(2)) {
+            let first = y.get(start..start + COLUMNS).unwrap_or_default();
+            let second = y.get(start + walk.half..start + walk.half + COLUMNS);
+            let values = first
+                .chunks_exact(2)
+                .chain(second.unwrap_or_default().chunks_exact(2));
+            for (v, y) in t.iter_mut().zip(values) {
                 if let [a, b] = y {
                     *v += lo * (*a).into() + hi * (*b).into();
                 }
@@ -640,7 +649,7 @@ mod avx2 {
         // Each row's offset, computed once: the loop below then has no arithmetic that a dev
         // build's overflow checks would guard.
         let offsets: [usize; R] = std::array::from_fn(|r| r * pairs);
-        let stride = walk.stride * WIDTH;
+        let (stride, half) = (walk.stride * WIDTH, walk.half * WIDTH);
         let mut acc0 = [_mm256_setzero_si256(); R];
         let mut acc1 = [_mm256_setzero_si256(); R];
         for &tap in walk.taps {
@@ -652,12 +661,12 @@ mod avx2 {
                     let (y0, y1) = if WIDTH == 1 {
                         (
                             _mm256_cvtepi8_epi16(_mm_loadu_si128(y.cast())),
-                            _mm256_cvtepi8_epi16(_mm_loadu_si128(y.add(COLUMNS).cast())),
+                            _mm256_cvtepi8_epi16(_mm_loadu_si128(y.add(half).cast())),
                         )
                     } else {
                         (
                             _mm256_loadu_si256(y.cast()),
-                            _mm256_loadu_si256(y.add(2 * COLUMNS).cast()),
+                            _mm256_loadu_si256(y.add(half).cast()),
                         )
                     };
                     for r in 0..R {

@@ -8,10 +8,11 @@
 //! one row per output channel, so the result comes out in NCHW order. Exact integer
 //! arithmetic: tract's results, bit for bit.
 //!
-//! Stride-1 convolutions of images at least [`COLUMNS`] wide (the VAE's and the patch layers'
-//! outer ones) skip the patch matrix: the image is written once with its channels in pairs side
-//! by side ([`Geometry::pair_image`]), so that the 16 output positions of a panel, for one
-//! kernel tap and one pair of input channels, are 32 adjacent values the kernel reads in place
+//! Stride-1 convolutions of outputs at least [`COLUMNS`] wide, or 8 wide (the VAE's and all but
+//! the patch layers' innermost) skip the patch matrix: the image is written once with its
+//! channels in pairs side by side ([`Geometry::pair_image`]), so that the output positions of a
+//! panel — 16 of one output row, or 8 of each of two rows — are, for one kernel tap and one pair
+//! of input channels, one or two runs of adjacent values the kernel reads in place
 //! ([`image_columns`]); the weights are packed tap by tap to match.
 
 use std::sync::Arc;
@@ -164,7 +165,7 @@ impl IntegerConv {
         let in_place = self
             .tap_weights
             .as_deref()
-            .filter(|_| self.stride == (1, 1) && g.ow >= COLUMNS);
+            .filter(|_| self.stride == (1, 1) && (g.ow >= COLUMNS || g.ow == COLUMNS / 2));
         for (image, c) in xs.chunks(per_image).zip(cs.chunks_mut(per_output)) {
             match in_place {
                 Some(weights) => g.in_place(image, zero, weights, c),
@@ -246,13 +247,13 @@ impl Geometry {
 
     /// The image as `x − x₀` in i16 inside its padding (as [`Geometry::padded`]), with its
     /// channels in pairs side by side: plane `p` holds, for each padded position, channels `2p`
-    /// and `2p + 1` (a zero for a missing odd one). Then `2 × COLUMNS` zeros, which the last
-    /// panel of the last row reads past its end (into columns it does not store).
+    /// and `2p + 1` (a zero for a missing odd one). Then a row and `2 × COLUMNS` zeros, which
+    /// the last panel reads past its end (into columns it does not store).
     #[inline(always)]
     fn pair_image(&self, image: &[u8], zero: i16) -> Vec<i16> {
         let (ph, pw) = self.padded_size();
         let plane = 2 * ph * pw;
-        let mut paired = vec![0i16; self.c.div_ceil(2) * plane + 2 * COLUMNS];
+        let mut paired = vec![0i16; self.c.div_ceil(2) * plane + 2 * pw + 2 * COLUMNS];
         let channels = image.chunks_exact((self.h * self.w).max(1));
         let mut pairs = paired.chunks_exact_mut(plane.max(1));
         let mut channels = channels.peekable();
@@ -284,9 +285,10 @@ impl Geometry {
     }
 
     /// The convolution of one image by `weights` (from [`tap_rows`]) into `c`
-    /// (`[c_out, OH·OW]`), stride 1, read in place from [`Geometry::pair_image`]: per output
-    /// row, panels of [`COLUMNS`] output positions, each tap an offset into the pair planes.
-    /// Output channels are split between the graph's matrix-product threads.
+    /// (`[c_out, OH·OW]`), stride 1, read in place from [`Geometry::pair_image`]: panels of
+    /// [`COLUMNS`] output positions, along an output row or, 8 wide, two rows at a time; each
+    /// tap an offset into the pair planes. Output channels are split between the graph's
+    /// matrix-product threads.
     fn in_place(&self, image: &[u8], zero: i16, weights: &[i32], c: &mut [i32]) {
         super::wide::avx2(
             #[inline(always)]
@@ -296,16 +298,24 @@ impl Geometry {
                 let taps: Vec<usize> = (0..self.kh)
                     .flat_map(|dy| (0..self.kw).map(move |dx| 2 * (dy * pw + dx)))
                     .collect();
+                // Output rows per panel, and where a panel's second 8 columns start.
+                let (rows, half) = if self.ow >= COLUMNS {
+                    (1, COLUMNS)
+                } else {
+                    (2, 2 * pw)
+                };
                 let walk = Walk {
                     taps: &taps,
                     per_tap: self.c.div_ceil(2),
                     stride: 2 * ph * pw,
+                    half,
                 };
                 let (n, pairs) = (self.oh * self.ow, walk.pairs());
                 let part = |(x, c): (&[i32], &mut [i32])| {
-                    for oy in 0..self.oh {
-                        for ox in (0..self.ow).step_by(COLUMNS) {
-                            let width = COLUMNS.min(self.ow - ox);
+                    for oy in (0..self.oh).step_by(rows) {
+                        let span = rows.min(self.oh - oy) * self.ow;
+                        for ox in (0..span).step_by(COLUMNS) {
+                            let width = COLUMNS.min(span - ox);
                             let at = (oy * self.ow + ox, width, n);
                             let image = paired.get(2 * (oy * pw + ox)..).unwrap_or_default();
                             image_columns(x, walk, image, c, at);

@@ -60,6 +60,23 @@ fn convolutions_equal_tracts_at_the_patch_sizes_and_odd_ones() {
 }
 
 #[test]
+fn outputs_8_wide_are_read_two_rows_a_panel_and_an_odd_last_row_alone() {
+    let mut rng = Rng(0x8);
+    // (c_in, c_out, height, width, kernel, padding): outputs 8 wide, 7 or 8 high.
+    for (ci, co, h, w, k, p) in [
+        (6usize, 5usize, 7usize, 8usize, 3usize, 1usize),
+        (64, 64, 8, 8, 3, 1),
+        (3, 8, 9, 10, 3, 0),
+        (5, 7, 7, 8, 1, 0),
+    ] {
+        let x = u8s(&mut rng, &[1, ci, h, w]);
+        let wt = u8s(&mut rng, &[co, ci, k, k]);
+        let ins = inputs(x, tensor0(77u8), wt, tensor0(128u8));
+        check(&conv(ci, co, k, 1, p), ins);
+    }
+}
+
+#[test]
 fn a_1x1_convolution_as_tract_declutters_it() {
     let mut rng = Rng(3);
     let einsum = EinSum::newq(
