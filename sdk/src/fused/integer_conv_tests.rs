@@ -104,3 +104,18 @@ fn grouped_or_dilated_convolutions_stay_on_tract() {
     dilated.pool_spec.dilations = Some(tvec![2, 2]);
     assert!(IntegerConv::replacing(&dilated, &refs).is_none());
 }
+
+#[test]
+fn output_channels_split_between_threads_give_tracts_values() {
+    use tract_linalg::multithread::{multithread_tract_scope, Executor};
+    let mut rng = Rng(0x3);
+    // Read in place (16 and 8 wide) and through the patch matrix (4 wide).
+    for (ci, co, hw) in [(16usize, 40usize, 16usize), (32, 64, 8), (8, 20, 4)] {
+        let x = u8s(&mut rng, &[1, ci, hw, hw]);
+        let w = u8s(&mut rng, &[co, ci, 3, 3]);
+        let ins = inputs(x, tensor0(9u8), w, tensor0(128u8));
+        multithread_tract_scope(Executor::multithread(3), || {
+            check(&conv(ci, co, 3, 1, 1), ins)
+        });
+    }
+}
