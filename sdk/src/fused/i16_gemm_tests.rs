@@ -108,3 +108,70 @@ fn rows_split_between_threads_give_the_same_products() {
         assert_eq!(one, three, "{m} rows");
     }
 }
+
+/// `image_columns` against the sums written out from the walk's definition, for walks of
+/// several taps, a plane-sized stride and a second half one row on, every row count of a tile
+/// and narrower stores; and `Walk::within` at the exact fit and one value short.
+#[test]
+fn walks_over_an_image_read_what_they_say() {
+    let mut rng = Rng(0x77);
+    let taps = [0usize, 6, 40, 46];
+    for (per_tap, stride, half) in [(3usize, 80usize, 16usize), (2, 96, 44), (1, 0, 16)] {
+        let walk = Walk {
+            taps: &taps,
+            per_tap,
+            stride,
+            half,
+        };
+        let len = 46 + (per_tap - 1) * stride + half.max(COLUMNS) + COLUMNS;
+        assert!(walk.within(len) && !walk.within(len - 1), "{walk:?}");
+        let image: Vec<i16> = (0..len).map(|_| rng.below(511) as i16 - 255).collect();
+        let pairs = walk.pairs();
+        for m in 1..=7 {
+            let x: Vec<i32> = (0..m * pairs)
+                .map(|_| {
+                    let (lo, hi) = (rng.below(511) as i32 - 255, rng.below(511) as i32 - 255);
+                    (lo & 0xffff) | (hi << 16)
+                })
+                .collect();
+            for width in [COLUMNS, 9] {
+                let n = 21;
+                let mut got = vec![-1i32; m * n];
+                image_columns(&x, walk, &image, &mut got, (3, width, n));
+                let starts: Vec<usize> = taps
+                    .iter()
+                    .flat_map(|&t| (0..per_tap).map(move |p| t + p * stride))
+                    .collect();
+                for r in 0..m {
+                    for j in 0..n {
+                        let want = if (3..3 + width).contains(&j) {
+                            let col = j - 3;
+                            let at = |s: usize| {
+                                if col < 8 {
+                                    s + 2 * col
+                                } else {
+                                    s + half + 2 * (col - 8)
+                                }
+                            };
+                            (0..pairs)
+                                .map(|q| {
+                                    let v = x[r * pairs + q];
+                                    let (lo, hi) = (i32::from(v as i16), v >> 16);
+                                    let a = at(starts[q]);
+                                    lo * i32::from(image[a]) + hi * i32::from(image[a + 1])
+                                })
+                                .sum()
+                        } else {
+                            -1
+                        };
+                        assert_eq!(
+                            got[r * n + j],
+                            want,
+                            "{walk:?} m {m} width {width} [{r}][{j}]"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

@@ -80,9 +80,16 @@ impl IntegerConv {
             let (Some(&sh), Some(&sw)) = (strides.first(), strides.get(1)) else {
                 return None;
             };
+            let weights = Arc::new(pair_rows(&w, c_in * kh * kw, |v| v));
+            // One tap: the channel order is already the pair image's.
+            let tap_weights = match (sh, sw, kh * kw) {
+                (1, 1, 1) => Some(weights.clone()),
+                (1, 1, taps) => Some(Arc::new(tap_rows(&w, c_in, taps))),
+                _ => None,
+            };
             return takes.then(|| IntegerConv {
-                weights: Arc::new(pair_rows(&w, c_in * kh * kw, |v| v)),
-                tap_weights: ((sh, sw) == (1, 1)).then(|| Arc::new(tap_rows(&w, c_in, kh * kw))),
+                weights,
+                tap_weights,
                 c_out,
                 c_in,
                 kernel: (kh, kw),
@@ -180,7 +187,10 @@ impl IntegerConv {
 /// output channel, tap by tap, the input channels in pairs, a zero completing an odd count.
 fn tap_rows(w: &[i16], c_in: usize, taps: usize) -> Vec<i32> {
     let even = c_in.div_ceil(2) * 2;
-    let per_out = (c_in * taps).max(1);
+    if taps * even == 0 {
+        return Vec::new();
+    }
+    let per_out = c_in * taps;
     let mut ordered = vec![0i16; w.len() / per_out * taps * even];
     for (src, dst) in w
         .chunks_exact(per_out)
@@ -254,9 +264,8 @@ impl Geometry {
         let (ph, pw) = self.padded_size();
         let plane = 2 * ph * pw;
         let mut paired = vec![0i16; self.c.div_ceil(2) * plane + 2 * pw + 2 * COLUMNS];
-        let channels = image.chunks_exact((self.h * self.w).max(1));
+        let mut channels = image.chunks_exact((self.h * self.w).max(1));
         let mut pairs = paired.chunks_exact_mut(plane.max(1));
-        let mut channels = channels.peekable();
         while let (Some(out), Some(a)) = (pairs.next(), channels.next()) {
             let b = channels.next();
             let rows = out.chunks_exact_mut((2 * pw).max(1)).skip(self.top);
@@ -298,8 +307,13 @@ impl Geometry {
                 let taps: Vec<usize> = (0..self.kh)
                     .flat_map(|dy| (0..self.kw).map(move |dx| 2 * (dy * pw + dx)))
                     .collect();
+                debug_assert!(
+                    self.ow >= COLUMNS || self.ow == COLUMNS / 2,
+                    "{} wide",
+                    self.ow
+                );
                 // Output rows per panel, and where a panel's second 8 columns start.
-                let (rows, half) = if self.ow >= COLUMNS {
+                let (panel_rows, half) = if self.ow >= COLUMNS {
                     (1, COLUMNS)
                 } else {
                     (2, 2 * pw)
@@ -312,21 +326,23 @@ impl Geometry {
                 };
                 let (n, pairs) = (self.oh * self.ow, walk.pairs());
                 let part = |(x, c): (&[i32], &mut [i32])| {
-                    for oy in (0..self.oh).step_by(rows) {
-                        let span = rows.min(self.oh - oy) * self.ow;
+                    for oy in (0..self.oh).step_by(panel_rows) {
+                        let span = panel_rows.min(self.oh - oy) * self.ow;
                         for ox in (0..span).step_by(COLUMNS) {
                             let width = COLUMNS.min(span - ox);
                             let at = (oy * self.ow + ox, width, n);
-                            let image = paired.get(2 * (oy * pw + ox)..).unwrap_or_default();
-                            image_columns(x, walk, image, c, at);
+                            let from = paired.get(2 * (oy * pw + ox)..).unwrap_or_default();
+                            image_columns(x, walk, from, c, at);
                         }
                     }
                     Some(())
                 };
                 let m = weights.len().checked_div(pairs).unwrap_or(0);
                 match super::rows_per_part(m, ROWS).filter(|_| n > 0 && pairs > 0) {
-                    Some(rows) => {
-                        let parts = weights.chunks(rows * pairs).zip(c.chunks_mut(rows * n));
+                    Some(per_part) => {
+                        let parts = weights
+                            .chunks(per_part * pairs)
+                            .zip(c.chunks_mut(per_part * n));
                         let _ = super::each_on_pool(parts, true, part);
                     }
                     None => {

@@ -8,6 +8,11 @@ fn check(op: &dyn TypedOp, ins: TVec<TValue>) {
     let facts = quantized_facts(&ins);
     let refs: Vec<&TypedFact> = facts.iter().collect();
     let ours = IntegerConv::replacing(op, &refs).unwrap_or_else(|| panic!("{op:?} not taken"));
+    // Our arithmetic ran, not the fallback to tract's operator.
+    assert!(
+        ours.convolve(&ins[0], &ins[3]).is_some(),
+        "{op:?} fell back"
+    );
     let ctx = EvalContext::out_of_plan();
     let want = op.eval(&ctx, ins.clone()).unwrap().remove(0);
     let got = ours.eval(&ctx, ins.clone()).unwrap().remove(0);
@@ -42,7 +47,7 @@ fn convolutions_equal_tracts_at_the_patch_sizes_and_odd_ones() {
         (1, 32, 32, 32, 3, 1, 1),
         (2, 5, 7, 17, 3, 1, 1),
         (1, 16, 3, 20, 3, 1, 1),
-        (1, 3, 13, 16, 3, 1, 0),
+        (1, 3, 13, 18, 3, 1, 0),
         (1, 7, 9, 18, 1, 1, 0),
         (1, 4, 6, 16, 3, 1, 2),
     ] {
@@ -84,9 +89,69 @@ fn a_1x1_convolution_as_tract_declutters_it() {
         DatumType::I32,
         DatumType::I32,
     );
-    let x = u8s(&mut rng, &[1, 24, 4, 4]);
-    let w = u8s(&mut rng, &[40, 24]);
-    check(&einsum, inputs(x, tensor0(77u8), w, tensor0(128u8)));
+    // Through the patch matrix (4 wide) and read in place (16 and 8 wide).
+    for shape in [[1, 24, 4, 4], [1, 24, 4, 16], [1, 24, 8, 8]] {
+        let x = u8s(&mut rng, &shape);
+        let w = u8s(&mut rng, &[40, 24]);
+        check(&einsum, inputs(x, tensor0(77u8), w, tensor0(128u8)));
+    }
+}
+
+#[test]
+fn uneven_padding_is_read_in_place_as_tract_pads() {
+    let mut rng = Rng(0xa5);
+    // 2×2 kernels padded (before, after) = (0, 1) on one axis and (1, 0) on the other: outputs
+    // 16 and 8 wide.
+    for size in [16usize, 8] {
+        let x = u8s(&mut rng, &[1, 5, size, size]);
+        let wt = u8s(&mut rng, &[7, 5, 2, 2]);
+        let mut op = conv(5, 7, 2, 1, 0);
+        op.pool_spec.padding = PaddingSpec::Explicit(tvec![0, 1], tvec![1, 0]);
+        check(&op, inputs(x, tensor0(200u8), wt, tensor0(128u8)));
+    }
+}
+
+/// The in-place walk against the patch matrix, both ours, at the sizes where it applies: any
+/// difference is a layout error of one of them.
+#[test]
+fn the_image_read_in_place_equals_the_patch_matrix_product() {
+    let mut rng = Rng(0x1d);
+    // (c_in, c_out, height, width, padding): 16, 17, 32 and 8 wide, odd channels and rows.
+    for (c, c_out, h, w, pad) in [
+        (4usize, 6usize, 16usize, 16usize, 1usize),
+        (5, 13, 17, 17, 1),
+        (9, 3, 32, 34, 0),
+        (7, 8, 7, 8, 1),
+    ] {
+        let op = conv(c, c_out, 3, 1, pad);
+        let x = u8s(&mut rng, &[1, c, h, w]);
+        let wt = u8s(&mut rng, &[c_out, c, 3, 3]);
+        let ins = inputs(x.clone(), tensor0(50u8), wt, tensor0(128u8));
+        let facts = quantized_facts(&ins);
+        let refs: Vec<&TypedFact> = facts.iter().collect();
+        let ours = IntegerConv::replacing(&op, &refs).unwrap();
+        let (oh, ow) = (h + 2 * pad - 2, w + 2 * pad - 2);
+        let g = Geometry {
+            c,
+            h,
+            w,
+            oh,
+            ow,
+            kh: 3,
+            kw: 3,
+            sh: 1,
+            sw: 1,
+            top: pad,
+            left: pad,
+        };
+        let plain = x.try_as_plain_ram().unwrap();
+        let image = plain.as_slice::<u8>().unwrap();
+        let mut walked = vec![0i32; c_out * oh * ow];
+        g.in_place(image, 50, ours.tap_weights.as_deref().unwrap(), &mut walked);
+        let mut patched = vec![0i32; c_out * oh * ow];
+        product(&g.patches(image, 50), &ours.weights, &mut patched, &Sums);
+        assert_eq!(walked, patched, "{c}→{c_out} at {h}×{w}, padding {pad}");
+    }
 }
 
 #[test]
