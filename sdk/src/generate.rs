@@ -294,7 +294,7 @@ impl Run<'_, '_> {
                 .unwrap_or(if draws { 0 } else { DEFAULT_MAX_TOKENS });
         let sp = self.special();
         let block = self.image_room();
-        let hidden = match request {
+        let latent = match request {
             Request::Text { prompt } => {
                 let Some(ids) = self.encode(prompt)? else {
                     return Ok(StopReason::Cancelled);
@@ -302,7 +302,8 @@ impl Run<'_, '_> {
                 let mut prefix = vec![sp.bos];
                 prefix.extend(ids);
                 let prefix = self.fit(prefix, 1)?;
-                self.session.append_tokens(&prefix)?
+                let hidden = self.session.append_tokens(&prefix)?;
+                return self.text(hidden, max_tokens);
             }
             Request::Image { prompt } => {
                 let Some(ids) = self.encode(prompt)? else {
@@ -314,13 +315,14 @@ impl Run<'_, '_> {
                 let prefix = self.fit(prefix, block - 1)?;
                 self.session.append_tokens(&prefix)?;
                 match self.image()? {
-                    Some(h) => h,
+                    Some(latent) => latent,
                     None => return Ok(StopReason::Cancelled),
                 }
             }
             Request::Caption { image } => {
                 self.session.append_tokens(&[sp.bos, sp.boi])?;
-                self.context_image(image)?
+                let hidden = self.context_image(image)?;
+                return self.text(hidden, max_tokens);
             }
             Request::Edit { image, instruction } => {
                 let Some(ids) = self.encode(instruction)? else {
@@ -342,14 +344,17 @@ impl Run<'_, '_> {
                 }
                 self.session.append_tokens(&rest)?;
                 match self.image()? {
-                    Some(h) => h,
+                    Some(latent) => latent,
                     None => return Ok(StopReason::Cancelled),
                 }
             }
         };
-        if draws && max_tokens == 0 {
+        // The image ends the request unless text is asked for: then the clean block and EOI
+        // join the context, and text continues from EOI.
+        if max_tokens == 0 {
             return Ok(StopReason::Complete);
         }
+        let hidden = self.session.append_image(&latent)?;
         self.text(hidden, max_tokens)
     }
 
@@ -413,7 +418,7 @@ impl Run<'_, '_> {
                 self.flush_text()?;
                 self.session.append_tokens(&[sp.boi])?;
                 match self.image()? {
-                    Some(h) => hidden = h,
+                    Some(latent) => hidden = self.session.append_image(&latent)?,
                     None => return Ok(StopReason::Cancelled),
                 }
                 continue;
@@ -429,8 +434,10 @@ impl Run<'_, '_> {
         Ok(StopReason::MaxTokens)
     }
 
-    /// Runs the sampler for one image block (BOI is the last position); commits the clean latent
-    /// and EOI; returns the hidden at EOI, or `None` when cancelled.
+    /// Runs the sampler for one image block (BOI is the last position), decodes it and hands
+    /// the image to the callback; returns the clean latent, or `None` when cancelled. The
+    /// caller commits the latent and EOI to the context ([`Session::append_image`]) when text
+    /// follows — after an image that ends the request, that backbone call would be wasted.
     fn image(&mut self) -> Result<Option<Vec<f32>>> {
         let m = self.model.manifest();
         let g = &m.geometry;
@@ -495,7 +502,6 @@ impl Run<'_, '_> {
                 message: "the sampled latent is not finite".into(),
             });
         }
-        let hidden = self.session.append_image(&latent)?;
         let rgb = self.session.decode_latent(&latent)?;
         let image = RgbImage::from_chw(&rgb, g.image_size, g.image_size)?;
         self.images += 1;
@@ -504,6 +510,6 @@ impl Run<'_, '_> {
             image: &image,
         }) == Control::Cancel;
         self.segments.push(Segment::Image(image));
-        Ok(if cancel { None } else { Some(hidden) })
+        Ok(if cancel { None } else { Some(latent) })
     }
 }

@@ -10,9 +10,8 @@ algorithms:
 2. per diffusion step: `patch_in` -> `backbone` on the N image positions against the cached prefix
    (additive mask: causal + bidirectional inside the image block; nothing is committed) ->
    `patch_out` -> DDIM update (eta = 0, trailing timesteps, numpy in float64);
-3. commit: `patch_in` of the clean latent at t = 0 plus `text_embed` of `[EOI]`, one `backbone`
-   call on those N + 1 positions (what `Model::generate` does so text can follow the image);
-4. `vae_decoder` of the clean latent.
+3. `vae_decoder` of the clean latent. Nothing is committed to the cache after the image: like
+   `Model::generate` for an image request without text after it, the image ends the request.
 
 float16 files get float16 inputs and keep a float16 KV cache, like the SDK. The prompt is the
 tokenizer's non-special words in id order, repeated up to `--prompt-tokens` (the rule the Rust
@@ -264,12 +263,6 @@ class Generator:
             hidden, _ = self.backbone(patches, length, step_mask, past)
             prediction = self.patch_out(hidden, skips, t)
             latent = ddim_step(diffusion["prediction"], lv[k], lv[k + 1], latent, prediction)
-        # Commit the clean image block and EOI (EOI sees the block, the block not EOI).
-        patches, _ = self.patch_in(latent, 0.0)
-        block = np.concatenate([patches.astype(np.float32), self.embed([sp["eoi"]]).astype(np.float32)], axis=1)
-        commit_mask = np.zeros((n + 1, length + n + 1), dtype=np.float32)
-        commit_mask[:n, length + n] = -np.inf
-        self.backbone(block, length, commit_mask, past)
         vae = self.parts["vae_decoder"]
         vae.run({"latent": vae.f(latent[None])})
         return time.perf_counter() - start

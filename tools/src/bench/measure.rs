@@ -152,7 +152,8 @@ pub(crate) fn image_generate(job: &ImageJob, seed: u64) -> Result<(Duration, Tim
 
 /// The same image as [`image_generate`], driven step by step on a [`Session`] in
 /// recompute-prefix mode: `[BOS] + prompt + [BOI]`, DDIM steps of `denoise` (each running the
-/// backbone over the whole sequence), the commit of the clean block + EOI, the VAE decode.
+/// backbone over the whole sequence), the VAE decode — no commit of the clean block, as
+/// [`Model::generate`] makes none when no text follows the image.
 fn image_recompute(job: &ImageJob, seed: u64) -> Result<(Duration, Timings)> {
     let model = job.model;
     let m = model.manifest();
@@ -180,7 +181,6 @@ fn image_recompute(job: &ImageJob, seed: u64) -> Result<(Duration, Timings)> {
         let prediction = session.denoise(&latent, t)?;
         sampler.step(step, &mut latent, &prediction, &mut rng)?;
     }
-    session.append_image(&latent)?;
     let rgb = session.decode_latent(&latent)?;
     RgbImage::from_chw(&rgb, g.image_size, g.image_size)?;
     let wall = start.elapsed();
