@@ -101,12 +101,7 @@ impl Graph {
                 // Groups of standard nodes as one node of the SDK's each, before tract reads
                 // the graph: fewer nodes to type, declutter, optimise and run
                 // (docs/performance.md).
-                let done = crate::fused::rewrite_onnx(
-                    &mut proto,
-                    &mut onnx,
-                    rewrites,
-                    crate::fused::integer_wanted_here(),
-                );
+                let done = crate::fused::rewrite_onnx(&mut proto, &mut onnx, rewrites);
                 if done != crate::fused::Rewritten::default() {
                     log::debug!(
                         "{name}: {} INT8 linear layers, {} rotary embeddings, {} RMSNorms and \

@@ -221,7 +221,7 @@ fn auto_int8_on_cpu(id: GraphId) -> bool {
     match id {
         GraphId::Backbone => crate::fused::int8_products_fast_here(rewrites),
         GraphId::PatchIn | GraphId::PatchOut | GraphId::VaeEncoder | GraphId::VaeDecoder => {
-            rewrites.integer && crate::fused::integer_wanted_here()
+            rewrites.sdk_integer()
         }
         GraphId::TextEmbed | GraphId::LmHead => false,
     }

@@ -296,26 +296,26 @@ fn rows_times_panels<S: Store>(y: &Panels, x: &[i32], c: &mut [S::Out], store: &
         let width = COLUMNS.min(n.saturating_sub(first));
         for (r0, rows) in x.chunks(ROWS * pairs).enumerate() {
             let at = (r0 * ROWS, first, width, n);
-            through_tile(rows, pairs, panel, at, &mut tile, c, store);
+            through_tile(rows, packed(pairs), panel, at, &mut tile, c, store);
         }
     }
 }
 
-/// The kernel on `rows` against `panel`, its sums through `tile` and written by `store` into
-/// `c`'s rows `row…` (each `n` long), columns `first..first + width`.
+/// The kernel on `rows` against `panel` read as `walk` says, its sums through `tile` and written
+/// by `store` into `c`'s rows `row…` (each `n` long), columns `first..first + width`.
 fn through_tile<S: Store>(
     rows: &[i32],
-    pairs: usize,
+    walk: Walk<'_>,
     panel: Panel<'_>,
     (row, first, width, n): (usize, usize, usize, usize),
     tile: &mut [[i32; COLUMNS]; ROWS],
     c: &mut [S::Out],
     store: &S,
 ) {
-    let Some(tile) = tile.get_mut(..rows.len() / pairs.max(1)) else {
+    let Some(tile) = tile.get_mut(..rows.len() / walk.pairs().max(1)) else {
         return;
     };
-    kernel(rows, pairs, panel, tile);
+    kernel(rows, walk, panel, tile);
     for (i, t) in tile.iter().enumerate() {
         let at = (row + i) * n + first;
         if let (Some(dst), Some(src)) = (c.get_mut(at..at + width), t.get(..width)) {
@@ -374,28 +374,28 @@ fn rescaled_on_avx2(y: &Panels, x: &[i32], c: &mut [f32], scales: &[f32]) {
                 continue;
             }
             let at = (r0 * ROWS, first, width, n);
-            through_tile(rows, pairs, panel, at, &mut tile, c, &store);
+            through_tile(rows, packed(pairs), panel, at, &mut tile, c, &store);
         }
     }
 }
 
-/// `tile[r][j] = Σ_p ⟨rows[r·pairs + p], panel[p][j]⟩` for each of `tile.len()` (≤ `ROWS`)
-/// rows.
-fn kernel(rows: &[i32], pairs: usize, panel: Panel<'_>, tile: &mut [[i32; COLUMNS]]) {
+/// `tile[r][j] = Σ_q ⟨rows[r·pairs + q], y_q[j]⟩` for each of `tile.len()` (≤ `ROWS`) rows, `y_q`
+/// being pair `q`'s values in `panel` as `walk` says.
+fn kernel(rows: &[i32], walk: Walk<'_>, panel: Panel<'_>, tile: &mut [[i32; COLUMNS]]) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: AVX2 was just detected; the kernel checks the lengths it reads and writes.
         unsafe {
             match panel {
-                Panel::Wide(y) => avx2::dispatch::<2, _>(rows, packed(pairs), y, tile),
-                Panel::Narrow(y) => avx2::dispatch::<1, _>(rows, packed(pairs), y, tile),
+                Panel::Wide(y) => avx2::dispatch::<2, _>(rows, walk, y, tile),
+                Panel::Narrow(y) => avx2::dispatch::<1, _>(rows, walk, y, tile),
             }
         }
         return;
     }
     match panel {
-        Panel::Wide(y) => portable(rows, packed(pairs), y, tile),
-        Panel::Narrow(y) => portable(rows, packed(pairs), y, tile),
+        Panel::Wide(y) => portable(rows, walk, y, tile),
+        Panel::Narrow(y) => portable(rows, walk, y, tile),
     }
 }
 
@@ -455,15 +455,13 @@ pub fn image_columns(
     }
     let mut tile = [[0i32; COLUMNS]; ROWS];
     for (r0, rows) in x.chunks(ROWS * pairs).enumerate() {
-        let count = rows.len() / pairs;
-        let start = r0 * ROWS * n + at;
-        let Some(tile) = tile.get_mut(..count) else {
-            return;
-        };
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // The last row's 16 outputs end within `c`.
-            if width == COLUMNS && count > 0 && start + (count - 1) * n + COLUMNS <= c.len() {
+        {
+            let (count, start) = (rows.len() / pairs, r0 * ROWS * n + at);
+            // Full width, and the last row's 16 outputs end within `c`: stored from registers.
+            let fits =
+                width == COLUMNS && count > 0 && start + (count - 1) * n + COLUMNS <= c.len();
+            if fits && std::arch::is_x86_feature_detected!("avx2") {
                 // SAFETY: AVX2 was just detected; rows `0..count` of `c` from `start`, `n`
                 // apart, each have 16 values (checked just above), and the kernel checks what
                 // it reads.
@@ -473,19 +471,17 @@ pub fn image_columns(
                 }
                 continue;
             }
-            // SAFETY: AVX2 was just detected; the kernel checks the lengths it reads and writes.
-            unsafe { avx2::dispatch::<2, i16>(rows, walk, image, tile) };
-        } else {
-            portable(rows, walk, image, tile);
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        portable(rows, walk, image, tile);
-        for (i, t) in tile.iter().enumerate() {
-            let at = start + i * n;
-            if let (Some(dst), Some(src)) = (c.get_mut(at..at + width), t.get(..width)) {
-                dst.copy_from_slice(src);
-            }
-        }
+        let position = (r0 * ROWS, at, width, n);
+        through_tile(
+            rows,
+            walk,
+            Panel::Wide(image),
+            position,
+            &mut tile,
+            c,
+            &Sums,
+        );
     }
 }
 

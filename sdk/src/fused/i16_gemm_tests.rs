@@ -28,7 +28,7 @@ fn check(rng: &mut Rng, (m, k, n): (usize, usize, usize), range: usize) -> bool 
         for (r0, chunk) in rows.chunks(ROWS * pairs).enumerate() {
             let count = chunk.len() / pairs;
             let (mut a, mut b) = ([[0; COLUMNS]; ROWS], [[0; COLUMNS]; ROWS]);
-            kernel(chunk, pairs, panel, &mut a[..count]);
+            kernel(chunk, packed(pairs), panel, &mut a[..count]);
             match panel {
                 Panel::Wide(y) => portable(chunk, packed(pairs), y, &mut b[..count]),
                 Panel::Narrow(y) => portable(chunk, packed(pairs), y, &mut b[..count]),

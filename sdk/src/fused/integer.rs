@@ -47,7 +47,7 @@ pub fn int8_products_fast_here(rewrites: super::Rewrites) -> bool {
     {
         let vnni = std::arch::is_x86_feature_detected!("avx512vnni")
             || std::arch::is_x86_feature_detected!("avxvnni");
-        vnni || (rewrites.integer && wanted_here())
+        vnni || rewrites.sdk_integer()
     }
     #[cfg(not(target_arch = "x86_64"))]
     {

@@ -97,7 +97,7 @@ pub use direct_conv::DirectConv;
 pub use elementwise::Elementwise;
 pub use i16_gemm::KERNEL_NAME as INTEGER_KERNEL;
 pub use im2col::QuantIm2col;
-pub use integer::{int8_products_fast_here, wanted_here as integer_wanted_here, IntegerProduct};
+pub use integer::{int8_products_fast_here, IntegerProduct};
 pub use integer_conv::IntegerConv;
 pub use linear::IntegerLinears;
 pub use norm::instance_normalization;
@@ -153,6 +153,12 @@ impl Rewrites {
         attention: true,
         vector_state: true,
     };
+
+    /// Whether the SDK's INT8 operators replace tract's here: the `integer` part is on and this
+    /// CPU wants them ([`integer::wanted_here`]).
+    pub fn sdk_integer(self) -> bool {
+        self.integer && integer::wanted_here()
+    }
 
     /// What `TRANSFUSION_FUSED` asks for.
     pub fn from_env() -> Rewrites {
@@ -244,7 +250,7 @@ pub fn apply(model: &mut TypedModel, rewrites: Rewrites) -> usize {
 /// Returns how many were replaced or folded.
 pub fn apply_decluttered(model: &mut TypedModel, rewrites: Rewrites) -> TractResult<usize> {
     let mut swaps: Vec<(usize, Box<dyn TypedOp>)> = Vec::new();
-    let integer = rewrites.integer && integer::wanted_here();
+    let integer = rewrites.sdk_integer();
     let tiles = f32_tile::avx2_fma_here();
     let (weights, convs) = (rewrites.weights && tiles, rewrites.conv && tiles);
     for node in model.nodes() {

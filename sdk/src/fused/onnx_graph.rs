@@ -292,20 +292,15 @@ pub struct Rewritten {
 }
 
 /// Rewrites `proto` as `rewrites` allows for tract's CPU runtime, and registers with `onnx` the
-/// parsers of the SDK's nodes it wrote. The INT8 layers are grouped where `integer` says the
-/// SDK's INT8 kernel is the faster one on this CPU; the f32 rewrites only in graphs whose float
+/// parsers of the SDK's nodes it wrote. The INT8 layers are grouped where the SDK's INT8 kernel
+/// replaces tract's ([`super::Rewrites::sdk_integer`]); the f32 rewrites only in graphs whose float
 /// inputs are f32.
-pub fn rewrite(
-    proto: &mut ModelProto,
-    onnx: &mut Onnx,
-    rewrites: super::Rewrites,
-    integer: bool,
-) -> Rewritten {
+pub fn rewrite(proto: &mut ModelProto, onnx: &mut Onnx, rewrites: super::Rewrites) -> Rewritten {
     let Some(graph) = proto.graph.as_mut() else {
         return Rewritten::default();
     };
     let mut done = Rewritten::default();
-    if rewrites.integer && integer {
+    if rewrites.sdk_integer() {
         done.linears = super::linear_onnx::group_integer_linears(graph);
     }
     if float32_graph(graph) {
