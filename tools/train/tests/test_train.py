@@ -264,6 +264,26 @@ class Trainer(unittest.TestCase):
         self.assertEqual(code, 1, log)
         self.assertIn("not the teacher's architecture", log)
 
+    def test_snapshot_of_an_unfinished_distillation(self):
+        """`transfusion_ref.snapshot RUN/student` mid-round: the round's student config and the
+        state's weights, loadable as a checkpoint."""
+        from transfusion_ref.snapshot import snapshot
+        run = self.tmp / "snapshot-distill"
+        for prev in ("vae", "teacher", "cache"):
+            shutil.copytree(self.rundir / prev, run / prev)
+        args = ["distill", *self.common, "--out", run, "--steps", 4, "--batch", 4,
+                "--teacher-steps", 16, "--measure-samples", 0]
+        code, log = train(*args, "--stop-at", 3)
+        self.assertEqual(code, 0, log)
+        self.assertEqual(snapshot(run / "student", self.tmp / "snap"), 3)
+        cfg, model = load_checkpoint(self.tmp / "snap")
+        d = cfg.diffusion
+        self.assertEqual((d.steps, d.guidance, d.guidance_distilled), (4, 1.0, True))
+        state = torch.load(run / "student" / "state.pt", weights_only=False)
+        self.assertEqual(state["round"], 1)
+        for name, value in model.state_dict().items():
+            self.assertTrue(torch.equal(value, state["model"][name]), name)
+
     def test_sigterm_saves_state(self):
         run = self.tmp / "signal"
         shutil.copytree(self.rundir / "vae", run / "vae")

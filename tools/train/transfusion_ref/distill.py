@@ -19,6 +19,8 @@ tokens of the distillation sequences plus a share of image-first (captioning) se
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 
@@ -27,6 +29,18 @@ from .diffusion import NoiseLevel, Schedule, ddim_step, guide, lcm_step, output_
 from .dist import TrainError
 from .losses import CAPTION_FIRST, IGNORE, IMAGE_FIRST, UNCONDITIONAL, build_sequences, \
     lm_target_count, run_sequence
+
+
+def student_config(teacher_cfg, steps: int, prediction: str | None = None):
+    """The config of a round's student: its teacher's, sampling `steps` DDIM steps with the
+    guidance folded in (no unconditional pass), in `prediction` if given."""
+    c = copy.deepcopy(teacher_cfg)
+    c.diffusion.steps, c.diffusion.sampler = steps, "ddim"
+    c.diffusion.guidance, c.diffusion.guidance_distilled = 1.0, True
+    if prediction:
+        c.diffusion.prediction = prediction
+    c.validate()
+    return c
 
 
 def rounds(teacher_steps: int, student_steps: int) -> list[int]:

@@ -365,15 +365,6 @@ def train_distill(args) -> int:
     def round_dir(n):
         return run.dir / "rounds" / str(n)
 
-    def student_config(n):
-        c = copy.deepcopy(tcfg)
-        c.diffusion.steps, c.diffusion.sampler = n, "ddim"
-        c.diffusion.guidance, c.diffusion.guidance_distilled = 1.0, True
-        if args.student_prediction:
-            c.diffusion.prediction = args.student_prediction
-        c.validate()
-        return c
-
     total_steps = sum(per_round)
     with run:
         run.start_clock(sum(per_round[:r]) + step_in_round)
@@ -388,7 +379,7 @@ def train_distill(args) -> int:
             cur_teacher.eval()
             for p in cur_teacher.parameters():
                 p.requires_grad_(False)
-            scfg = student_config(n)
+            scfg = D.student_config(tcfg, n, args.student_prediction)
             student = TransfusionModel(scfg).to(dev)
             student.load_state_dict(cur_teacher.state_dict())
             if r == 0 and args.student_from:
