@@ -13,11 +13,13 @@ import subprocess
 import sys
 import tempfile
 import unittest
+from unittest import mock
 from pathlib import Path
 
 import torch
 
 from transfusion_ref import diffusion as Dm
+from transfusion_ref import distill as Dist
 from transfusion_ref.checkpoint import load_checkpoint
 from transfusion_ref.config import preset
 from transfusion_ref.data import Shapes, tokenizer_json, write_synthetic
@@ -71,6 +73,53 @@ class Schedule(unittest.TestCase):
         self.assertEqual(rounds(32, 4), [16, 8, 4])
         with self.assertRaises(ValueError):
             rounds(24, 4)
+        for n in (1, 2, 4, 8):
+            check_nested(1000, n, 4)
+        self.assertEqual(rounds(16, 4, 4), [4])
+        self.assertEqual(rounds(64, 4, 4), [16, 4])
+        for bad in ((32, 4, 4), (16, 4, 3), (16, 4, 1), (4, 4, 2)):
+            with self.assertRaises(ValueError, msg=str(bad)):
+                rounds(*bad)
+
+    def test_distillation_target_of_an_exact_teacher(self):
+        """A teacher that knows x0 keeps every DDIM path on `a x0 + s eps`, however many
+        substeps it takes: the student's target is then x0 itself, and a student that predicts
+        x0 has zero distillation loss. The teacher is asked only at the levels of the
+        `substeps * n`-step grid (others raise), the student only at the `n`-step grid's."""
+        cfg = preset("tiny")
+        sched = Dm.Schedule(cfg.diffusion)
+        g = torch.Generator().manual_seed(1)
+        x0 = torch.randn(6, cfg.vae.latent_channels, 4, 4, generator=g)
+        captions = [[10 + k, 11] for k in range(6)]
+        for n, k in ((4, 2), (2, 4), (4, 4)):
+            levels = {torch.tensor(lv.model_time).item(): (lv.alpha, lv.sigma)
+                      for lv in sched.levels(n * k)[:-1]}
+            coarse = {torch.tensor(lv.model_time).item() for lv in sched.levels(n)[:-1]}
+
+            def exact(x, model_time, x0_hat, allowed):
+                a, s = zip(*(levels[v] for v in model_time.tolist() if v in allowed))
+                self.assertEqual(len(a), len(x), "asked off the grid")
+                a, s = torch.tensor(a).double(), torch.tensor(s).double()
+                return Dm.output_for_x0(cfg.diffusion.prediction, a, s, x, x0_hat).float()
+
+            for offset, want_zero in ((0.0, True), (0.1, False)):
+                def teacher_predict(model, batch, x, model_time, *rest):
+                    return exact(x, model_time, x0[:len(x)], levels)
+
+                def student_run(model, batch, x, model_time, want_logits=True):
+                    return exact(x, model_time, x0 + offset, coarse), None
+
+                model = type("M", (), {"cfg": cfg})()
+                with mock.patch.object(Dist, "predict", teacher_predict), \
+                        mock.patch.object(Dist, "run_sequence", student_run):
+                    _, parts = Dist.distill_loss(
+                        model, model, sched, n, x0, captions, torch.Generator().manual_seed(2),
+                        teacher_guidance=1.0, lam=1.0, caption_frac=0.0, caption_max_t=0.5,
+                        autocast=False, substeps=k)
+                if want_zero:
+                    self.assertLess(parts["distill"], 1e-8, f"n={n} k={k}")
+                else:
+                    self.assertGreater(parts["distill"], 1e-4, f"n={n} k={k}")
 
     def test_oracle_ddim_reaches_x0(self):
         """A perfect network lands on x0 in 1 and 4 DDIM steps for every prediction type (the
@@ -263,6 +312,23 @@ class Trainer(unittest.TestCase):
         code, log = train(*args, "--student-from", other)
         self.assertEqual(code, 1, log)
         self.assertIn("not the teacher's architecture", log)
+
+    def test_distill_with_four_teacher_substeps(self):
+        """--teacher-substeps 4: the 8-step teacher distils to 2 steps in one round; a plan the
+        step counts cannot make is refused naming the options."""
+        run = self.tmp / "substeps"
+        shutil.copytree(self.rundir / "cache", run / "cache")
+        args = ["distill", *self.common, "--out", run, "--from", self.rundir / "teacher",
+                "--steps", 2, "--batch", 4, "--measure-samples", 0, "--teacher-substeps", 4]
+        code, log = train(*args, "--student-steps", 2)
+        self.assertEqual(code, 0, log)
+        self.assertIn("8 -> 2 steps (4 teacher steps per student step)", log)
+        self.assertEqual(sorted(p.name for p in (run / "student" / "rounds").iterdir()), ["2"])
+        cfg, _ = load_checkpoint(run / "student")
+        self.assertEqual(cfg.diffusion.steps, 2)
+        code, log = train(*args, "--student-steps", 4, "--out", self.tmp / "substeps-bad")
+        self.assertEqual(code, 1, log)
+        self.assertIn("--teacher-substeps", log)
 
     def test_snapshot_of_an_unfinished_distillation(self):
         """`transfusion_ref.snapshot RUN/student` mid-round: the round's student config and the

@@ -1,20 +1,23 @@
 """Guidance + step distillation by progressive distillation (Salimans & Ho 2022; guidance folded
 in as in Meng et al. 2023), and Python-side sampling with the runtime's DDIM/trailing schedule.
 
-Round `r` trains a student for `n` steps from a teacher sampling with `2n` steps on the
-trailing grids of the runtime (`trailing_timesteps(T, 2n)` contains `trailing_timesteps(T, n)`
-as its even entries). For a student level `t_i` the teacher takes two deterministic DDIM steps
-`t_i -> u -> t_{i+1}` (the first round's teacher is the base model *with classifier-free
-guidance* `w`, so the student learns the guided trajectory and needs no unconditional pass);
-the student's target is the `x0` for which ONE DDIM step from `(x_{t_i}, t_i)` lands exactly on
-the teacher's `x_{t_{i+1}}`:
+Round `r` trains a student for `n` steps from a teacher sampling with `k n` steps on the
+trailing grids of the runtime (`k`, `--teacher-substeps`, is 2 by default: `trailing_timesteps(T,
+2n)` contains `trailing_timesteps(T, n)` as its even entries). For a student level `t_i` the
+teacher takes `k` deterministic DDIM steps `t_i -> u_1 -> ... -> t_{i+1}` (the first round's
+teacher is the base model *with classifier-free guidance* `w`, so the student learns the guided
+trajectory and needs no unconditional pass); the student's target is the `x0` for which ONE DDIM
+step from `(x_{t_i}, t_i)` lands exactly on the teacher's `x_{t_{i+1}}`:
 
     x0* = (x_next - (s_next / s) x_t) / (a_next - (s_next / s) a)    (= x_next on the last step)
 
 expressed in the student's prediction type (`output_for_x0`), MSE-regressed. The student starts
-from its teacher's weights; the next round's teacher is this round's student. Rounds halve the
-step count: 16 -> 8 -> 4 with the recipe's 16-step teacher. Captioning is kept alive by the LM loss on the caption
-tokens of the distillation sequences plus a share of image-first (captioning) sequences.
+from its teacher's weights; the next round's teacher is this round's student. Rounds divide the
+step count by `k`: 16 -> 8 -> 4 with the recipe's 16-step teacher and `k = 2`, or 16 -> 4 in one
+round with `k = 4` (each target then costs twice the teacher evaluations, but it comes from the
+16-step teacher itself rather than from an 8-step student). Captioning is kept alive by the LM
+loss on the caption tokens of the distillation sequences plus a share of image-first
+(captioning) sequences.
 """
 
 from __future__ import annotations
@@ -43,18 +46,21 @@ def student_config(teacher_cfg, steps: int, prediction: str | None = None):
     return c
 
 
-def rounds(teacher_steps: int, student_steps: int) -> list[int]:
-    """Student step counts of the rounds: teacher_steps/2, /4, ... down to student_steps."""
+def rounds(teacher_steps: int, student_steps: int, substeps: int = 2) -> list[int]:
+    """Student step counts of the rounds: teacher_steps/k, /k^2, ... down to student_steps
+    (`k = substeps`, the teacher's DDIM steps per student step)."""
+    if substeps < 2:
+        raise ValueError(f"teacher substeps {substeps}: each student step must replace at "
+                         "least 2 teacher steps")
     out, n = [], teacher_steps
     while n > student_steps:
-        if n % 2:
-            raise ValueError(f"teacher steps {teacher_steps} must be student steps "
-                             f"{student_steps} times a power of two")
-        n //= 2
+        if n % substeps:
+            break
+        n //= substeps
         out.append(n)
     if n != student_steps or not out:
         raise ValueError(f"teacher steps {teacher_steps} must be student steps {student_steps} "
-                         "times a power of two (>= 2)")
+                         f"times a power of {substeps} (the teacher substeps), at least once")
     return out
 
 
@@ -62,11 +68,13 @@ def grid(schedule: Schedule, steps: int) -> list[NoiseLevel]:
     return schedule.levels(steps)
 
 
-def check_nested(T: int, n: int) -> None:
-    """The n-step trailing grid is the even entries of the 2n-step one (distillation needs it)."""
-    fine, coarse = trailing_timesteps(T, 2 * n), trailing_timesteps(T, n)
-    if fine[::2] != coarse:
-        raise ValueError(f"trailing grids of {n} and {2 * n} steps over T={T} are not nested")
+def check_nested(T: int, n: int, substeps: int = 2) -> None:
+    """The n-step trailing grid is every `substeps`-th entry of the `substeps * n`-step one
+    (distillation needs it)."""
+    fine, coarse = trailing_timesteps(T, substeps * n), trailing_timesteps(T, n)
+    if fine[::substeps] != coarse:
+        raise ValueError(f"trailing grids of {n} and {substeps * n} steps over T={T} are not "
+                         "nested")
 
 
 @torch.no_grad()
@@ -90,8 +98,9 @@ def _levels_tensor(levels: list[NoiseLevel], idx: torch.Tensor):
 
 def distill_loss(student, teacher, schedule: Schedule, n: int, latents, captions, gen, *,
                  teacher_guidance: float, lam: float, caption_frac: float,
-                 caption_max_t: float, autocast: bool, shard=None):
-    """One progressive-distillation batch for an `n`-step student. Samples with
+                 caption_max_t: float, autocast: bool, shard=None, substeps: int = 2):
+    """One progressive-distillation batch for an `n`-step student whose every step replaces
+    `substeps` teacher steps (on the `substeps * n`-step grid). Samples with
     `u < caption_frac` are image-first captioning sequences (LM loss only); the others are
     caption-first distillation sequences (distillation loss + LM loss on their captions).
     With `shard` (`dist.Shard`, data parallel) `latents` and `captions` are the global batch:
@@ -104,10 +113,12 @@ def distill_loss(student, teacher, schedule: Schedule, n: int, latents, captions
     u = torch.rand(B, generator=gen)
     is_lm = u < caption_frac
     eps = torch.randn(latents.shape, generator=gen)
-    coarse, fine = grid(schedule, n), grid(schedule, 2 * n)
+    coarse, fine = grid(schedule, n), grid(schedule, substeps * n)
     i = torch.randint(0, n, (B,), generator=gen)
     a, s, t = _levels_tensor(coarse, i)
-    am, sm, tm = _levels_tensor(fine, 2 * i + 1)
+    # The teacher's intermediate levels, one column per substep boundary: [B, substeps - 1].
+    mids = [_levels_tensor(fine, substeps * i + j) for j in range(1, substeps)]
+    am, sm, tm = (torch.stack(v, dim=1) for v in zip(*mids))
     an, sn, _ = _levels_tensor(coarse, i + 1)
     # Captioning samples: a low noise level (like the trainer's image-first samples).
     cap_times = schedule.sample_times(B, gen, caption_max_t)
@@ -140,10 +151,15 @@ def distill_loss(student, teacher, schedule: Schedule, n: int, latents, captions
         ub = build_sequences(teacher.cfg, caps, [UNCONDITIONAL] * len(caps)).to(dev) \
             if teacher_guidance != 1.0 else None
         xs = x_t[pd]
-        out = predict(teacher, tb, xs, t[pd], ub, teacher_guidance, autocast)
-        x_mid, _ = ddim_step(teacher_pred, (a[pd], s[pd]), (am[pd], sm[pd]), xs, out)
-        out = predict(teacher, tb, x_mid, tm[pd], ub, teacher_guidance, autocast)
-        x_next, _ = ddim_step(teacher_pred, (am[pd], sm[pd]), (an[pd], sn[pd]), x_mid, out)
+        # The teacher's path t_i -> u_1 -> ... -> t_{i+1}, one DDIM step per substep.
+        path_a = [a[pd]] + [am[pd, j] for j in range(substeps - 1)] + [an[pd]]
+        path_s = [s[pd]] + [sm[pd, j] for j in range(substeps - 1)] + [sn[pd]]
+        path_t = [t[pd]] + [tm[pd, j] for j in range(substeps - 1)]
+        x_next = xs
+        for j in range(substeps):
+            out = predict(teacher, tb, x_next, path_t[j], ub, teacher_guidance, autocast)
+            x_next, _ = ddim_step(teacher_pred, (path_a[j], path_s[j]),
+                                  (path_a[j + 1], path_s[j + 1]), x_next, out)
         r = (sn[pd] / s[pd]).view(-1, 1, 1, 1)
         x0_target = (x_next.double() - r * xs.double()) / (an[pd].view(-1, 1, 1, 1)
                                                             - r * a[pd].view(-1, 1, 1, 1))

@@ -363,7 +363,8 @@ def check_resume(run: Run, args, state, fingerprint: dict):
 
 
 # What a state written before these keys existed ran with.
-FINGERPRINT_DEFAULTS = {"device": "cpu", "world_size": 1, "compile": False}
+FINGERPRINT_DEFAULTS = {"device": "cpu", "world_size": 1, "compile": False,
+                        "teacher_substeps": 2}
 
 
 def fingerprint_of(args, extra=()) -> dict:

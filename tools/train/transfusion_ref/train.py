@@ -324,16 +324,19 @@ def train_distill(args) -> int:
     tok = stage_tokenizer(src) if args.tokenizer is None else Path(args.tokenizer)
     guidance = args.guidance if args.guidance is not None else tcfg.diffusion.guidance
     teacher_steps = args.teacher_steps or tcfg.diffusion.steps
-    plan = D.rounds(teacher_steps, args.student_steps)
+    try:
+        plan = D.rounds(teacher_steps, args.student_steps, args.teacher_substeps)
+    except ValueError as e:
+        raise TrainError(f"--teacher-steps/--student-steps/--teacher-substeps: {e}") from e
     schedule = Schedule(tcfg.diffusion)
     if schedule.is_vp:
         for n in plan:
-            D.check_nested(schedule.T, n)
+            D.check_nested(schedule.T, n, args.teacher_substeps)
     resolve_hparams(args, tcfg, "distill")
     per_round = D.split_steps(args.steps, len(plan), args.round_steps)
     fp = fingerprint_of(args, ("teacher_steps", "student_steps", "guidance", "lam",
                                "caption_frac", "caption_max_t", "student_prediction",
-                               "student_from"))
+                               "student_from", "teacher_substeps"))
     fp.update(source=str(src.resolve()), plan=plan, per_round=per_round, guidance=guidance)
     state = run.load_state()
     check_resume(run, args, state, fp)
@@ -352,7 +355,8 @@ def train_distill(args) -> int:
         teacher, data, tcfg.image.size, Path(args.out) / "cache", log=log, write=ctx.is_main))
     autocast = use_bf16(args.precision)
     log(f"[distill] progressive distillation {teacher_steps} -> {' -> '.join(map(str, plan))} "
-        f"steps, guidance {guidance} folded in; {per_round} steps per round, batch "
+        f"steps ({args.teacher_substeps} teacher steps per student step), guidance {guidance} "
+        f"folded in; {per_round} steps per round, batch "
         f"{args.batch}, lr {args.lr}, {'bf16 autocast' if autocast else 'fp32'}, "
         f"{dist.where(ctx)} -> {run.dir}")
 
@@ -413,7 +417,8 @@ def train_distill(args) -> int:
                 loss, parts = distill_step(
                     cur_teacher, schedule, n, latents[idx], captions_of(data, idx), gen,
                     teacher_guidance=t_guidance, lam=args.lam, caption_frac=args.caption_frac,
-                    caption_max_t=args.caption_max_t, autocast=autocast, shard=shard)
+                    caption_max_t=args.caption_max_t, autocast=autocast, shard=shard,
+                    substeps=args.teacher_substeps)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -550,6 +555,10 @@ def parser() -> argparse.ArgumentParser:
         q.add_argument("--teacher-steps", type=int, default=None,
                        help="teacher DDIM steps of the first round (default: its config's)")
         q.add_argument("--student-steps", type=int, default=4)
+        q.add_argument("--teacher-substeps", type=int, default=2,
+                       help="teacher DDIM steps per student step in each round (default 2: "
+                       "16 -> 8 -> 4; 4: 16 -> 4 in one round, twice the teacher evaluations "
+                       "per target)")
         q.add_argument("--caption-frac", type=float, default=0.2,
                        help="share of image-first captioning sequences (LM loss only)")
         q.add_argument("--student-prediction", default=None,
