@@ -185,6 +185,16 @@ enum Command {
         #[arg(long, value_name = "DIR",
               conflicts_with_all = ["prompts", "prompt_set", "write_prompts", "bundle"])]
         score_images: Option<PathBuf>,
+        /// With --score-images: what a dataset scene's image must show, `full` (every object's
+        /// shape, colour and size, the named position and relation) or `caption` (sizes only
+        /// where the caption names them: for images drawn from the caption alone).
+        #[arg(
+            long,
+            value_name = "T",
+            default_value = "full",
+            requires = "score_images"
+        )]
+        scene_truth: transfusion_tools::eval::images::SceneTruth,
         /// Write the prompt list (JSON lines) here.
         #[arg(long)]
         write_prompts: Option<PathBuf>,
@@ -448,6 +458,7 @@ fn run(cli: Cli) -> Result<bool> {
             prompt_set,
             vae_roundtrip,
             score_images,
+            scene_truth,
             write_prompts,
             seeds,
             steps,
@@ -461,7 +472,7 @@ fn run(cli: Cli) -> Result<bool> {
         } => {
             use transfusion_tools::eval::{evaluate, images, score, vae, EvalOptions};
             if let Some(dir) = &score_images {
-                let report = images::score_images(dir, !json)?;
+                let report = images::score_images(dir, scene_truth, !json)?;
                 print_report(json, &report.to_json(), || report.to_text())?;
                 return Ok(true);
             }

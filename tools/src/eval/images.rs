@@ -7,9 +7,11 @@
 //! * a prompt, in the form of a `--prompts` file line ([`super::score::EvalPrompt`]: `prompt`,
 //!   `objects`, optional `relation`, `mode`; `category` optional here, lines without one are
 //!   counted under `uncategorized`), or
-//! * `"scene": {"split": "train" | "heldout" | "all", "seed": S, "index": I}`: the full ground
-//!   truth ([`super::score::ground_truth`]) of dataset sample `I` of that split under seed `S`
-//!   (`transfusion dataset shapes --seed S --split SPLIT`), counted under `scene`.
+//! * `"scene": {"split": "train" | "heldout" | "all", "seed": S, "index": I}`: dataset sample
+//!   `I` of that split under seed `S` (`transfusion dataset shapes --seed S --split SPLIT`),
+//!   counted under `scene` and scored against its full ground truth
+//!   ([`super::score::ground_truth`]), or with [`SceneTruth::Caption`] against what its caption
+//!   names ([`super::score::caption_truth`]: sizes only where the caption names them).
 //!
 //! Images must be 64×64.
 
@@ -23,7 +25,7 @@ use transfusion_sdk::RgbImage;
 use super::breakdown::{Breakdown, Tally};
 use super::checker::{Checker, Detection};
 use super::progress_bar;
-use super::score::{check, ground_truth, Category, Expectation};
+use super::score::{caption_truth, check, ground_truth, Category, Expectation};
 use crate::error::{Error, Result};
 use crate::shapes::caption::text;
 use crate::shapes::scene::{sample, Split};
@@ -34,6 +36,42 @@ pub const INDEX_FILE: &str = "index.jsonl";
 
 /// Group of the lines that name a dataset scene.
 pub const SCENE_GROUP: &str = "scene";
+
+/// What an image of a dataset scene must show (`eval --score-images DIR --scene-truth T`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SceneTruth {
+    /// Every object with shape, colour and size, the named position and relation: right for
+    /// an image that started from the scene itself (a VAE round trip, a partly noised scene).
+    #[default]
+    Full,
+    /// What the caption names (sizes only where it names them): right for an image drawn
+    /// from the caption alone, from pure noise.
+    Caption,
+}
+
+impl SceneTruth {
+    /// The name on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            SceneTruth::Full => "full",
+            SceneTruth::Caption => "caption",
+        }
+    }
+}
+
+impl std::str::FromStr for SceneTruth {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "full" => Ok(SceneTruth::Full),
+            "caption" => Ok(SceneTruth::Caption),
+            other => Err(format!(
+                "unknown scene truth `{other}` (expected full or caption)"
+            )),
+        }
+    }
+}
 
 /// Group of the prompt lines without a category.
 pub const UNCATEGORIZED: &str = "uncategorized";
@@ -81,7 +119,7 @@ pub struct IndexEntry {
 }
 
 /// Parses line `n` (1-based) of `path`.
-fn parse_line(path: &Path, n: usize, line: &str) -> Result<IndexEntry> {
+fn parse_line(path: &Path, n: usize, line: &str, truth: SceneTruth) -> Result<IndexEntry> {
     let at = |message: String| Error::Invalid(format!("{}:{n}: {message}", path.display()));
     let parsed: IndexLine = serde_json::from_str(line).map_err(|e| {
         at(format!(
@@ -112,7 +150,10 @@ fn parse_line(path: &Path, n: usize, line: &str) -> Result<IndexEntry> {
             file,
             group: SCENE_GROUP.into(),
             prompt: text(&s.words),
-            expect: ground_truth(&s.scene),
+            expect: match truth {
+                SceneTruth::Full => ground_truth(&s.scene),
+                SceneTruth::Caption => caption_truth(&s.scene),
+            },
         });
     }
     let prompt: IndexPrompt = serde_json::from_value(Value::Object(parsed.rest))
@@ -141,15 +182,16 @@ fn parse_line(path: &Path, n: usize, line: &str) -> Result<IndexEntry> {
     })
 }
 
-/// Reads `path` (an `index.jsonl`): one entry per non-blank line; errors name the line.
-pub fn read_index(path: &Path) -> Result<Vec<IndexEntry>> {
+/// Reads `path` (an `index.jsonl`): one entry per non-blank line, scene lines expecting
+/// `truth`; errors name the line.
+pub fn read_index(path: &Path, truth: SceneTruth) -> Result<Vec<IndexEntry>> {
     let content = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let mut out = Vec::new();
     for (i, line) in content.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        out.push(parse_line(path, i + 1, line)?);
+        out.push(parse_line(path, i + 1, line, truth)?);
     }
     if out.is_empty() {
         return Err(Error::Invalid(format!(
@@ -174,6 +216,8 @@ pub struct ScoredImage {
 #[derive(Debug, Clone, Serialize)]
 pub struct ImagesReport {
     pub dir: PathBuf,
+    /// What the scene lines were scored against.
+    pub scene_truth: SceneTruth,
     /// Pass counts per group: category names, `scene`, `uncategorized`.
     pub categories: BTreeMap<String, Tally>,
     pub breakdown: Breakdown,
@@ -196,6 +240,7 @@ impl ImagesReport {
     pub fn to_json(&self) -> Value {
         let mut doc = json!({
             "dir": self.dir,
+            "scene_truth": self.scene_truth,
             "overall": self.overall(),
             "counts": self.categories.iter()
                 .map(|(k, t)| (k.clone(), json!({"correct": t.pass, "total": t.total})))
@@ -218,6 +263,15 @@ impl ImagesReport {
     /// A human-readable summary.
     pub fn to_text(&self) -> String {
         let mut s = format!("{} images in {}\n", self.images.len(), self.dir.display());
+        if self.categories.contains_key(SCENE_GROUP) {
+            s.push_str(&format!(
+                "scenes scored against: {}\n",
+                match self.scene_truth {
+                    SceneTruth::Full => "their full ground truth",
+                    SceneTruth::Caption => "what their captions name",
+                }
+            ));
+        }
         s.push_str(&format!(
             "{:<20} {:>9} {:>6}\n",
             "category", "correct", "acc"
@@ -234,9 +288,10 @@ impl ImagesReport {
     }
 }
 
-/// Scores every image listed in `dir/index.jsonl` (see the module documentation).
-pub fn score_images(dir: &Path, progress: bool) -> Result<ImagesReport> {
-    let entries = read_index(&dir.join(INDEX_FILE))?;
+/// Scores every image listed in `dir/index.jsonl` (see the module documentation), its scene
+/// lines against `truth`.
+pub fn score_images(dir: &Path, truth: SceneTruth, progress: bool) -> Result<ImagesReport> {
+    let entries = read_index(&dir.join(INDEX_FILE), truth)?;
     let checker = Checker::new();
     let mut categories: BTreeMap<String, Tally> = BTreeMap::new();
     let mut breakdown = Breakdown::default();
@@ -276,6 +331,7 @@ pub fn score_images(dir: &Path, progress: bool) -> Result<ImagesReport> {
     bar.finish_and_clear();
     Ok(ImagesReport {
         dir: dir.to_path_buf(),
+        scene_truth: truth,
         categories,
         breakdown,
         images,
@@ -287,6 +343,7 @@ mod tests {
     use super::*;
     use crate::eval::score::{default_prompts, MatchMode};
     use crate::shapes::render::render;
+    use crate::shapes::spec::Size;
 
     fn write(dir: &Path, lines: &[String]) {
         std::fs::write(dir.join(INDEX_FILE), lines.join("\n") + "\n").unwrap();
@@ -326,7 +383,7 @@ mod tests {
         ));
         lines.push(String::new());
         write(dir.path(), &lines);
-        let report = score_images(dir.path(), false).unwrap();
+        let report = score_images(dir.path(), SceneTruth::Full, false).unwrap();
         assert_eq!(report.images.len(), 13);
         assert_eq!(report.overall(), Some(1.0));
         let scenes = report.categories.get(SCENE_GROUP).unwrap();
@@ -356,8 +413,61 @@ mod tests {
             })
             .collect();
         write(dir.path(), &lines);
-        let report = score_images(dir.path(), false).unwrap();
+        let report = score_images(dir.path(), SceneTruth::Full, false).unwrap();
         assert_eq!(report.categories.get(SCENE_GROUP).unwrap().pass, 0);
+    }
+
+    /// A single-object train scene (seed 5) without a named position whose caption names
+    /// the size (`mention_size`) or not, drawn with its object at the other size.
+    fn resized_single(dir: &Path, mention_size: bool) -> String {
+        let (index, mut scene) = (0..500u64)
+            .map(|i| (i, sample(5, Split::Train, i).scene))
+            .find(|(_, s)| {
+                s.kind == crate::shapes::scene::SceneKind::Single
+                    && s.position.is_none()
+                    && s.mention_size == mention_size
+            })
+            .expect("a single-object scene of each kind in 500 samples");
+        let object = &mut scene.objects[0];
+        let (small, large) = (Size::Small.sides().0 + 1, Size::Large.sides().0 + 1);
+        object.side = if object.size == Size::Small {
+            large
+        } else {
+            small
+        };
+        object.x0 = object.x0.min((IMAGE_SIZE - 2 - object.side) as i32);
+        object.y0 = object.y0.min((IMAGE_SIZE - 2 - object.side) as i32);
+        let file = format!("resized_{mention_size}.png");
+        let image = RgbImage::new(IMAGE_SIZE, IMAGE_SIZE, render(&scene)).unwrap();
+        image.save_png(dir.join(&file)).unwrap();
+        format!(
+            r#"{{"file": "{file}", "scene": {{"split": "train", "seed": 5, "index": {index}}}}}"#
+        )
+    }
+
+    #[test]
+    fn caption_truth_leaves_out_the_sizes_a_caption_does_not_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let lines = [
+            resized_single(dir.path(), false),
+            resized_single(dir.path(), true),
+        ];
+        write(dir.path(), &lines);
+        let verdicts = |truth| {
+            let report = score_images(dir.path(), truth, false).unwrap();
+            assert_eq!(report.to_json()["scene_truth"], truth.name());
+            report.images.iter().map(|i| i.pass).collect::<Vec<_>>()
+        };
+        // The full truth wants the scene's sizes; the caption's only where it names them.
+        assert_eq!(verdicts(SceneTruth::Full), [false, false]);
+        assert_eq!(verdicts(SceneTruth::Caption), [true, false]);
+        for truth in [SceneTruth::Full, SceneTruth::Caption] {
+            assert_eq!(truth.name().parse::<SceneTruth>(), Ok(truth));
+        }
+        assert!("sizes"
+            .parse::<SceneTruth>()
+            .unwrap_err()
+            .contains("full or caption"));
     }
 
     #[test]
@@ -403,14 +513,14 @@ mod tests {
         ];
         for (bad, expected) in cases {
             std::fs::write(&path, format!("{ok}\n\n{bad}\n")).unwrap();
-            let err = read_index(&path).unwrap_err().to_string();
+            let err = read_index(&path, SceneTruth::Full).unwrap_err().to_string();
             assert!(
                 err.contains(&format!("{}:3:", path.display())) && err.contains(expected),
                 "{bad}: {err}"
             );
         }
         std::fs::write(&path, "\n\n").unwrap();
-        assert!(read_index(&path)
+        assert!(read_index(&path, SceneTruth::Full)
             .unwrap_err()
             .to_string()
             .contains("no images"));
@@ -431,7 +541,7 @@ mod tests {
             })
             .collect();
         std::fs::write(&path, lines.join("\n")).unwrap();
-        let entries = read_index(&path).unwrap();
+        let entries = read_index(&path, SceneTruth::Full).unwrap();
         assert_eq!(entries.len(), prompts.len());
         for (e, p) in entries.iter().zip(&prompts) {
             assert_eq!(e.expect, p.expect);
@@ -444,7 +554,7 @@ mod tests {
             r#"{"file": "x.png", "prompt": "two stars", "objects": [{"shape": "star"}, {"shape": "star"}], "mode": "count"}"#,
         )
         .unwrap();
-        let entries = read_index(&path).unwrap();
+        let entries = read_index(&path, SceneTruth::Full).unwrap();
         assert_eq!(entries[0].group, UNCATEGORIZED);
         assert_eq!(entries[0].expect.mode, MatchMode::Count);
     }
@@ -463,7 +573,9 @@ mod tests {
                     .into(),
             ],
         );
-        let err = score_images(dir.path(), false).unwrap_err().to_string();
+        let err = score_images(dir.path(), SceneTruth::Full, false)
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("small.png") && err.contains("32×32") && err.contains("64×64"),
             "{err}"
@@ -475,7 +587,9 @@ mod tests {
                     .into(),
             ],
         );
-        let err = score_images(dir.path(), false).unwrap_err().to_string();
+        let err = score_images(dir.path(), SceneTruth::Full, false)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("missing.png"), "{err}");
     }
 }

@@ -190,6 +190,19 @@ pub fn ground_truth(scene: &Scene) -> Expectation {
     }
 }
 
+/// What a dataset scene's caption asks for: its [`ground_truth`] without the object sizes when
+/// the caption does not name them. The fair expectation for an image drawn from the caption
+/// alone, where any size is a right answer to "a red cross".
+pub fn caption_truth(scene: &Scene) -> Expectation {
+    let mut expect = ground_truth(scene);
+    if !scene.mention_size {
+        for object in &mut expect.objects {
+            object.size = None;
+        }
+    }
+    expect
+}
+
 fn spec(shape: Shape, colour: Option<Colour>) -> ObjectSpec {
     ObjectSpec {
         shape,

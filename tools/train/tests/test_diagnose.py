@@ -168,6 +168,9 @@ class Diagnose(unittest.TestCase):
                              [{"split": "synthetic", "seed": 0, "index": i} for i in range(5)])
             for x in lines:
                 self.assertEqual(png_size(d / x["file"]), (64, 64))
+        # Only the images from pure noise are scored against what their captions name.
+        self.assertIn(f"--score-images {out / 't1000'} --scene-truth caption", text)
+        self.assertNotIn(f"--score-images {out / 't400'} --scene-truth", text)
         # t0 = 0 is exactly the VAE round trip.
         for i in range(5):
             self.assertEqual((out / "t0" / f"{i:06d}.png").read_bytes(),

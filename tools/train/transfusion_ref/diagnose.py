@@ -389,7 +389,12 @@ def noise_sweep(model, data: Shapes, t0s: list[int], out: Path, *, steps=None, g
         report["directories"][f"t{t0}"] = str(dirs[f"t{t0}"])
         rows.append([f"t{t0}", t0, entry["steps"], entry["latent_rmse"], entry["pixel_rmse"],
                      entry["pixel_rmse_vs_vae"]])
-    report["scorer_commands"] = [f"{scorer()} eval --score-images {d}" for d in dirs.values()]
+    # From pure noise only the caption is known: score those against what it names.
+    pure = {f"t{t0}" for t0 in t0s if t0 >= sched.T}
+    report["scorer_commands"] = [
+        f"{scorer()} eval --score-images {d}"
+        + (" --scene-truth caption" if k in pure else "")
+        for k, d in dirs.items()]
     print(table(["dir", "t0", "steps", "latent RMSE", "pixel RMSE", "vs VAE"], rows))
     for e in report["t0"]:
         if e["off_student_grid"]:
