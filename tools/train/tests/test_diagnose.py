@@ -184,6 +184,26 @@ class Diagnose(unittest.TestCase):
         self.assertEqual(code, 1)
         self.assertIn("--force", err)
 
+    def test_noise_sweep_on_another_grid(self):
+        """--timesteps: the pure-noise sweep samples at exactly those model times; misuse is
+        refused naming the option."""
+        out = self.tmp / "grid"
+        code, text, err = run("noise-sweep", self.ckpt, "--data", self.data, "--count", 3,
+                              "--t0", "1000", "--timesteps", "999,937,749,499", "-o", out,
+                              "--json", out / "r.json")
+        self.assertEqual(code, 0, err)
+        rep = json.loads((out / "r.json").read_text())
+        self.assertEqual([round(t) for t in rep["t0"][0]["model_times"]], [999, 937, 749, 499])
+        self.assertEqual(rep["t0"][0]["steps"], 4)
+        for bad in (["--t0", "400,1000", "--timesteps", "999,499"],
+                    ["--t0", "1000", "--timesteps", "499,999"],
+                    ["--t0", "1000", "--timesteps", "1000,499"],
+                    ["--t0", "1000", "--steps", "2", "--timesteps", "999,499"]):
+            code, _, err = run("noise-sweep", self.ckpt, "--data", self.data, "--count", 2,
+                               *bad, "-o", self.tmp / "grid-bad", "--force")
+            self.assertEqual(code, 1, bad)
+            self.assertIn("--timesteps", err)
+
     # ---- probe ----------------------------------------------------------------------------
     def test_fit_probe_on_a_feature_holding_the_label(self):
         g = torch.Generator().manual_seed(0)

@@ -260,6 +260,19 @@ def sweep_levels(sched: Schedule, t0: int, steps: int) -> list[NoiseLevel]:
     return [sched.flow_level(s0 * (1 - k / steps)) for k in range(steps)] + [CLEAN]
 
 
+def timestep_levels(sched: Schedule, timesteps: list[int]) -> list[NoiseLevel]:
+    """The levels of a sampling grid given as model timesteps (noisiest first, each below T,
+    strictly decreasing; VP schedules), then CLEAN: a grid other than the trailing one."""
+    if not sched.is_vp:
+        raise DiagnoseError("--timesteps: only for VP schedules (the flow schedule has no "
+                            "timestep grid)")
+    if not timesteps or any(not 0 <= t < sched.T for t in timesteps) \
+            or any(a <= b for a, b in zip(timesteps, timesteps[1:])):
+        raise DiagnoseError(f"--timesteps {','.join(map(str, timesteps))}: expected strictly "
+                            f"decreasing timesteps in 0..{sched.T - 1}")
+    return [sched.level(t) for t in timesteps] + [CLEAN]
+
+
 def sampler_settings(cfg, guidance=None):
     """(sampler, guidance, notes): the checkpoint's own, as `train.py sample` runs them."""
     d, notes = cfg.diffusion, []
@@ -339,8 +352,9 @@ def scorer() -> str:
 
 @torch.no_grad()
 def noise_sweep(model, data: Shapes, t0s: list[int], out: Path, *, steps=None, guidance=None,
-                seed: int = 0, force: bool = False) -> dict:
-    """Writes `out/t<t0>/` per t0 and `out/t0-vae/`; returns the report."""
+                seed: int = 0, force: bool = False, timesteps=None) -> dict:
+    """Writes `out/t<t0>/` per t0 and `out/t0-vae/`; returns the report. `timesteps`
+    (checked by `timestep_levels`) replaces the trailing grid of a pure-noise t0."""
     cfg = model.cfg
     sched = Schedule(cfg.diffusion)
     sampler, w, notes = sampler_settings(cfg, guidance)
@@ -366,7 +380,8 @@ def noise_sweep(model, data: Shapes, t0s: list[int], out: Path, *, steps=None, g
     for t0 in t0s:
         S = steps or max(1, int(round(cfg.diffusion.steps * t0 / sched.T)))
         S = min(S, t0) if t0 > 0 and sched.is_vp else S
-        levels = sweep_levels(sched, t0, S)
+        levels = timestep_levels(sched, timesteps) if timesteps and t0 >= sched.T \
+            else sweep_levels(sched, t0, S)
         if t0 >= sched.T:
             x = eps.clone()  # pure noise, as the runtime starts
         else:
@@ -423,10 +438,18 @@ def cmd_noise_sweep(args) -> dict:
     t0s = list(dict.fromkeys(parse_ints(args.t0, "--t0")))  # one directory each
     if args.steps is not None and args.steps < 1:
         raise DiagnoseError(f"--steps {args.steps}: expected >= 1")
+    sched = Schedule(cfg.diffusion)
     for t0 in t0s:
-        sweep_levels(Schedule(cfg.diffusion), t0, 1)  # range check before any work
+        sweep_levels(sched, t0, 1)  # range check before any work
+    timesteps = parse_ints(args.timesteps, "--timesteps") if args.timesteps else None
+    if timesteps:
+        if t0s != [sched.T] or args.steps is not None:
+            raise DiagnoseError(f"--timesteps: the grid of a sweep from pure noise; use it with "
+                                f"--t0 {sched.T} alone and without --steps")
+        timestep_levels(sched, timesteps)
     rep = noise_sweep(model, data, t0s, Path(args.output), steps=args.steps,
-                      guidance=args.guidance, seed=args.seed, force=args.force)
+                      guidance=args.guidance, seed=args.seed, force=args.force,
+                      timesteps=timesteps)
     rep.update(checkpoint=str(args.checkpoint), data=str(data.path))
     return rep
 
@@ -522,6 +545,9 @@ def parser() -> argparse.ArgumentParser:
                    help="sampler steps per t0 (default: config steps * t0 / T, at least 1)")
     q.add_argument("--guidance", type=float, default=None,
                    help="CFG scale (default the config's; none for guidance-distilled)")
+    q.add_argument("--timesteps", default=None,
+                   help="with --t0 T alone: the sampling grid as comma-separated model "
+                   "timesteps, noisiest first (default: the trailing grid)")
     q.add_argument("-o", "--output", required=True, help="output directory")
     q.add_argument("--force", action="store_true", help="replace existing images")
 
