@@ -203,6 +203,21 @@ pub struct DiffusionConfig {
     pub steps: usize,
     pub guidance: f32,
     pub guidance_distilled: bool,
+    /// The model timesteps of the recommended `steps`-step trajectory, noisiest first
+    /// (VP schedules; optional, default the trailing grid of
+    /// [`crate::diffusion::trailing_timesteps`]). A distilled student can sample better on
+    /// another grid than the one it was trained on (`models/shapes64` does); other step
+    /// counts keep the trailing grid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timesteps: Option<Vec<usize>>,
+}
+
+impl DiffusionConfig {
+    /// The timesteps of a `steps`-step trajectory: the configured grid when it has `steps`
+    /// entries, else `None` (the sampler's trailing grid).
+    pub fn grid(&self, steps: usize) -> Option<&[usize]> {
+        self.timesteps.as_deref().filter(|t| t.len() == steps)
+    }
 }
 
 /// One U-Net skip tensor: channels and spatial size.
@@ -476,6 +491,32 @@ impl Config {
         if !(d.guidance >= 1.0 && d.guidance.is_finite()) {
             return Err(invalid("diffusion.guidance", "a number >= 1", d.guidance));
         }
+        if let Some(ts) = &d.timesteps {
+            let key = "diffusion.timesteps";
+            let shown = format!("{ts:?}");
+            if flow_schedule {
+                return Err(invalid(
+                    key,
+                    "no key (the flow schedule has no timestep grid)",
+                    shown,
+                ));
+            }
+            if ts.len() != d.steps {
+                return Err(invalid(
+                    key,
+                    format!("{} timesteps (diffusion.steps)", d.steps),
+                    shown,
+                ));
+            }
+            let first = d.train_timesteps.saturating_sub(1);
+            if ts.first() != Some(&first) || ts.iter().zip(ts.iter().skip(1)).any(|(a, b)| a <= b) {
+                return Err(invalid(
+                    key,
+                    format!("strictly decreasing timesteps from {first} (T - 1: pure noise)"),
+                    shown,
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -554,6 +595,34 @@ mod tests {
                 size: 8
             }]
         );
+    }
+
+    #[test]
+    fn sampling_grid_is_optional_and_checked() {
+        let plain = Config::from_json(&tiny_json(), "config.json").unwrap();
+        assert_eq!(plain.diffusion.grid(4), None);
+        assert!(!serde_json::to_string(&plain)
+            .unwrap()
+            .contains("\"timesteps\""));
+        let with = |ts: &str| {
+            tiny_json().replace(
+                "\"guidance_distilled\": false",
+                &format!("\"guidance_distilled\": false, \"timesteps\": {ts}"),
+            )
+        };
+        let c = Config::from_json(&with("[999, 937, 749, 499]"), "config.json").unwrap();
+        assert_eq!(c.diffusion.grid(4), Some(&[999, 937, 749, 499][..]));
+        assert_eq!(c.diffusion.grid(8), None);
+        let back = serde_json::to_string(&c).unwrap();
+        assert_eq!(Config::from_json(&back, "config.json").unwrap(), c);
+        for bad in [
+            "[999, 749, 499]",
+            "[998, 937, 749, 499]",
+            "[999, 749, 749, 499]",
+        ] {
+            let e = err_of(&with(bad));
+            assert!(e.contains("diffusion.timesteps"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -445,7 +445,7 @@ impl Run<'_, '_> {
         options.kind = self.options.sampler.unwrap_or(m.diffusion.sampler);
         options.steps = self.options.steps.unwrap_or(m.diffusion.steps);
         options.eta = self.options.eta;
-        let mut sampler = Sampler::new(&options)?;
+        let mut sampler = Sampler::on_grid(&options, m.diffusion.grid(options.steps))?;
         let guidance = if m.diffusion.guidance_distilled {
             1.0
         } else {

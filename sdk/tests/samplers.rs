@@ -105,6 +105,43 @@ fn oracle_model_recovers_the_clean_sample() {
 }
 
 #[test]
+fn a_configured_grid_replaces_the_trailing_one() {
+    let options = SamplerOptions {
+        schedule: Schedule::Cosine,
+        prediction: Prediction::V,
+        train_timesteps: 1000,
+        kind: SamplerKind::Ddim,
+        steps: 4,
+        eta: 0.0,
+    };
+    let times = |s: &Sampler| {
+        (0..4)
+            .map(|i| s.model_time(i).unwrap())
+            .collect::<Vec<f32>>()
+    };
+    let trailing = Sampler::new(&options).unwrap();
+    assert_eq!(times(&trailing), vec![999.0, 749.0, 499.0, 249.0]);
+    let grid = Sampler::on_grid(&options, Some(&[999, 937, 749, 499])).unwrap();
+    assert_eq!(times(&grid), vec![999.0, 937.0, 749.0, 499.0]);
+    for bad in [
+        &[999, 749, 499][..],
+        &[999, 749, 749, 499],
+        &[1000, 749, 499, 249],
+    ] {
+        match Sampler::on_grid(&options, Some(bad)) {
+            Err(Error::InvalidOption { name, .. }) => assert_eq!(name, "timesteps", "{bad:?}"),
+            other => panic!("{bad:?}: {other:?}"),
+        }
+    }
+    let flow = SamplerOptions {
+        schedule: Schedule::Flow,
+        prediction: Prediction::Flow,
+        ..options
+    };
+    assert!(Sampler::on_grid(&flow, Some(&[999, 937, 749, 499])).is_err());
+}
+
+#[test]
 fn options_from_config_and_invalid_ones() {
     let config = DiffusionConfig {
         schedule: Schedule::Flow,
@@ -114,6 +151,7 @@ fn options_from_config_and_invalid_ones() {
         steps: 4,
         guidance: 3.0,
         guidance_distilled: false,
+        timesteps: None,
     };
     let options = SamplerOptions::from_config(&config);
     let sampler = Sampler::new(&options).unwrap();

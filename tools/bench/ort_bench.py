@@ -87,7 +87,9 @@ def alpha_bars(schedule, train_timesteps):
 
 
 def levels(diffusion, steps):
-    """`steps + 1` (alpha, sigma, model_time) triples: trailing spacing, then the clean level."""
+    """`steps + 1` (alpha, sigma, model_time) triples: the config's `timesteps` when it has
+    `steps` of them (as the SDK's `DiffusionConfig::grid`), else trailing spacing; then the
+    clean level."""
     T = diffusion["train_timesteps"]
     ab = alpha_bars(diffusion["schedule"], T)
     out = []
@@ -96,9 +98,11 @@ def levels(diffusion, steps):
             s = 1.0 - k / steps
             out.append((1.0 - s, s, s * T))
     else:
-        ratio = T / steps
-        for k in range(steps):
-            t = max(int(np.round(T - k * ratio)) - 1, 0)  # np.round: half to even, like Rust
+        grid = diffusion.get("timesteps")
+        if not grid or len(grid) != steps:
+            ratio = T / steps  # np.round: half to even, like Rust
+            grid = [max(int(np.round(T - k * ratio)) - 1, 0) for k in range(steps)]
+        for t in grid:
             out.append((math.sqrt(ab[t]), math.sqrt(1.0 - ab[t]), float(t)))
     out.append((1.0, 0.0, 0.0))
     return out

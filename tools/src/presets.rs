@@ -141,6 +141,7 @@ fn build(name: &str, s: &Sizes) -> Config {
             steps: 4,
             guidance: 1.0,
             guidance_distilled: false,
+            timesteps: None,
         },
     }
 }

@@ -93,6 +93,14 @@ impl Sampler {
     /// `train_timesteps` outside 1..=100000, a flow schedule without flow prediction (or the
     /// reverse), `eta` outside `[0, 1]` or non-zero for a sampler other than DDIM.
     pub fn new(options: &SamplerOptions) -> Result<Self> {
+        Self::on_grid(options, None)
+    }
+
+    /// [`Sampler::new`] evaluating the network at `timesteps` (a configured grid,
+    /// [`crate::config::DiffusionConfig::grid`]) instead of the trailing grid when `Some`;
+    /// an error ([`Error::InvalidOption`] `timesteps`) unless they are `options.steps`
+    /// strictly decreasing timesteps below `T` of a VP schedule.
+    pub fn on_grid(options: &SamplerOptions, timesteps: Option<&[usize]>) -> Result<Self> {
         let flow_schedule = options.schedule == Schedule::Flow;
         if flow_schedule != (options.prediction == Prediction::Flow) {
             return Err(invalid(
@@ -120,7 +128,7 @@ impl Sampler {
             ));
         }
         let schedule = NoiseSchedule::new(options.schedule, options.train_timesteps)?;
-        let levels = schedule.levels(options.steps)?;
+        let levels = schedule.levels_on(options.steps, timesteps)?;
         Ok(Self {
             options: *options,
             schedule,

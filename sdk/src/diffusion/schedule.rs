@@ -195,10 +195,40 @@ impl NoiseSchedule {
     /// network is evaluated (trailing spacing, noisiest first) and the last one is
     /// [`NoiseLevel::CLEAN`], the target of the final step.
     pub fn levels(&self, steps: usize) -> Result<Vec<NoiseLevel>> {
+        self.levels_on(steps, None)
+    }
+
+    /// [`Self::levels`] at the given `timesteps` (VP schedules: `steps` of them, strictly
+    /// decreasing, below `T`) instead of the trailing grid when `Some`.
+    pub fn levels_on(&self, steps: usize, timesteps: Option<&[usize]>) -> Result<Vec<NoiseLevel>> {
         self.check_steps(steps)?;
         let mut levels = Vec::with_capacity(steps + 1);
+        let grid = match timesteps {
+            Some(ts) => {
+                let fits = self.is_vp()
+                    && ts.len() == steps
+                    && ts.iter().zip(ts.iter().skip(1)).all(|(a, b)| a > b)
+                    && ts.iter().all(|&t| t < self.train_timesteps);
+                if !fits {
+                    return Err(invalid(
+                        "timesteps",
+                        format!(
+                            "{steps} strictly decreasing timesteps below {} of a VP schedule, \
+                             got {ts:?} for the {:?} schedule",
+                            self.train_timesteps, self.kind
+                        ),
+                    ));
+                }
+                Some(ts.to_vec())
+            }
+            None => None,
+        };
         if self.is_vp() {
-            for t in trailing_timesteps(self.train_timesteps, steps)? {
+            let ts = match grid {
+                Some(ts) => ts,
+                None => trailing_timesteps(self.train_timesteps, steps)?,
+            };
+            for t in ts {
                 let level = self.vp_level(t).ok_or_else(|| {
                     invalid("steps", format!("timestep {t} is outside the schedule"))
                 })?;

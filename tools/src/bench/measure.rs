@@ -167,12 +167,15 @@ fn image_recompute(job: &ImageJob, seed: u64) -> Result<(Duration, Timings)> {
     prefix.extend_from_slice(&job.prompt.ids);
     prefix.push(sp.boi);
     session.append_tokens(&prefix)?;
-    let mut sampler = Sampler::new(&SamplerOptions {
-        kind: SamplerKind::Ddim,
-        steps: job.steps,
-        eta: 0.0,
-        ..SamplerOptions::from_config(&m.diffusion)
-    })?;
+    let mut sampler = Sampler::on_grid(
+        &SamplerOptions {
+            kind: SamplerKind::Ddim,
+            steps: job.steps,
+            eta: 0.0,
+            ..SamplerOptions::from_config(&m.diffusion)
+        },
+        m.diffusion.grid(job.steps),
+    )?;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut latent = vec![0f32; g.latent_channels * g.latent_size * g.latent_size];
     sampler.init_noise(&mut latent, &mut rng);

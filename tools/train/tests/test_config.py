@@ -87,6 +87,29 @@ class Validation(unittest.TestCase):
         self.rejects(lambda d: d["diffusion"].update(steps=1001), "diffusion.steps")
         self.rejects(lambda d: d["diffusion"].update(guidance=0.5), "diffusion.guidance", ">= 1")
 
+    def test_sampling_grid(self):
+        """`diffusion.timesteps` is optional: absent keeps the trailing grid and is not
+        written; given, it must be `steps` strictly decreasing timesteps from T - 1."""
+        from transfusion_ref.diffusion import Schedule
+        self.assertNotIn("timesteps", tiny()["diffusion"])
+        d = tiny()
+        d["diffusion"].update(steps=4, timesteps=[999, 937, 749, 499])
+        c = Config.from_dict(d)
+        self.assertEqual(c.to_dict()["diffusion"]["timesteps"], [999, 937, 749, 499])
+        sched = Schedule(c.diffusion)
+        self.assertEqual([round(lv.model_time) for lv in sched.levels(4)[:-1]],
+                         [999, 937, 749, 499])
+        self.assertEqual([round(lv.model_time) for lv in sched.levels(8)[:4]],
+                         [999, 874, 749, 624])  # other step counts: trailing
+        self.assertEqual([round(lv.model_time) for lv in sched.trailing_levels(4)[:-1]],
+                         [999, 749, 499, 249])
+        for bad in ([999, 749, 499], [998, 937, 749, 499], [999, 749, 749, 499],
+                    [999, 499, 749, 249]):
+            self.rejects(lambda d, bad=bad: d["diffusion"].update(steps=4, timesteps=bad),
+                         "diffusion.timesteps")
+        self.rejects(lambda d: d["diffusion"].update(steps=4, timesteps=[999, "x", 1, 0]),
+                     "diffusion.timesteps[1]")
+
     def test_accepts_variants(self):
         d = tiny()
         d["diffusion"].update(schedule="flow", prediction="flow", sampler="euler", steps=1000)

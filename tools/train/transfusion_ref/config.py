@@ -99,6 +99,10 @@ class DiffusionConfig:
     steps: int
     guidance: float
     guidance_distilled: bool
+    # Optional (any format): the model timesteps of the recommended `steps`-step trajectory,
+    # noisiest first (VP); absent = the trailing grid. The SDK's `DiffusionConfig::grid`.
+    timesteps: typing.Optional[list[int]] = dataclasses.field(
+        default=None, metadata={"optional": True})
 
 
 @dataclass
@@ -263,6 +267,16 @@ class Config:
         _expect(d.sampler in SAMPLERS, "diffusion.sampler", " | ".join(SAMPLERS), d.sampler)
         _expect(1 <= d.steps <= 1000, "diffusion.steps", "in 1..=1000", d.steps)
         _expect(d.guidance >= 1, "diffusion.guidance", ">= 1", d.guidance)
+        if d.timesteps is not None:
+            ts = d.timesteps
+            _expect(d.schedule != "flow", "diffusion.timesteps",
+                    "no key (the flow schedule has no timestep grid)", ts)
+            _expect(len(ts) == d.steps, "diffusion.timesteps",
+                    f"{d.steps} timesteps (diffusion.steps)", ts)
+            _expect(ts[:1] == [d.train_timesteps - 1] and all(a > b for a, b in zip(ts, ts[1:])),
+                    "diffusion.timesteps",
+                    f"strictly decreasing timesteps from {d.train_timesteps - 1} "
+                    "(T - 1: pure noise)", ts)
 
 
 def _expect(ok: bool, key: str, expected: str, found: typing.Any) -> None:
@@ -279,6 +293,8 @@ def _to_dict(obj, version: int) -> dict:
     out = {}
     for f in _fields(type(obj), version):
         value = getattr(obj, f.name)
+        if value is None and f.metadata.get("optional"):
+            continue
         out[f.name] = _to_dict(value, version) if dataclasses.is_dataclass(value) else \
             (list(value) if isinstance(value, list) else value)
     return out
@@ -302,11 +318,17 @@ def _parse(cls, data: typing.Any, prefix: str, version: int):
         if key not in names:
             raise ConfigError(f"{prefix}{key}: unknown key (expected one of {', '.join(names)})")
     values = {}
+    optional = {f.name for f in fields if f.metadata.get("optional")}
     for name in names:
         key = prefix + name
         if name not in data:
+            if name in optional:
+                continue
             raise ConfigError(f"{key}: missing key")
-        values[name] = _convert(hints[name], data[name], key, version)
+        tp = hints[name]
+        if name in optional:
+            tp = typing.get_args(tp)[0]  # Optional[X] -> X
+        values[name] = _convert(tp, data[name], key, version)
     return cls(**values)
 
 

@@ -84,6 +84,7 @@ class Schedule:
         self.kind = cfg.schedule
         self.prediction = cfg.prediction
         self.T = cfg.train_timesteps
+        self.timesteps = getattr(cfg, "timesteps", None)
         self.abar = alpha_bars(self.kind, self.T)
         self.is_vp = self.kind != "flow"
         if self.is_vp:
@@ -134,7 +135,14 @@ class Schedule:
         return NoiseLevel(1.0 - s, s, s * self.T)
 
     def levels(self, steps: int) -> list[NoiseLevel]:
-        """`steps + 1` levels: where the network is evaluated (noisiest first), then CLEAN."""
+        """`steps + 1` levels: where the network is evaluated (noisiest first), then CLEAN; at
+        the config's `timesteps` when it has `steps` of them (as the SDK), else trailing."""
+        if self.is_vp and self.timesteps and len(self.timesteps) == steps:
+            return [self.level(t) for t in self.timesteps] + [CLEAN]
+        return self.trailing_levels(steps)
+
+    def trailing_levels(self, steps: int) -> list[NoiseLevel]:
+        """`levels` on the trailing grid whatever the config says (distillation's grids)."""
         if self.is_vp:
             out = [self.level(t) for t in trailing_timesteps(self.T, steps)]
         else:

@@ -65,7 +65,8 @@ def rounds(teacher_steps: int, student_steps: int, substeps: int = 2) -> list[in
 
 
 def grid(schedule: Schedule, steps: int) -> list[NoiseLevel]:
-    return schedule.levels(steps)
+    """The trailing grid of `steps` steps (nested grids are what distillation needs)."""
+    return schedule.trailing_levels(steps)
 
 
 def check_nested(T: int, n: int, substeps: int = 2) -> None:
