@@ -211,7 +211,9 @@ pub trait Store: Sync {
     fn store(&self, out: &mut [Self::Out], sums: &[i32], first: usize);
 
     /// Where this store is a rescale to f32: `out` as f32 and the scales, so that the AVX2
-    /// kernel converts and multiplies its sums in registers and writes them in place.
+    /// kernel converts and multiplies its sums in registers and writes them in place (only
+    /// the AVX2 kernel asks).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     fn rescaled<'s, 'c>(&'s self, _out: &'c mut [Self::Out]) -> Option<(&'c mut [f32], &'s [f32])> {
         None
     }
