@@ -205,7 +205,8 @@ pub struct DiffusionConfig {
     pub guidance_distilled: bool,
     /// The model timesteps of the recommended `steps`-step trajectory, noisiest first
     /// (VP schedules; optional, default the trailing grid of
-    /// [`crate::diffusion::trailing_timesteps`]). A distilled student can sample better on
+    /// [`crate::diffusion::schedule::trailing_timesteps`]; checked by
+    /// [`crate::diffusion::schedule::check_grid`]). A distilled student can sample better on
     /// another grid than the one it was trained on (`models/shapes64` does); other step
     /// counts keep the trailing grid.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -501,21 +502,8 @@ impl Config {
                     shown,
                 ));
             }
-            if ts.len() != d.steps {
-                return Err(invalid(
-                    key,
-                    format!("{} timesteps (diffusion.steps)", d.steps),
-                    shown,
-                ));
-            }
-            let first = d.train_timesteps.saturating_sub(1);
-            if ts.first() != Some(&first) || ts.iter().zip(ts.iter().skip(1)).any(|(a, b)| a <= b) {
-                return Err(invalid(
-                    key,
-                    format!("strictly decreasing timesteps from {first} (T - 1: pure noise)"),
-                    shown,
-                ));
-            }
+            crate::diffusion::schedule::check_grid(ts, d.steps, d.train_timesteps)
+                .map_err(|expected| invalid(key, expected, shown))?;
         }
         Ok(())
     }

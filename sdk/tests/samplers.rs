@@ -127,6 +127,7 @@ fn a_configured_grid_replaces_the_trailing_one() {
         &[999, 749, 499][..],
         &[999, 749, 749, 499],
         &[1000, 749, 499, 249],
+        &[937, 749, 499, 249],
     ] {
         match Sampler::on_grid(&options, Some(bad)) {
             Err(Error::InvalidOption { name, .. }) => assert_eq!(name, "timesteps", "{bad:?}"),

@@ -98,8 +98,9 @@ impl Sampler {
 
     /// [`Sampler::new`] evaluating the network at `timesteps` (a configured grid,
     /// [`crate::config::DiffusionConfig::grid`]) instead of the trailing grid when `Some`;
-    /// an error ([`Error::InvalidOption`] `timesteps`) unless they are `options.steps`
-    /// strictly decreasing timesteps below `T` of a VP schedule.
+    /// an error ([`Error::InvalidOption`] `timesteps`) unless they are a VP schedule's grid
+    /// ([`super::schedule::check_grid`]: `options.steps` of them, strictly decreasing from
+    /// `T − 1`).
     pub fn on_grid(options: &SamplerOptions, timesteps: Option<&[usize]>) -> Result<Self> {
         let flow_schedule = options.schedule == Schedule::Flow;
         if flow_schedule != (options.prediction == Prediction::Flow) {

@@ -198,34 +198,22 @@ impl NoiseSchedule {
         self.levels_on(steps, None)
     }
 
-    /// [`Self::levels`] at the given `timesteps` (VP schedules: `steps` of them, strictly
-    /// decreasing, below `T`) instead of the trailing grid when `Some`.
+    /// [`Self::levels`] at the given `timesteps` (a VP schedule's grid, [`check_grid`])
+    /// instead of the trailing grid when `Some`.
     pub fn levels_on(&self, steps: usize, timesteps: Option<&[usize]>) -> Result<Vec<NoiseLevel>> {
         self.check_steps(steps)?;
         let mut levels = Vec::with_capacity(steps + 1);
-        let grid = match timesteps {
-            Some(ts) => {
-                let fits = self.is_vp()
-                    && ts.len() == steps
-                    && ts.iter().zip(ts.iter().skip(1)).all(|(a, b)| a > b)
-                    && ts.iter().all(|&t| t < self.train_timesteps);
-                if !fits {
-                    return Err(invalid(
-                        "timesteps",
-                        format!(
-                            "{steps} strictly decreasing timesteps below {} of a VP schedule, \
-                             got {ts:?} for the {:?} schedule",
-                            self.train_timesteps, self.kind
-                        ),
-                    ));
-                }
-                Some(ts.to_vec())
-            }
-            None => None,
-        };
+        if let Some(ts) = timesteps {
+            let checked = if self.is_vp() {
+                check_grid(ts, steps, self.train_timesteps)
+            } else {
+                Err(format!("no grid (the {:?} schedule has none)", self.kind))
+            };
+            checked.map_err(|expected| invalid("timesteps", format!("{expected}, got {ts:?}")))?;
+        }
         if self.is_vp() {
-            let ts = match grid {
-                Some(ts) => ts,
+            let ts = match timesteps {
+                Some(ts) => ts.to_vec(),
                 None => trailing_timesteps(self.train_timesteps, steps)?,
             };
             for t in ts {
@@ -239,6 +227,28 @@ impl NoiseSchedule {
         }
         levels.push(NoiseLevel::CLEAN);
         Ok(levels)
+    }
+}
+
+/// Whether `timesteps` can be the grid of a `steps`-step trajectory over a VP schedule of
+/// `train_timesteps` (`T`) timesteps: `steps` of them, strictly decreasing from `T − 1`, where
+/// the sampler's pure noise starts. `Err` says what was expected.
+pub fn check_grid(
+    timesteps: &[usize],
+    steps: usize,
+    train_timesteps: usize,
+) -> std::result::Result<(), String> {
+    let first = train_timesteps.saturating_sub(1);
+    let decreasing = timesteps
+        .iter()
+        .zip(timesteps.iter().skip(1))
+        .all(|(a, b)| a > b);
+    if timesteps.len() == steps && timesteps.first() == Some(&first) && decreasing {
+        Ok(())
+    } else {
+        Err(format!(
+            "{steps} strictly decreasing timesteps from {first} (T - 1: pure noise)"
+        ))
     }
 }
 

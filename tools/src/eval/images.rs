@@ -28,7 +28,7 @@ use super::progress_bar;
 use super::score::{caption_truth, check, ground_truth, Category, Expectation};
 use crate::error::{Error, Result};
 use crate::shapes::caption::text;
-use crate::shapes::scene::{sample, Split};
+use crate::shapes::scene::{sample, Scene, Split};
 use crate::shapes::spec::IMAGE_SIZE;
 
 /// The index file inside the directory.
@@ -56,6 +56,14 @@ impl SceneTruth {
         match self {
             SceneTruth::Full => "full",
             SceneTruth::Caption => "caption",
+        }
+    }
+
+    /// What an image of `scene` must show under this truth.
+    pub fn of(self, scene: &Scene) -> Expectation {
+        match self {
+            SceneTruth::Full => ground_truth(scene),
+            SceneTruth::Caption => caption_truth(scene),
         }
     }
 }
@@ -150,10 +158,7 @@ fn parse_line(path: &Path, n: usize, line: &str, truth: SceneTruth) -> Result<In
             file,
             group: SCENE_GROUP.into(),
             prompt: text(&s.words),
-            expect: match truth {
-                SceneTruth::Full => ground_truth(&s.scene),
-                SceneTruth::Caption => caption_truth(&s.scene),
-            },
+            expect: truth.of(&s.scene),
         });
     }
     let prompt: IndexPrompt = serde_json::from_value(Value::Object(parsed.rest))

@@ -271,12 +271,18 @@ class Config:
             ts = d.timesteps
             _expect(d.schedule != "flow", "diffusion.timesteps",
                     "no key (the flow schedule has no timestep grid)", ts)
-            _expect(len(ts) == d.steps, "diffusion.timesteps",
-                    f"{d.steps} timesteps (diffusion.steps)", ts)
-            _expect(ts[:1] == [d.train_timesteps - 1] and all(a > b for a, b in zip(ts, ts[1:])),
-                    "diffusion.timesteps",
-                    f"strictly decreasing timesteps from {d.train_timesteps - 1} "
-                    "(T - 1: pure noise)", ts)
+            problem = grid_problem(ts, d.steps, d.train_timesteps)
+            _expect(problem is None, "diffusion.timesteps", problem, ts)
+
+
+def grid_problem(timesteps: list[int], steps: int, T: int) -> str | None:
+    """What `timesteps` should have been to be the grid of a `steps`-step trajectory over a VP
+    schedule of `T` timesteps (`steps` of them, strictly decreasing from `T - 1`, where pure
+    noise starts), or None when they are (the SDK's `check_grid`)."""
+    if len(timesteps) == steps and timesteps[:1] == [T - 1] \
+            and all(a > b for a, b in zip(timesteps, timesteps[1:])):
+        return None
+    return f"{steps} strictly decreasing timesteps from {T - 1} (T - 1: pure noise)"
 
 
 def _expect(ok: bool, key: str, expected: str, found: typing.Any) -> None:

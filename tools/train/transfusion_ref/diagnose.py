@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from . import distill as D
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .config import ConfigError
+from .config import ConfigError, grid_problem
 from .data import DataError, Shapes, encode_all
 from .diffusion import CLEAN, NoiseLevel, Schedule, ddim_step, lcm_step, split
 from .losses import CAPTION_FIRST, UNCONDITIONAL, build_sequences, run_sequence
@@ -261,15 +261,14 @@ def sweep_levels(sched: Schedule, t0: int, steps: int) -> list[NoiseLevel]:
 
 
 def timestep_levels(sched: Schedule, timesteps: list[int]) -> list[NoiseLevel]:
-    """The levels of a sampling grid given as model timesteps (noisiest first, each below T,
-    strictly decreasing; VP schedules), then CLEAN: a grid other than the trailing one."""
+    """The levels of a sampling grid given as model timesteps (a VP schedule's grid from pure
+    noise, `grid_problem`), then CLEAN: a grid other than the trailing one."""
     if not sched.is_vp:
         raise DiagnoseError("--timesteps: only for VP schedules (the flow schedule has no "
                             "timestep grid)")
-    if not timesteps or any(not 0 <= t < sched.T for t in timesteps) \
-            or any(a <= b for a, b in zip(timesteps, timesteps[1:])):
-        raise DiagnoseError(f"--timesteps {','.join(map(str, timesteps))}: expected strictly "
-                            f"decreasing timesteps in 0..{sched.T - 1}")
+    problem = grid_problem(timesteps, len(timesteps), sched.T)
+    if problem:
+        raise DiagnoseError(f"--timesteps {','.join(map(str, timesteps))}: expected {problem}")
     return [sched.level(t) for t in timesteps] + [CLEAN]
 
 
