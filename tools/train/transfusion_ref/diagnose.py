@@ -372,7 +372,8 @@ def noise_sweep(model, data: Shapes, t0s: list[int], out: Path, *, steps=None, g
     for d in dirs.values():
         prepare_dir(d, force)
     write_pngs(roundtrip, dirs["t0-vae"], data, idx)
-    trained = {round(lv.model_time) for lv in sched.levels(cfg.diffusion.steps)[:-1]}
+    # Distillation trains on the trailing grid, whatever grid the config then samples at.
+    trained = {round(lv.model_time) for lv in sched.trailing_levels(cfg.diffusion.steps)[:-1]}
     report = {"checkpoint_sampler": sampler, "guidance": w, "notes": notes, "seed": seed,
               "samples": n, "directories": {"t0-vae": str(dirs["t0-vae"])}, "t0": []}
     rows = [["vae", 0, "-", 0.0, _rmse(roundtrip, images), 0.0]]
